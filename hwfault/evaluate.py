@@ -1,0 +1,110 @@
+"""The one place that runs a model over a data set and scores it.
+
+Data are a :class:`~torch.utils.data.TensorDataset` (as :func:`hwfault.load_data` returns) or an
+``(x, y)`` pair of tensors. Scores are accuracy (top-1) and mean cross-entropy loss; an input whose
+logits are not all finite counts as misclassified (and makes the loss non-finite).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ModelError
+
+DataLike = "TensorDataset | tuple[torch.Tensor, torch.Tensor]"
+DEFAULT_BATCH = 1024
+
+
+def as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` from a TensorDataset or a pair."""
+    if hasattr(data, "tensors"):
+        x, y = data.tensors[:2]
+    else:
+        x, y = data
+    return x, y
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy and loss of a model on a data set."""
+
+    accuracy: float
+    loss: float
+    n: int
+    nonfinite: int = 0  # inputs whose logits contained NaN or Inf
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n, "nonfinite": self.nonfinite}
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        out = model(x)
+    except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"model cannot run on data of shape {tuple(x.shape[1:])}: {msg[:200]}") from None
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if out.ndim != 2:
+        raise ModelError(f"expected the model to return logits of shape (batch, classes), got {tuple(out.shape)}")
+    return out
+
+
+@torch.no_grad()
+def logits(model: nn.Module, data, *, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    """All logits of ``model`` on ``data`` (eval mode is the caller's responsibility)."""
+    x, _ = as_tensors(data)
+    return torch.cat([_forward(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def score(out: torch.Tensor, y: torch.Tensor) -> EvalResult:
+    """Accuracy and loss from precomputed logits."""
+    if out.shape[1] <= int(y.max()):
+        raise ModelError(f"model has {out.shape[1]} outputs but the data have label {int(y.max())}")
+    finite = torch.isfinite(out).all(dim=1)
+    correct = (out.argmax(dim=1) == y) & finite
+    loss = F.cross_entropy(out.double(), y).item()
+    return EvalResult(float(correct.double().mean()), float(loss), len(y), int((~finite).sum()))
+
+
+def evaluate(model: nn.Module, data, *, batch_size: int = DEFAULT_BATCH) -> EvalResult:
+    """Accuracy and mean cross-entropy of ``model`` on ``data``."""
+    _, y = as_tensors(data)
+    return score(logits(model, data, batch_size=batch_size), y)
+
+
+def loss_and_grad(model: nn.Module, data, params: Sequence[torch.Tensor], *,
+                  batch_size: int = DEFAULT_BATCH) -> tuple[EvalResult, list[torch.Tensor]]:
+    """Scores of ``model`` on ``data`` and the gradient of the mean cross-entropy w.r.t. ``params``,
+    from one forward and backward pass.
+
+    Gradients are accumulated over batches (weighted by batch size), so the result does not depend
+    on ``batch_size``. ``requires_grad`` on ``params`` is switched on only for the call.
+    """
+    x, y = as_tensors(data)
+    flags = [p.requires_grad for p in params]
+    grads = [torch.zeros_like(p) for p in params]
+    outs = []
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for i in range(0, len(x), batch_size):
+                xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+                out = _forward(model, xb)
+                loss = F.cross_entropy(out, yb, reduction="sum")
+                gs = torch.autograd.grad(loss, list(params), allow_unused=True)
+                for acc, g in zip(grads, gs):
+                    if g is not None:
+                        acc.add_(g)
+                outs.append(out.detach())
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    n = len(x)
+    return score(torch.cat(outs), y), [g / n for g in grads]

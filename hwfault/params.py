@@ -1,0 +1,219 @@
+"""Choosing the parameters to corrupt, and applying a perturbation that is always undone bit-exactly.
+
+Every parameter carries tags: its component type — ``conv``, ``linear``, ``norm``, ``embedding``,
+``attention`` or ``recurrent``, from the module that owns it (a Linear inside a MultiheadAttention is
+``attention``) — plus ``bias`` or ``weight`` from its name. Layers are the modules that own
+parameters directly, numbered in registration order from 0 (negative positions count from the end).
+A :class:`Selection` is the intersection of the filters given (globs on names, types, layer
+positions); within a filter, alternatives are OR-ed.
+
+Models loaded from a ``torch.export`` archive have lost their module types; their parameters are
+typed from their shapes (4-D/3-D weight: conv; 2-D: linear; 1-D weight: norm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import SelectionError, did_you_mean
+
+COMPONENT_TYPES = ("conv", "linear", "norm", "embedding", "attention", "recurrent")
+TAGS = COMPONENT_TYPES + ("bias", "weight")
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_CONVS = (nn.modules.conv._ConvNd,)
+_RECURRENT = (nn.RNNBase,)
+_EMBED = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _module_type(module: nn.Module) -> str | None:
+    if isinstance(module, _CONVS):
+        return "conv"
+    if isinstance(module, _NORMS):
+        return "norm"
+    if isinstance(module, _EMBED):
+        return "embedding"
+    if isinstance(module, nn.MultiheadAttention):
+        return "attention"
+    if isinstance(module, _RECURRENT):
+        return "recurrent"
+    if isinstance(module, (nn.Linear, nn.Bilinear)):
+        return "linear"
+    return None
+
+
+def _shape_type(name: str, p: torch.Tensor) -> str:
+    if p.ndim >= 3:
+        return "conv"
+    if p.ndim == 2:
+        return "embedding" if "embed" in name.lower() or "pos" in name.lower() else "linear"
+    return "norm" if ("norm" in name.lower() or "bn" in name.lower()) else "linear"
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """A parameter's name, its owning layer, component type and position."""
+
+    name: str
+    layer: str
+    component: str
+    position: int
+    numel: int
+    shape: tuple[int, ...]
+
+    @property
+    def tags(self) -> frozenset[str]:
+        kind = "bias" if self.name.rsplit(".", 1)[-1].endswith("bias") else "weight"
+        return frozenset({self.component, kind})
+
+
+def describe(model: nn.Module) -> list[ParamInfo]:
+    """All trainable-parameter records of ``model`` in registration order."""
+    owners: dict[str, tuple[str, str]] = {}  # param name -> (layer name, component)
+    modules = dict(model.named_modules())
+    for mname, module in modules.items():
+        direct = list(module.named_parameters(recurse=False))
+        if not direct:
+            continue
+        # the nearest typed ancestor wins for attention (its out_proj is an nn.Linear)
+        comp = _module_type(module)
+        parts = mname.split(".") if mname else []
+        for i in range(len(parts) - 1, 0, -1):
+            anc = modules.get(".".join(parts[:i]))
+            if isinstance(anc, nn.MultiheadAttention):
+                comp = "attention"
+                break
+        for pname, _ in direct:
+            full = f"{mname}.{pname}" if mname else pname
+            owners[full] = (mname, comp or "")
+    infos: list[ParamInfo] = []
+    layer_pos: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        layer, comp = owners.get(name, (name.rsplit(".", 1)[0] if "." in name else "", ""))
+        if not comp:
+            comp = _shape_type(name, p)
+        layer_pos.setdefault(layer, len(layer_pos))
+        infos.append(ParamInfo(name, layer, comp, layer_pos[layer], p.numel(), tuple(p.shape)))
+    return infos
+
+
+@dataclass(frozen=True)
+class Selection:
+    """An ordered set of a model's parameters: the subspace that gets corrupted.
+
+    Perturbations over a selection are flat vectors of length :attr:`numel`, laid out parameter
+    after parameter in :attr:`names` order (see :meth:`split` and :meth:`flatten`).
+    """
+
+    names: tuple[str, ...]
+    params: tuple[torch.Tensor, ...]
+    infos: tuple[ParamInfo, ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Concatenate per-parameter tensors into one flat vector."""
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Cut a flat vector into tensors shaped like the selected parameters."""
+        if flat.numel() != self.numel:
+            raise ValueError(f"expected a vector of {self.numel} elements, got {flat.numel()}")
+        out, i = [], 0
+        for p in self.params:
+            out.append(flat[i:i + p.numel()].view_as(p))
+            i += p.numel()
+        return out
+
+    def values(self) -> torch.Tensor:
+        """The current parameter values as one flat vector (a copy)."""
+        return self.flatten([p.detach() for p in self.params]).clone()
+
+    def groups(self, by: str) -> dict[str, Selection]:
+        """Sub-selections per ``component`` type or per ``layer``, in model order."""
+        if by not in ("component", "layer"):
+            raise SelectionError(f"expected --by component or layer, got '{by}'")
+        keyed: dict[str, list[int]] = {}
+        for i, info in enumerate(self.infos):
+            keyed.setdefault(info.component if by == "component" else info.layer or info.name, []).append(i)
+        return {k: Selection(tuple(self.names[i] for i in ix), tuple(self.params[i] for i in ix),
+                             tuple(self.infos[i] for i in ix)) for k, ix in keyed.items()}
+
+
+def _as_list(v: str | Iterable | None) -> list:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return list(v)
+
+
+def select(model: nn.Module, params: str | Iterable[str] | None = None, *,
+           types: str | Iterable[str] | None = None, layers: str | Iterable[int] | None = None) -> Selection:
+    """Select parameters by name globs, component types/tags and layer positions (all filters AND-ed).
+
+    With no filter, every parameter is selected (the paper's n = k setting over all of w).
+    """
+    infos = describe(model)
+    named = dict(model.named_parameters())
+    if not infos:
+        raise SelectionError("the model has no parameters")
+    globs, tys = _as_list(params), _as_list(types)
+    for t in tys:
+        if t not in TAGS:
+            raise SelectionError(f"unknown component type '{t}'{did_you_mean(t, TAGS)}")
+    try:
+        pos = [int(v) for v in _as_list(layers)]
+    except ValueError:
+        raise SelectionError(f"expected integer layer positions, got '{layers}'") from None
+    n_layers = infos[-1].position + 1
+    for v in pos:
+        if not -n_layers <= v < n_layers:
+            raise SelectionError(f"layer position {v} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+    pos = {v % n_layers for v in pos}
+    chosen = [i for i in infos
+              if (not globs or any(fnmatch.fnmatchcase(i.name, g) for g in globs))
+              and (not tys or i.tags & set(tys))
+              and (not pos or i.position in pos)]
+    if not chosen:
+        what = ", ".join(filter(None, [f"params {globs}" if globs else "", f"types {tys}" if tys else "",
+                                       f"layers {sorted(pos)}" if pos else ""]))
+        hint = did_you_mean(globs[0], [i.name for i in infos]) if globs else ""
+        raise SelectionError(f"no parameter matches {what}{hint}")
+    return Selection(tuple(i.name for i in chosen), tuple(named[i.name] for i in chosen), tuple(chosen))
+
+
+@contextlib.contextmanager
+def perturbed(selection: Selection, delta: torch.Tensor | Sequence[torch.Tensor] | None) -> Iterator[None]:
+    """Add ``delta`` (flat, or one tensor per selected parameter) to the parameters in place for the
+    duration of the block; the original values are restored bit-exactly on exit, also on exceptions.
+    ``None`` (or an all-zero delta) leaves the parameters untouched.
+    """
+    if delta is None:
+        yield
+        return
+    parts = selection.split(delta) if isinstance(delta, torch.Tensor) else list(delta)
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for p, d in zip(selection.params, parts):
+                if d is None or not torch.any(d):
+                    continue
+                saved.append((p, p.detach().clone()))
+                p.add_(d.to(p.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for p, orig in saved:
+                p.copy_(orig)

@@ -1,0 +1,31 @@
+"""Progress reporting: quiet for library callers, a rich bar on stderr when the CLI switches it on."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+_enabled = False
+
+
+def enable(on: bool = True) -> None:
+    """Show progress bars on stderr for long-running analyses (the CLI does this)."""
+    global _enabled
+    _enabled = on
+
+
+@contextlib.contextmanager
+def task(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n=1)``; draws a bar with rate and ETA while progress is enabled."""
+    if not _enabled or total <= 0:
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        tid = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(tid, n)

@@ -1,0 +1,184 @@
+"""Analyses over the corruption core: accuracy-vs-eps sweeps and per-component/per-layer probes.
+
+These are what ``hwfault sweep`` and ``hwfault probe`` call; each takes a model (zoo name, path or
+``nn.Module``) and data (name, ``.npz`` path or dataset) and returns a frozen result with
+``to_dict()``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from . import corruption
+from .constraints import LpBall, parse_norm
+from .data import load_data
+from .errors import ConstraintError, DataError, did_you_mean
+from .evaluate import evaluate
+from .params import select
+from .zoo import load_model
+
+METHOD_NAMES = tuple(corruption.METHODS)
+
+
+def resolve_model(model: str | Path | nn.Module) -> tuple[nn.Module, str]:
+    """``(module, label)`` from a zoo name, a file path or a module."""
+    if isinstance(model, nn.Module):
+        return model, type(model).__name__
+    return load_model(model), str(model)
+
+
+def resolve_data(data, split: str = "test"):
+    """``(dataset, label)`` from a data name, an ``.npz`` path or a dataset / ``(x, y)`` pair."""
+    if isinstance(data, (str, Path)):
+        return load_data(data, split), str(data)
+    return data, "<dataset>"
+
+
+def norm_label(p: float) -> str | float:
+    return "inf" if math.isinf(p) else (int(p) if float(p).is_integer() else p)
+
+
+def parse_methods(methods: str | Sequence[str]) -> list[str]:
+    names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+    if not names:
+        raise ConstraintError("expected at least one method")
+    for m in names:
+        if m not in corruption.METHODS:
+            raise ConstraintError(f"unknown method '{m}'{did_you_mean(m, corruption.METHODS)}")
+    return names
+
+
+def _probe(data_arg, data, probe):
+    """Probe data and its label: None -> the evaluation data; a split name -> that split of the same data set."""
+    if probe is None:
+        return data, "evaluation data (test split)" if isinstance(data_arg, (str, Path)) else "evaluation data"
+    if isinstance(probe, str):
+        if not isinstance(data_arg, (str, Path)):
+            raise DataError("--probe SPLIT needs the data given by name or path")
+        return load_data(data_arg, probe), f"{probe} split"
+    return probe, "<probe dataset>"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Accuracy and loss under corruption, per method and eps."""
+
+    model: str
+    data: str
+    norm: float
+    n: int | None
+    k: int
+    params: tuple[str, ...]
+    probe: str
+    clean: dict
+    results: tuple[corruption.CorruptionResult, ...]
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+    def method(self, name: str) -> corruption.CorruptionResult:
+        for r in self.results:
+            if r.method == name:
+                return r
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "data": self.data, "norm": norm_label(self.norm),
+            "n": self.n if self.n is not None else "all", "k": self.k, "params": list(self.params),
+            "probe": self.probe, "clean": self.clean, **self.settings,
+            "results": [pt for r in self.results for pt in r.to_dict()], "seconds": round(self.seconds, 3),
+        }
+
+
+def sweep(model, data, *, epsilons: Sequence[float], norm: float | str = 2, n: int | None = None,
+          params: str | Sequence[str] | None = None, types=None, layers=None,
+          methods: str | Sequence[str] = METHOD_NAMES, trials: int = 10, seed: int = 0,
+          probe: str | None = None, steps: int = 10, step_size: float | None = None,
+          antithetic: bool = False) -> SweepResult:
+    """Run the chosen corruption methods over ``epsilons`` on the selected parameters."""
+    t0 = time.perf_counter()
+    p = parse_norm(norm)
+    names = parse_methods(methods)
+    module, mlabel = resolve_model(model)
+    dset, dlabel = resolve_data(data)
+    ball = LpBall(p=p, eps=1.0, n=n)
+    eps = corruption._check_epsilons(epsilons)
+    sel = select(module, params, types=types, layers=layers)
+    pdata, plabel = _probe(data, dset, probe)
+    base = evaluate(module, dset)
+    results = []
+    for m in names:
+        kw: dict = {"selection": sel, "clean": base}
+        if m == "random":
+            kw.update(trials=trials, seed=seed, antithetic=antithetic)
+        else:
+            kw["probe"] = None if probe is None else pdata
+        if m == "multistep":
+            kw.update(steps=steps, step_size=step_size)
+        results.append(corruption.METHODS[m](module, dset, ball, epsilons=eps, **kw))
+    return SweepResult(mlabel, dlabel, p, n, sel.numel, sel.names, plabel,
+                       {"accuracy": base.accuracy, "loss": base.loss}, tuple(results),
+                       time.perf_counter() - t0,
+                       {"trials": trials, "seed": seed, "steps": steps, "methods": names})
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Gradient-based corruption restricted to each group (component type or layer)."""
+
+    model: str
+    data: str
+    by: str
+    norm: float
+    n: int | None
+    probe: str
+    clean: dict
+    rows: tuple[dict, ...]
+    seconds: float
+
+    @property
+    def groups(self) -> list[str]:
+        return list(dict.fromkeys(r["group"] for r in self.rows))
+
+    @property
+    def epsilons(self) -> list[float]:
+        return list(dict.fromkeys(r["eps"] for r in self.rows))
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "data": self.data, "by": self.by, "norm": norm_label(self.norm),
+                "n": self.n if self.n is not None else "all", "probe": self.probe, "clean": self.clean,
+                "groups": list(self.rows), "seconds": round(self.seconds, 3)}
+
+
+def probe(model, data, *, epsilons: Sequence[float], by: str = "component", norm: float | str = "inf",
+          n: int | None = None, params=None, types=None, layers=None, probe: str | None = None) -> ProbeResult:
+    """Vulnerability probe (Sun et al. 2021, Fig. 4): the one-step corruption restricted to each group.
+
+    Within a group the budget is ``min(n, group size)`` parameters.
+    """
+    t0 = time.perf_counter()
+    p = parse_norm(norm)
+    module, mlabel = resolve_model(model)
+    dset, dlabel = resolve_data(data)
+    eps = corruption._check_epsilons(epsilons)
+    ball = LpBall(p=p, eps=1.0, n=n)
+    groups = select(module, params, types=types, layers=layers).groups(by)
+    pdata, plabel = _probe(data, dset, probe)
+    base = evaluate(module, dset)
+    rows = []
+    for gname, gsel in groups.items():
+        res = corruption.gradient(module, dset, ball, epsilons=eps, selection=gsel,
+                                  probe=None if probe is None else pdata, clean=base)
+        for pt in res:
+            rows.append({"group": gname, "params": list(gsel.names), "numel": gsel.numel,
+                         "n_effective": min(n, gsel.numel) if n else gsel.numel, "eps": pt.eps,
+                         "accuracy": pt.accuracy, "loss": pt.loss, "loss_change": pt.loss_change,
+                         "first_order": pt.extra["first_order"]})
+    return ProbeResult(mlabel, dlabel, by, p, n, plabel, {"accuracy": base.accuracy, "loss": base.loss},
+                       tuple(rows), time.perf_counter() - t0)
