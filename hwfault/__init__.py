@@ -1,2 +1,32 @@
-"""hwfault: hardware-fault simulation toolkit for neural-network accelerators."""
+"""hwfault: hardware-fault simulation toolkit for neural-network accelerators.
+
+The Python API mirrors the CLI: :func:`sweep` and :func:`probe` are what ``hwfault sweep`` and
+``hwfault probe`` run; the corruption methods, constraint sets and parameter selection beneath them
+are public too.
+"""
+
 __version__ = "0.1.0"
+
+from .constraints import ConstraintSet, LpBall
+from .corruption import CorruptionPoint, CorruptionResult, gradient, multistep, random
+from .data import list_datasets, load_data
+from .errors import (ConstraintError, DataError, ExportError, HwfaultError, ModelError, SelectionError,
+                     SpecError)
+from .evaluate import EvalResult, evaluate, loss_and_grad
+from .params import Selection, describe, perturbed, select
+from .sweep import ProbeResult, SweepResult, probe, sweep
+from .zoo import list_models, load_model, save_checkpoint
+
+__all__ = [
+    "__version__",
+    # data and models
+    "load_data", "list_datasets", "load_model", "list_models", "save_checkpoint",
+    # parameters and evaluation
+    "select", "describe", "Selection", "perturbed", "evaluate", "loss_and_grad", "EvalResult",
+    # constraint sets and corruption methods
+    "ConstraintSet", "LpBall", "random", "gradient", "multistep", "CorruptionPoint", "CorruptionResult",
+    # analyses
+    "sweep", "probe", "SweepResult", "ProbeResult",
+    # errors
+    "HwfaultError", "DataError", "ModelError", "SelectionError", "ConstraintError", "SpecError", "ExportError",
+]

@@ -69,6 +69,8 @@ def list_datasets() -> list[str]:
 def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a readable .npz file (expected a zip archive written by numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

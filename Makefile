@@ -1,0 +1,35 @@
+# hwfault: `make demo` runs a sweep on a shipped model; `make test` runs the test suite.
+# Both create .venv and install what they need (torch 2.13.0 CPU wheel).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?= -n 2
+
+.PHONY: demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p out
+	$(BIN)/hwfault zoo list
+	$(BIN)/hwfault sweep --model digits-cnn --data digits --norm 2 --eps 0.01,0.1,0.3,1,3 \
+		--methods random,gradient,multistep --trials 10 --json out/sweep.json --plot out/sweep.png
+	@echo "demo: wrote out/sweep.json and out/sweep.png"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -q -m ''
+
+bench: $(STAMP)
+	$(BIN)/python bench/seed_table1.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

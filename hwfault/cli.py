@@ -1,0 +1,231 @@
+"""The ``hwfault`` command line: parse, one library call, print a table (stderr) and write JSON/plots.
+
+Bad input of any kind ends in one line ``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.exceptions import TyperException
+
+from . import __version__, progress, report
+from .errors import ConstraintError, HwfaultError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Hardware-fault simulation for neural-network accelerators.")
+zoo_app = typer.Typer(no_args_is_help=True, help="The reference model zoo.")
+app.add_typer(zoo_app, name="zoo")
+
+
+def _version(value: bool):
+    if value:
+        print(f"hwfault {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Hardware-fault simulation for neural-network accelerators."""
+
+
+# ----------------------------------------------------------------------------- parsing helpers
+
+
+def parse_eps(text: str) -> list[float]:
+    vals = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            v = float(part)
+        except ValueError:
+            raise ConstraintError(f"expected --eps as comma-separated numbers, got '{part}'") from None
+        if not math.isfinite(v) or v <= 0:
+            raise ConstraintError(f"expected eps > 0, got {part}")
+        vals.append(v)
+    return vals
+
+
+def parse_n(text: str) -> Optional[int]:
+    if text.strip().lower() in ("all", "k"):
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConstraintError(f"expected --n as a positive integer or 'all', got '{text}'") from None
+    if n <= 0:
+        raise ConstraintError(f"expected n > 0 (number of corrupted parameters), got {n}")
+    return n
+
+
+def _outputs(result, table, json_path: Optional[str], plot_path: Optional[str], plot) -> None:
+    report.print_table(table)
+    if json_path:
+        report.write_json(result.to_dict(), json_path)
+        if json_path != "-":
+            print(f"wrote {json_path}", file=sys.stderr)
+    if plot_path:
+        plot(result, plot_path)
+        print(f"wrote {plot_path}", file=sys.stderr)
+
+
+MODEL = typer.Option(..., "--model", "-m", help="Zoo name, hwfault .safetensors checkpoint or torch.export .pt2.")
+DATA = typer.Option(None, "--data", "-d", help="digits, mnist1d or an .npz with x and y (default: the zoo model's data).")
+PARAMS = typer.Option(None, "--params", help="Comma-separated name globs of the parameters to corrupt (default: all).")
+TYPES = typer.Option(None, "--types", help="Comma-separated component types: conv, linear, norm, embedding, attention, recurrent, bias, weight.")
+LAYERS = typer.Option(None, "--layers", help="Comma-separated layer positions (0 = first; -1 = last).")
+PROBE = typer.Option(None, "--probe", help="Take the gradient on this split (train or test) instead of the evaluation data.")
+
+
+def _data_for(model: str, data: Optional[str]) -> str:
+    if data:
+        return data
+    from .zoo import list_models, load_model, model_data
+
+    if model not in list_models() and not Path(model).exists():
+        load_model(model)  # raises the unknown-model error with a suggestion
+    d = model_data(model)
+    if d is None:
+        raise HwfaultError(f"--data is required for model '{model}' (no data set is recorded for it)")
+    return d
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@app.command()
+def sweep(
+    model: str = MODEL,
+    data: Optional[str] = DATA,
+    norm: str = typer.Option("2", "--norm", "-p", help="p of the L_p constraint: a number >= 1 or inf."),
+    eps: str = typer.Option("0.01,0.1,1", "--eps", help="Comma-separated corruption sizes ||a||_p."),
+    n: str = typer.Option("all", "--n", help="Most parameters changed (||a||_0 <= n), or 'all'."),
+    params: Optional[str] = PARAMS,
+    types: Optional[str] = TYPES,
+    layers: Optional[str] = LAYERS,
+    methods: str = typer.Option("random,gradient,multistep", "--methods", help="Any of random, gradient, multistep."),
+    trials: int = typer.Option(10, "--trials", help="Random corruptions per eps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random corruptions."),
+    steps: int = typer.Option(10, "--steps", help="Multi-step: ascent steps."),
+    step_size: Optional[float] = typer.Option(None, "--step-size", help="Multi-step: step budget (default 1.5 eps / steps)."),
+    probe: Optional[str] = PROBE,
+    antithetic: bool = typer.Option(False, "--antithetic", help="Random: pair each direction with its negation."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Draw accuracy vs eps per method here (.png/.svg/.pdf)."),
+):
+    """Accuracy under random vs gradient-based vs multi-step parameter corruption, over eps."""
+    from .sweep import sweep as run
+
+    if trials < 1:
+        raise ConstraintError(f"expected --trials >= 1, got {trials}")
+    result = run(model, _data_for(model, data), epsilons=parse_eps(eps), norm=norm, n=parse_n(n), params=params,
+                 types=types, layers=layers, methods=methods, trials=trials, seed=seed, probe=probe, steps=steps,
+                 step_size=step_size, antithetic=antithetic)
+    _outputs(result, report.sweep_table(result), json_path, plot, report.plot_sweep)
+
+
+@app.command("probe")
+def probe_cmd(
+    model: str = MODEL,
+    data: Optional[str] = DATA,
+    by: str = typer.Option("component", "--by", help="Group parameters by component type or by layer."),
+    norm: str = typer.Option("inf", "--norm", "-p", help="p of the L_p constraint: a number >= 1 or inf."),
+    eps: str = typer.Option(..., "--eps", help="Comma-separated corruption sizes."),
+    n: str = typer.Option("10", "--n", help="Most parameters changed per group, or 'all'."),
+    params: Optional[str] = PARAMS,
+    types: Optional[str] = TYPES,
+    layers: Optional[str] = LAYERS,
+    probe: Optional[str] = PROBE,
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Draw the group x eps accuracy heatmap here."),
+):
+    """Vulnerability probe: gradient-based corruption restricted to each component type or layer."""
+    from .sweep import probe as run
+
+    if by not in ("component", "layer"):
+        raise HwfaultError(f"expected --by component or layer, got '{by}'")
+    result = run(model, _data_for(model, data), epsilons=parse_eps(eps), by=by, norm=norm, n=parse_n(n),
+                 params=params, types=types, layers=layers, probe=probe)
+    _outputs(result, report.probe_table(result), json_path, plot, report.plot_probe)
+
+
+@zoo_app.command("list")
+def zoo_list(json_out: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout.")):
+    """List the zoo models with their data, size and accuracy."""
+    from rich.table import Table
+
+    from .zoo import get_entry, list_models, model_card
+
+    rows = []
+    for name in list_models():
+        e, card = get_entry(name), model_card(name)
+        rows.append({"name": name, "data": e.data, "description": e.description,
+                     "parameters": card.get("parameters"), "test_accuracy": card.get("test_accuracy"),
+                     "trained": bool(card)})
+    if json_out:
+        report.write_json({"models": rows}, "-")
+        return
+    t = Table(title="hwfault model zoo (models/)")
+    for col in ("name", "data", "params", "test acc %", "architecture"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["data"], f"{r['parameters']:,}" if r["parameters"] else "-",
+                  f"{100 * r['test_accuracy']:.2f}" if r["trained"] else "untrained", r["description"])
+    report.print_table(t)
+
+
+@zoo_app.command("train")
+def zoo_train(
+    name: str = typer.Argument(..., help="Zoo model name."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the checkpoint and card (default: models/)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (default: the zoo recipe's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the zoo recipe's)."),
+):
+    """Train a zoo model from scratch, deterministically, and write its checkpoint and model card."""
+    from .zoo import get_entry, train
+
+    entry = get_entry(name)
+    total = entry.epochs if epochs is None else epochs
+    with progress.task(f"training {name}", total) as advance:
+        card = train(name, out_dir=out, seed=seed, epochs=epochs, on_epoch=lambda e, loss: advance(1))
+    print(f"{name}: test accuracy {100 * card['test_accuracy']:.2f}%, {card['parameters']:,} parameters, "
+          f"{card['train_seconds']} s -> {(out or Path('models')) / (name + '.safetensors')}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point: one-line errors and exit code 2 for bad input, never a traceback for it."""
+    progress.enable(True)
+    cmd = typer.main.get_command(app)
+    try:
+        rv = cmd.main(args=argv, prog_name="hwfault", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except HwfaultError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = e.exit_code
+    except typer.Exit as e:
+        code = e.exit_code
+    except TyperException as e:  # usage errors: unknown option, missing value, bad type
+        msg = e.format_message() if hasattr(e, "format_message") else str(e)
+        print(f"error: {' '.join(msg.split())}", file=sys.stderr)
+        code = 2
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        code = 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
