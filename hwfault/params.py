@@ -48,12 +48,15 @@ def _module_type(module: nn.Module) -> str | None:
     return None
 
 
-def _shape_type(name: str, p: torch.Tensor) -> str:
-    if p.ndim >= 3:
+def _shape_type(name: str, weight: torch.Tensor | None) -> str:
+    """Component type of an untyped layer (e.g. from a torch.export archive) from its weight's shape."""
+    if weight is None:
+        return "linear"
+    if weight.ndim >= 3:
         return "conv"
-    if p.ndim == 2:
-        return "embedding" if "embed" in name.lower() or "pos" in name.lower() else "linear"
-    return "norm" if ("norm" in name.lower() or "bn" in name.lower()) else "linear"
+    if weight.ndim == 2:
+        return "embedding" if any(t in name.lower() for t in ("embed", "pos", "token")) else "linear"
+    return "norm"
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,11 @@ def describe(model: nn.Module) -> list[ParamInfo]:
             owners[full] = (mname, comp or "")
     infos: list[ParamInfo] = []
     layer_pos: dict[str, int] = {}
-    for name, p in model.named_parameters():
+    named = dict(model.named_parameters())
+    for name, p in named.items():
         layer, comp = owners.get(name, (name.rsplit(".", 1)[0] if "." in name else "", ""))
-        if not comp:
-            comp = _shape_type(name, p)
+        if not comp:  # no typed module: type the layer from its weight's shape
+            comp = _shape_type(name, named.get(f"{layer}.weight" if layer else "weight", p))
         layer_pos.setdefault(layer, len(layer_pos))
         infos.append(ParamInfo(name, layer, comp, layer_pos[layer], p.numel(), tuple(p.shape)))
     return infos
@@ -156,6 +160,8 @@ def _as_list(v: str | Iterable | None) -> list:
         return []
     if isinstance(v, str):
         return [s.strip() for s in v.split(",") if s.strip()]
+    if isinstance(v, int):
+        return [v]
     return list(v)
 
 
