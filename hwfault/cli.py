@@ -115,6 +115,7 @@ def sweep(
     step_size: Optional[float] = typer.Option(None, "--step-size", help="Multi-step: step budget (default 1.5 eps / steps)."),
     probe: Optional[str] = PROBE,
     antithetic: bool = typer.Option(False, "--antithetic", help="Random: pair each direction with its negation."),
+    float64: bool = typer.Option(False, "--float64", help="Evaluate in float64 (for loss changes below float32 round-off)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw accuracy vs eps per method here (.png/.svg/.pdf)."),
 ):
@@ -125,7 +126,7 @@ def sweep(
         raise ConstraintError(f"expected --trials >= 1, got {trials}")
     result = run(model, _data_for(model, data), epsilons=parse_eps(eps), norm=norm, n=parse_n(n), params=params,
                  types=types, layers=layers, methods=methods, trials=trials, seed=seed, probe=probe, steps=steps,
-                 step_size=step_size, antithetic=antithetic)
+                 step_size=step_size, antithetic=antithetic, float64=float64)
     _outputs(result, report.sweep_table(result), json_path, plot, report.plot_sweep)
 
 
