@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode=None, help="Hardware-fault simulation for neural-network accelerators.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The reference model zoo.")
 app.add_typer(zoo_app, name="zoo")
+chips_app = typer.Typer(no_args_is_help=True, help="Chip specs: shipped presets and your own TOML files.")
+app.add_typer(chips_app, name="chips")
 
 
 def _version(value: bool):
@@ -196,6 +198,100 @@ def zoo_train(
         card = train(name, out_dir=out, seed=seed, epochs=epochs, on_epoch=lambda e, loss: advance(1))
     print(f"{name}: test accuracy {100 * card['test_accuracy']:.2f}%, {card['parameters']:,} parameters, "
           f"{card['train_seconds']} s -> {(out or Path('models')) / (name + '.safetensors')}", file=sys.stderr)
+
+
+CHIP = typer.Option(..., "--chip", "-c", help="A chip preset name (hwfault chips list) or a chip TOML file.")
+
+
+@app.command()
+def estimate(
+    model: str = MODEL,
+    data: Optional[str] = DATA,
+    chip: str = CHIP,
+    coverage: Optional[float] = typer.Option(None, "--coverage", help="Probability that the worst-case set holds a chip's faults (default: the spec's)."),
+    trials: int = typer.Option(100, "--trials", help="Monte-Carlo chips."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo chips."),
+    steps: int = typer.Option(10, "--steps", help="Multi-step worst case: ascent steps."),
+    probe: Optional[str] = PROBE,
+    no_breakdown: bool = typer.Option(False, "--no-breakdown", help="Skip the per-fault breakdown and severity curve."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
+    report_path: Optional[str] = typer.Option(None, "--report", help="Write an HTML (.html) or Markdown (.md) report with plots."),
+):
+    """How a model fares on a chip: Monte-Carlo over its faults vs the worst case inside their covering set."""
+    from .estimate import estimate as run
+
+    result = run(model, _data_for(model, data), chip, coverage=coverage, trials=trials, seed=seed, steps=steps,
+                 probe=probe, per_fault=not no_breakdown, severities=() if no_breakdown else (0.25, 0.5, 1.0, 2.0, 4.0))
+    _outputs(result, report.estimate_table(result), json_path, report_path, report.write_report)
+
+
+@app.command("bits")
+def bits_cmd(
+    model: str = MODEL,
+    data: Optional[str] = DATA,
+    format: str = typer.Option("int8", "--format", help="Stored number format: int2..int16, fp16, bf16, fp32."),
+    per_channel: bool = typer.Option(False, "--per-channel", help="intN: one scale per output channel."),
+    until: float = typer.Option(0.11, "--until", help="Target accuracy (0..1)."),
+    max_flips: int = typer.Option(100, "--max-flips", help="Give up the search after this many flips."),
+    runs: int = typer.Option(5, "--runs", help="Random-flip runs (the median is reported)."),
+    seed: int = typer.Option(0, "--seed"),
+    params: Optional[str] = PARAMS,
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
+):
+    """Worst-case bit flips (progressive bit search) vs random flips needed to reach a target accuracy."""
+    from .bits import bits as run
+
+    r = run(model, _data_for(model, data), format=format, per_channel=per_channel, until=until, max_flips=max_flips,
+            random_runs=runs, seed=seed, params=params)
+    d = r.to_dict()
+    flips = d["flips"] if d["flips"] is not None else f"> {d['max_flips']} (not reached)"
+    rnd = f"{d['random_flips']:g}" if d["random_flips"] is not None else "not reached in most runs"
+    print(f"{d['model']} stored as {d['format']}: clean {100 * d['clean']['accuracy']:.1f}%, "
+          f"quantised {100 * d['quantized']['accuracy']:.1f}%\n"
+          f"  worst-case flips to <= {100 * until:.1f}%: {flips}  (accuracy after each: "
+          f"{', '.join(f'{100 * a:.1f}' for a in d['history'])})\n"
+          f"  random flips to <= {100 * until:.1f}% (median of {runs}): {rnd}  runs {d['random_runs']}", file=sys.stderr)
+    if json_path:
+        report.write_json(d, json_path)
+
+
+@chips_app.command("list")
+def chips_list(json_out: bool = typer.Option(False, "--json", help="Print the preset names as a JSON list on stdout.")):
+    """List the shipped chip presets."""
+    from rich.table import Table
+
+    from .spec import list_chips, load_chip
+
+    names = list_chips()
+    if json_out:
+        report.write_json(names, "-")
+        return
+    t = Table(title="hwfault chip presets")
+    for col in ("name", "format", "faults", "description"):
+        t.add_column(col)
+    for n in names:
+        c = load_chip(n)
+        t.add_row(n, c.format.kind, ", ".join(f.kind for f in c.faults) or "-", c.description)
+    report.print_table(t)
+
+
+@chips_app.command("show")
+def chips_show(chip: str = typer.Argument(..., help="Preset name or TOML file."),
+               toml: bool = typer.Option(False, "--toml", help="Print the spec as TOML (to start your own).")):
+    """Show a chip spec."""
+    from .spec import describe_chip, load_chip
+
+    spec = load_chip(chip)
+    print(spec.to_toml() if toml else describe_chip(spec))
+
+
+@chips_app.command("check")
+def chips_check(path: str = typer.Argument(..., help="A chip TOML file.")):
+    """Validate a chip TOML file: prints 'ok' or one line naming the bad field (exit code 2)."""
+    from .spec import load_chip
+
+    spec = load_chip(path)
+    print(f"ok: {spec.name} ({spec.format.kind}, {len(spec.faults)} faults)")
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -168,3 +168,232 @@ def _project_l1(v: torch.Tensor, eps: float) -> torch.Tensor:
     rho = int(torch.nonzero(u * ks > (css - eps)).max())
     theta = (css[rho] - eps) / (rho + 1)
     return torch.sign(v) * (v.abs() - theta).clamp(min=0)
+
+
+# ----------------------------------------------------------------------------- device-fault geometries
+
+
+def _flat64(v: torch.Tensor) -> torch.Tensor:
+    return v.detach().reshape(-1).double()
+
+
+@dataclass(frozen=True, eq=False)
+class Box(ConstraintSet):
+    """Per-element interval {a : lo <= a <= hi} (lo <= 0 <= hi). Quantisation (half a step), drift
+    (a multiplicative range) and union-bound Gaussian sets are boxes. ``maximize`` is the vertex
+    sgn(g); ``project`` is the exact Euclidean projection (clamping)."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    def maximize(self, g: torch.Tensor) -> torch.Tensor:
+        g64 = _flat64(g)
+        out = torch.where(g64 > 0, self.hi.double(), torch.where(g64 < 0, self.lo.double(), torch.zeros_like(g64)))
+        return out.to(g.dtype)
+
+    def project(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(_flat64(a), self.hi.double()), self.lo.double()).to(a.dtype)
+
+    def contains(self, a: torch.Tensor, rtol: float = 1e-4) -> bool:
+        a64 = _flat64(a)
+        slack = rtol * torch.maximum(self.hi.double().abs(), self.lo.double().abs()) + 1e-12
+        return bool(torch.isfinite(a64).all() and (a64 <= self.hi.double() + slack).all()
+                    and (a64 >= self.lo.double() - slack).all())
+
+    def random(self, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        u = torch.rand(self.lo.numel(), generator=generator, dtype=torch.float64)
+        return (self.lo.double() + u * (self.hi.double() - self.lo.double())).to(dtype)
+
+    def to_dict(self) -> dict:
+        return {"kind": "box", "k": self.lo.numel(), "mean_width": float((self.hi - self.lo).double().mean())}
+
+
+@dataclass(frozen=True, eq=False)
+class Ellipsoid(ConstraintSet):
+    """Weighted L2 ball {a : ||a / sigma||_2 <= radius} (elements with sigma = 0 are fixed at 0).
+
+    The covering set of independent Gaussian noise a_i ~ N(0, sigma_i^2): with radius^2 the
+    chi-square quantile of k degrees of freedom it contains a realisation with that probability.
+    ``maximize``: a = radius * sigma^2 g / ||sigma g||_2. ``project``: exact projection in the
+    whitened coordinates a / sigma.
+    """
+
+    sigma: torch.Tensor
+    radius: float
+
+    def maximize(self, g: torch.Tensor) -> torch.Tensor:
+        s, g64 = self.sigma.double(), _flat64(g)
+        v = s * g64
+        nrm = torch.linalg.vector_norm(v)
+        if nrm == 0 or self.radius == 0:
+            return torch.zeros_like(g)
+        return (self.radius * s * v / nrm).to(g.dtype)
+
+    def _whiten(self, a64: torch.Tensor) -> torch.Tensor:
+        s = self.sigma.double()
+        return torch.where(s > 0, a64 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(a64))
+
+    def project(self, a: torch.Tensor) -> torch.Tensor:
+        u = self._whiten(_flat64(a))
+        nrm = torch.linalg.vector_norm(u)
+        if nrm > self.radius:
+            u = u * (self.radius / nrm)
+        return (u * self.sigma.double()).to(a.dtype)
+
+    def norm(self, a: torch.Tensor) -> float:
+        return float(torch.linalg.vector_norm(self._whiten(_flat64(a))))
+
+    def contains(self, a: torch.Tensor, rtol: float = 1e-4) -> bool:
+        a64 = _flat64(a)
+        if not bool(torch.isfinite(a64).all()) or bool((a64[self.sigma == 0] != 0).any()):
+            return False
+        return self.norm(a64) <= self.radius * (1 + rtol) + 1e-12
+
+    def random(self, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        z = torch.randn(self.sigma.numel(), generator=generator, dtype=torch.float64)
+        return (self.sigma.double() * z * (self.radius / torch.linalg.vector_norm(z))).to(dtype)
+
+    def to_dict(self) -> dict:
+        return {"kind": "ellipsoid", "k": self.sigma.numel(), "radius": self.radius,
+                "mean_sigma": float(self.sigma.double().mean())}
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateSet(ConstraintSet):
+    """A discrete set: at most ``n`` elements change, element i to one of its candidate values
+    ``deltas[i, j]`` (e.g. flipping bit j of a stored weight, or a cell stuck at SA0/SA1).
+
+    ``maximize`` is the greedy linear oracle: the best candidate per element by g_i * delta_ij, then
+    the n elements of largest positive gain (exact for this set, since gains add over elements).
+    Non-finite candidates (float exponent flips to Inf/NaN) are left to Monte-Carlo: the oracle
+    ranks finite candidates only. ``project`` snaps each element to its nearest candidate or 0 and
+    keeps the n largest changes.
+    """
+
+    deltas: torch.Tensor  # (k, m)
+    n: int
+    labels: tuple[str, ...] = ()
+
+    def _finite(self) -> torch.Tensor:
+        d = self.deltas.double()
+        return torch.where(torch.isfinite(d), d, torch.zeros_like(d))
+
+    def choose(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(elements, candidate index, gain) of the greedy linear optimum, best first."""
+        gain = _flat64(g)[:, None] * self._finite()
+        best, j = gain.max(dim=1)
+        k = min(self.n, int((best > 0).sum()))
+        top = torch.topk(best, k).indices if k else torch.zeros(0, dtype=torch.long)
+        return top, j[top], best[top]
+
+    def apply(self, elements: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        a = torch.zeros(self.deltas.shape[0], dtype=torch.float64)
+        a[elements] = self.deltas.double()[elements, choice]
+        return a
+
+    def maximize(self, g: torch.Tensor) -> torch.Tensor:
+        el, j, _ = self.choose(g)
+        return self.apply(el, j).to(g.dtype)
+
+    def project(self, a: torch.Tensor) -> torch.Tensor:
+        a64 = _flat64(a)
+        d = self._finite()
+        dist = (d - a64[:, None]).abs()
+        j = dist.argmin(dim=1)
+        snapped = d.gather(1, j[:, None]).squeeze(1)
+        snapped = torch.where(a64.abs() < dist.gather(1, j[:, None]).squeeze(1), torch.zeros_like(a64), snapped)
+        if int(torch.count_nonzero(snapped)) > self.n:
+            snapped = torch.where(top_n_mask(snapped, self.n), snapped, torch.zeros_like(snapped))
+        return snapped.to(a.dtype)
+
+    def contains(self, a: torch.Tensor, rtol: float = 1e-4) -> bool:
+        a64 = _flat64(a)
+        nz = torch.nonzero(a64).reshape(-1)
+        if nz.numel() > self.n:
+            return False
+        d = self.deltas.double()[nz]
+        ok = ((d - a64[nz, None]).abs() <= rtol * d.abs() + 1e-12) | ((d == a64[nz, None]) & ~torch.isfinite(d))
+        return bool(ok.any(dim=1).all())
+
+    def random(self, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        rows = self.deltas.shape[0]
+        el = torch.randperm(rows, generator=generator)[: min(self.n, rows)]
+        j = torch.randint(self.deltas.shape[1], (el.numel(),), generator=generator)
+        return self.apply(el, j).to(dtype)
+
+    def to_dict(self) -> dict:
+        return {"kind": "candidates", "k": self.deltas.shape[0], "options": self.deltas.shape[1], "n": self.n}
+
+
+@dataclass(frozen=True, eq=False)
+class SumSet(ConstraintSet):
+    """Minkowski sum of parts: a = sum_i a_i with a_i in part i. A point is kept as its list of parts;
+    ``maximize`` (the sum of the parts' maximisers) is exact for a linear objective."""
+
+    parts: tuple[ConstraintSet, ...]
+    names: tuple[str, ...] = ()
+
+    def maximize_parts(self, g: torch.Tensor) -> list[torch.Tensor]:
+        return [p.maximize(g) for p in self.parts]
+
+    def project_parts(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [s.project(a) for s, a in zip(self.parts, parts)]
+
+    def contains_parts(self, parts: list[torch.Tensor], rtol: float = 1e-4) -> bool:
+        return all(s.contains(a, rtol) for s, a in zip(self.parts, parts))
+
+    def maximize(self, g: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.maximize_parts(g)).sum(0)
+
+    def project(self, a: torch.Tensor) -> torch.Tensor:  # a sum has no unique split: project as a single part
+        raise NotImplementedError("project a SumSet part by part (project_parts)")
+
+    def contains(self, a: torch.Tensor, rtol: float = 1e-4) -> bool:
+        raise NotImplementedError("check a SumSet part by part (contains_parts)")
+
+    def random(self, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.stack([p.random(k, generator, dtype) for p in self.parts]).sum(0)
+
+    def to_dict(self) -> dict:
+        return {"kind": "sum", "parts": [dict(p.to_dict(), name=n) for p, n in zip(self.parts, self.names or
+                                                                               [""] * len(self.parts))]}
+
+
+@dataclass(frozen=True, eq=False)
+class BitSet(CandidateSet):
+    """Flips of stored bits: at most ``n`` bits in total, any number of them in one weight.
+
+    ``deltas[i, b]`` is the change of weight i when its bit b flips alone. Membership is exact: the
+    stored codes of ``base + a`` differ from ``base``'s in at most n bits (a non-finite value, from an
+    exponent flip, counts as one), and only in allowed directions (stuck-at-0 cells can only clear
+    bits, stuck-at-1 cells only set them). The linear oracle considers one flip per weight.
+    """
+
+    base: torch.Tensor = None           # stored values (k,)
+    encode: object = None               # all k values -> their stored codes (int64)
+    bits: int = 8
+    clear_ok: bool = True
+    set_ok: bool = True
+
+    def contains(self, a: torch.Tensor, rtol: float = 1e-4) -> bool:
+        a64 = _flat64(a)
+        nz = torch.nonzero(a64).reshape(-1)
+        if nz.numel() == 0:
+            return True
+        finite = torch.isfinite(a64[nz])
+        used = int((~finite).sum())
+        idx = nz[finite]
+        # one flip: a matches a single-bit change (float64 round-off allowed); the rest by stored codes
+        d = self.deltas.double()[idx]
+        single = ((d - a64[idx, None]).abs() <= 1e-6 * d.abs() + 1e-30).any(dim=1)
+        used += int(single.sum())
+        idx = idx[~single]
+        if idx.numel():
+            after = self.base.double() + torch.where(torch.isfinite(a64), a64, torch.zeros_like(a64))
+            old, new = self.encode(self.base.double())[idx], self.encode(after)[idx]
+            cleared, setb = old & ~new, new & ~old
+            if (not self.clear_ok and bool(cleared.any())) or (not self.set_ok and bool(setb.any())):
+                return False
+            x = old ^ new
+            used += sum(int(((x >> b) & 1).sum()) for b in range(self.bits))
+        return used <= self.n

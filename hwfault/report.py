@@ -160,3 +160,128 @@ def plot_probe(result, path: str | Path) -> None:
                                f"L{d['norm']}, n = {d['n']}, clean {100 * d['clean']['accuracy']:.1f}%")
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     _save_fig(fig, path)
+
+
+# ----------------------------------------------------------------------------- chip estimates
+
+
+def _bracket_rows(d: dict) -> list[tuple[str, float | None, str]]:
+    r, w = d["random"], d["worst_case"]
+    lo, hi = r["accuracy_ci95"]
+    rows = [("clean (float32)", d["clean"]["accuracy"], ""),
+            (f"stored as {d['chip']['format']}", d["quantized"]["accuracy"], "faults off"),
+            ("Monte-Carlo mean", r["accuracy_mean"], f"95% CI {_pct(lo)}-{_pct(hi)}, {r['trials']} chips"),
+            ("Monte-Carlo 1st percentile", r["accuracy_p01"], ""),
+            ("Monte-Carlo min", r["accuracy_min"], ""),
+            ("worst case: one step", w["one_step"]["accuracy"], f"first-order loss change {_num(w['one_step']['first_order'])}"),
+            ("worst case: multi-step", w["multi_step"]["accuracy"], f"{w['multi_step']['steps']} steps")]
+    if "bit_search" in w:
+        rows.append(("worst case: bit search", w["bit_search"]["accuracy"],
+                     f"{w['bit_search']['flips']} of {w['bit_search']['budget']} flips/cells"))
+    if "certified" in d and d["certified"].get("accuracy") is not None:
+        rows.append(("certified floor", d["certified"]["accuracy"], d["certified"].get("method", "")))
+    return rows
+
+
+def estimate_table(result):
+    from rich.table import Table
+
+    d = result.to_dict()
+    t = Table(title=f"{d['model']} on {d['data']}, chip {d['chip']['name']} "
+                    f"({d['chip']['format']}, {d['chip']['k']:,} weights on the device; coverage {d['chip']['coverage']})")
+    t.add_column("")
+    t.add_column("accuracy %", justify="right")
+    t.add_column("note")
+    for name, acc, note in _bracket_rows(d):
+        t.add_row(name, _pct(acc), note)
+    for f in d["faults"]:
+        wc = f["worst_case"]
+        worst = min(v["accuracy"] for v in wc.values())
+        t.add_row(f"  {f['fault']['kind']} alone", _pct(f["random"]["accuracy_mean"]),
+                  f"Monte-Carlo mean; worst case {_pct(worst)}")
+    return t
+
+
+def plot_estimate(result, path: str | Path) -> None:
+    """Monte-Carlo accuracy histogram with the worst-case marks, and accuracy vs severity."""
+    plt = _mpl()
+    d = result.to_dict()
+    sev = d["severity"]
+    fig, axes = plt.subplots(1, 2 if sev["factors"] else 1, figsize=(12 if sev["factors"] else 6.5, 4.2))
+    ax = axes[0] if sev["factors"] else axes
+    accs = [100 * a for a in d["random"]["accuracies"]]
+    ax.hist(accs, bins=min(30, max(5, len(accs) // 3)), color="tab:blue", alpha=0.7, label="Monte-Carlo chips")
+    marks = [("clean", d["clean"]["accuracy"], "gray", "--"),
+             ("one step", d["worst_case"]["one_step"]["accuracy"], "tab:red", "-"),
+             ("multi-step", d["worst_case"]["multi_step"]["accuracy"], "tab:purple", "-")]
+    if "bit_search" in d["worst_case"]:
+        marks.append(("bit search", d["worst_case"]["bit_search"]["accuracy"], "black", ":"))
+    if d.get("certified", {}).get("accuracy") is not None:
+        marks.append(("certified", d["certified"]["accuracy"], "tab:green", "-."))
+    for name, acc, color, ls in marks:
+        ax.axvline(100 * acc, color=color, ls=ls, lw=1.5, label=f"{name} {100 * acc:.1f}%")
+    ax.set(xlabel="accuracy (%)", ylabel="chips", xlim=(0, 100),
+           title=f"{d['model']} on {d['chip']['name']}: {d['random']['trials']} chips vs worst case")
+    ax.legend(fontsize=8, loc="upper left")
+    if sev["factors"]:
+        bx = axes[1]
+        xs = sev["factors"]
+        bx.plot(xs, [100 * v for v in sev["random_mean"]], "o-", color="tab:blue", label="Monte-Carlo mean")
+        bx.plot(xs, [100 * v for v in sev["one_step"]], "o-", color="tab:red", label="worst case, one step")
+        bx.plot(xs, [100 * v for v in sev["multi_step"]], "o-", color="tab:purple", label="worst case, multi-step")
+        bx.axhline(100 * d["clean"]["accuracy"], color="gray", ls="--", lw=1, label="clean")
+        nominal = ", ".join(f"{k} {sev['severity_name'][k]} {v:g}" for k, v in sev["nominal"].items())
+        bx.set(xscale="log", xlabel=f"severity (x nominal: {nominal})", ylabel="accuracy (%)", ylim=(0, 100),
+               title="accuracy vs fault severity")
+        bx.grid(alpha=0.3, which="both")
+        bx.legend(fontsize=8)
+    _save_fig(fig, path)
+
+
+def write_report(result, path: str | Path) -> None:
+    """An HTML (``.html``) or Markdown (``.md``, figure beside it) report of an estimate."""
+    import base64
+    import html
+    import io
+
+    path = Path(path)
+    d = result.to_dict()
+    rows = _bracket_rows(d)
+    fault_rows = [(f["fault"]["kind"], f["random"]["accuracy_mean"], f["random"]["accuracy_min"],
+                   {k: v["accuracy"] for k, v in f["worst_case"].items()}) for f in d["faults"]]
+    chip_lines = [f"format {d['chip']['format']}, {d['chip']['k']:,} weights on the device "
+                  f"({', '.join(d['chip']['params'])}), coverage {d['chip']['coverage']}"]
+    chip_lines += [", ".join(f"{k} {v}" for k, v in f.items()) for f in d["chip"]["faults"]]
+    if path.suffix == ".md":
+        fig = path.with_suffix(".png")
+        plot_estimate(result, fig)
+        md = [f"# {d['model']} on chip {d['chip']['name']}", "", *[f"- {c}" for c in chip_lines], "",
+              "| | accuracy % | note |", "|---|---:|---|", *[f"| {n} | {_pct(a)} | {t} |" for n, a, t in rows], ""]
+        if fault_rows:
+            md += ["| fault alone | Monte-Carlo mean % | min % | worst case % |", "|---|---:|---:|---|",
+                   *[f"| {k} | {_pct(m)} | {_pct(lo)} | " + ", ".join(f"{n} {_pct(v)}" for n, v in w.items()) + " |"
+                     for k, m, lo, w in fault_rows], ""]
+        md += [f"![bracket]({fig.name})", ""]
+        _atomic_write(path, lambda t: t.write_text("\n".join(md)))
+        return
+    buf = io.BytesIO()
+    tmp = path.with_name(f".{path.stem}.fig.png")
+    plot_estimate(result, tmp)
+    buf.write(tmp.read_bytes())
+    tmp.unlink()
+    img = base64.b64encode(buf.getvalue()).decode()
+    e = html.escape
+    trs = "".join(f"<tr><td>{e(n)}</td><td class=n>{_pct(a)}</td><td>{e(t)}</td></tr>" for n, a, t in rows)
+    frs = "".join(f"<tr><td>{e(k)}</td><td class=n>{_pct(m)}</td><td class=n>{_pct(lo)}</td><td>"
+                  + e(", ".join(f"{n} {_pct(v)}" for n, v in w.items())) + "</td></tr>" for k, m, lo, w in fault_rows)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hwfault: {e(d['model'])} on {e(d['chip']['name'])}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 10px;border-bottom:1px solid #ddd}}
+.n{{text-align:right}}table{{border-collapse:collapse;margin:1em 0}}</style></head><body>
+<h1>{e(d['model'])} on chip <code>{e(d['chip']['name'])}</code></h1>
+<ul>{''.join(f'<li>{e(c)}</li>' for c in chip_lines)}</ul>
+<h2>The bracket</h2><table><tr><th></th><th>accuracy %</th><th>note</th></tr>{trs}</table>
+{'<h2>Each fault alone</h2><table><tr><th>fault</th><th>Monte-Carlo mean %</th><th>min %</th><th>worst case %</th></tr>' + frs + '</table>' if frs else ''}
+<img src="data:image/png;base64,{img}" style="max-width:100%">
+<p>Data {e(d['data'])}; gradient from {e(d['probe'])}; seed {d['seed']}; {d['seconds']} s. Generated by hwfault.</p>
+</body></html>"""
+    _atomic_write(path, lambda t: t.write_text(page))

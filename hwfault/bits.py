@@ -1,0 +1,129 @@
+"""The bit-flip attack's headline metric: how many flipped bits take a quantised model to a target
+accuracy, found by progressive bit search (Rakin et al., ICCV 2019), against random flips.
+
+The model's conv and linear weights are stored in ``format`` (intN with symmetric scale, or a float
+format); the search and the random baseline flip bits of those stored values (bit 0 = LSB), one
+flip per weight at most.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import progress
+from .constraints import CandidateSet, SumSet
+from .corruption import trial_seed
+from .errors import ConstraintError
+from .evaluate import evaluate
+from .faults.base import DeviceView
+from .formats import NumberFormat
+from .params import perturbed, select
+from .worstcase import bit_search
+
+
+@dataclass(frozen=True)
+class BitsResult:
+    model: str
+    data: str
+    format: str
+    until: float
+    clean: dict
+    quantized: dict
+    flips: int | None
+    history: tuple[float, ...]
+    flip_list: tuple[dict, ...]
+    random_flips: float | None
+    random_runs: tuple[int | None, ...]
+    max_flips: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "data": self.data, "format": self.format, "until": self.until,
+                "clean": self.clean, "quantized": self.quantized, "flips": self.flips,
+                "random_flips": self.random_flips, "random_runs": list(self.random_runs),
+                "history": list(self.history), "flip_list": list(self.flip_list), "max_flips": self.max_flips,
+                "ratio": (self.random_flips / self.flips) if self.flips and self.random_flips else None,
+                "seconds": round(self.seconds, 2)}
+
+
+def _random_flips(model, data, sel, view, deltas, until, gen, limit) -> int | None:
+    """Smallest m such that the first m flips of a random order (one bit of a distinct weight each)
+    take accuracy to <= until: doubling, then bisection on the same order."""
+    k, bits = deltas.shape
+    order = torch.randperm(k, generator=gen)[:limit]
+    which = torch.randint(bits, (order.numel(),), generator=gen)
+
+    def acc(m: int) -> float:
+        a = torch.zeros(k, dtype=torch.float64)
+        a[order[:m]] = deltas[order[:m], which[:m]]
+        with perturbed(sel, a.float()):
+            return evaluate(model, data).accuracy
+
+    hi = 1
+    while acc(hi) > until:
+        if hi >= order.numel():
+            return None
+        hi = min(2 * hi, order.numel())
+    lo = hi // 2  # acc(lo) > until (or lo == 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if acc(mid) <= until:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def bits(model, data, *, format: str = "int8", per_channel: bool = False, until: float = 0.11,
+         max_flips: int = 100, random_runs: int = 5, seed: int = 0, params=None, types="conv,linear",
+         candidates: int = 5) -> BitsResult:
+    """Worst-case flips (progressive bit search) and random flips needed to reach accuracy ``until``."""
+    from .sweep import resolve_data, resolve_model
+
+    t0 = time.perf_counter()
+    if not 0 <= until <= 1:
+        raise ConstraintError(f"expected --until as an accuracy in [0, 1], got {until}")
+    if max_flips < 1:
+        raise ConstraintError(f"expected max flips >= 1, got {max_flips}")
+    fmt = NumberFormat.parse(format, per_channel=per_channel)
+    module, mlabel = resolve_model(model)
+    dset, dlabel = resolve_data(data)
+    sel = select(module, params, types=types)
+    keep = [i for i, info in enumerate(sel.infos) if "weight" in info.tags]
+    sel = type(sel)(tuple(sel.names[i] for i in keep), tuple(sel.params[i] for i in keep),
+                    tuple(sel.infos[i] for i in keep))
+    view = DeviceView.build(sel, fmt)
+    clean = evaluate(module, dset)
+    deltas = view.bit_deltas().double()
+    deltas = torch.where(torch.isfinite(deltas), deltas, torch.zeros_like(deltas))
+    with perturbed(sel, (view.w_q - view.w).float()):
+        quant = evaluate(module, dset)
+        cset = SumSet((CandidateSet(deltas, max_flips),), ("bitflip",))
+        res = bit_search(module, dset, cset, selection=sel, clean=quant, until=until, candidates=candidates)
+        flips = res.extra["flips"] if res.accuracy <= until else None
+        changed = torch.nonzero(res.parts[0]).reshape(-1)
+        offsets = np.cumsum([0] + [p.numel() for p in sel.params])
+        flip_list = []
+        for el in changed.tolist():
+            t = int(np.searchsorted(offsets, el, side="right") - 1)
+            bit = int(torch.nonzero(deltas[el] == res.parts[0][el]).reshape(-1)[0])
+            flip_list.append({"param": sel.names[t], "index": el - int(offsets[t]), "bit": bit})
+        runs = []
+        with progress.task("random flips", random_runs) as advance:
+            for r in range(random_runs):
+                gen = torch.Generator().manual_seed(trial_seed(seed, r))
+                runs.append(_random_flips(module, dset, sel, view, deltas, until, gen, view.k))
+                advance(1)
+    # a run that never reached the target counts as infinitely many flips
+    median = float(np.median([math.inf if r is None else r for r in runs])) if runs else math.inf
+    median = None if math.isinf(median) else median
+    return BitsResult(mlabel, dlabel, fmt.name, until, {"accuracy": clean.accuracy, "loss": clean.loss},
+                      {"accuracy": quant.accuracy, "loss": quant.loss}, flips, tuple(res.extra["history"]),
+                      tuple(flip_list), median, tuple(runs), max_flips, time.perf_counter() - t0)
+
+

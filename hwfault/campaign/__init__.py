@@ -1,0 +1,1 @@
+"""Fault-injection campaigns: planning, running (local or Dask), journaling (SQLite) and statistics."""

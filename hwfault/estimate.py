@@ -1,0 +1,187 @@
+"""How a model fares on a chip: the bracket from Monte-Carlo (typical) to the worst case.
+
+``estimate(model, data, chip)`` returns, for the chip's faults applied to the parameters that live
+on the device:
+
+- ``clean``: the fault-free float32 model, and ``quantized``: the model stored in the chip's format;
+- ``random``: Monte-Carlo over chips (persistent faults drawn once per trial; read noise and
+  transient flips redrawn for every inference, i.e. every evaluation batch), with mean, a t interval,
+  the 1st percentile and the minimum;
+- ``worst_case``: one-step, multi-step and (for discrete faults) bit search inside the covering set
+  that holds a chip's realisation with probability ``coverage``;
+- ``faults``: the same per fault alone;
+- ``severity``: random mean and worst case with every fault's severity scaled (BER, sigma, ...).
+
+For any trial, read noise is drawn from the trial's own generator, so a trial is reproducible from
+(seed, trial id) alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import stats
+
+from . import progress
+from .constraints import CandidateSet
+from .corruption import trial_seed
+from .errors import ConstraintError
+from .evaluate import DEFAULT_BATCH, EvalResult, as_tensors, logits, score
+from .faults import Chip
+from .params import perturbed
+from .worstcase import bit_search, multi_step, one_step
+
+READ_BATCH = 64  # inputs per read-noise draw
+
+
+def run_trial(chip: Chip, model, data, gen: torch.Generator, *, read_batch: int = READ_BATCH) -> EvalResult:
+    """One Monte-Carlo trial: program a chip, run the data through it (transient faults redrawn per batch)."""
+    programmed = chip.program(gen)
+    x, y = as_tensors(data)
+    if not chip.transient:
+        with perturbed(chip.selection, chip.delta(programmed)):
+            return score(logits(model, data, batch_size=DEFAULT_BATCH), y)
+    outs = []
+    for i in range(0, len(x), read_batch):
+        with perturbed(chip.selection, chip.delta(chip.read(programmed, gen))):
+            outs.append(logits(model, (x[i:i + read_batch], y[i:i + read_batch])))
+    return score(torch.cat(outs), y)
+
+
+def monte_carlo(chip: Chip, model, data, *, trials: int, seed: int, label: str = "Monte-Carlo") -> dict:
+    """Accuracy statistics over ``trials`` chips (trial t seeded from (seed, t))."""
+    accs, losses, nonfinite = [], [], 0
+    with progress.task(label, trials) as advance:
+        for t in range(trials):
+            gen = torch.Generator().manual_seed(trial_seed(seed, t))
+            r = run_trial(chip, model, data, gen)
+            accs.append(r.accuracy)
+            losses.append(r.loss)
+            nonfinite += r.nonfinite > 0
+            advance(1)
+    a = np.asarray(accs)
+    mean = float(a.mean())
+    if trials > 1 and a.std(ddof=1) > 0:
+        lo, hi = stats.t.interval(0.95, trials - 1, loc=mean, scale=stats.sem(a))
+    else:
+        lo = hi = mean
+    finite = [v for v in losses if math.isfinite(v)]
+    return {"trials": trials, "accuracy_mean": mean, "accuracy_ci95": [float(lo), float(hi)],
+            "accuracy_p01": float(np.percentile(a, 1, method="lower")), "accuracy_min": float(a.min()),
+            "accuracy_max": float(a.max()), "accuracy_std": float(a.std(ddof=1)) if trials > 1 else 0.0,
+            "loss_mean": float(np.mean(finite)) if finite else math.nan, "trials_nonfinite": int(nonfinite),
+            "accuracies": [float(v) for v in a]}
+
+
+def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, steps: int, probe=None) -> dict:
+    """One-step, multi-step and (for discrete parts) bit-search worst cases in the covering set."""
+    cset = chip.constraint(coverage)
+    os_ = one_step(model, data, cset, selection=chip.selection, clean=clean, probe=probe)
+    ms = multi_step(model, data, cset, selection=chip.selection, clean=clean, init=os_, steps=steps, probe=probe)
+    out = {"one_step": os_.to_dict(), "multi_step": ms.to_dict(),
+           "set": {"coverage": coverage, **cset.to_dict()}}
+    if any(isinstance(s, CandidateSet) and s.n > 0 for s in cset.parts):
+        bs = bit_search(model, data, cset, selection=chip.selection, clean=clean, base=os_, probe=probe,
+                        keep_best=True)
+        out["bit_search"] = bs.to_dict()
+    return out
+
+
+@dataclass(frozen=True)
+class EstimateResult:
+    model: str
+    data: str
+    chip: dict
+    clean: dict
+    quantized: dict
+    random: dict
+    worst_case: dict
+    faults: tuple[dict, ...]
+    severity: dict
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "data": self.data, "chip": self.chip, "clean": self.clean,
+                "quantized": self.quantized, "random": self.random, "worst_case": self.worst_case,
+                "faults": list(self.faults), "severity": self.severity, **self.settings,
+                "seconds": round(self.seconds, 2)}
+
+
+def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 100, seed: int = 0,
+             steps: int = 10, probe: str | None = None, per_fault: bool = True,
+             severities: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), severity_trials: int | None = None) -> EstimateResult:
+    """The bracket for ``model`` on ``chip`` (a preset name, a TOML path or a ChipSpec)."""
+    from .spec import ChipSpec, load_chip
+    from .sweep import _probe, resolve_data, resolve_model
+
+    t0 = time.perf_counter()
+    if trials < 1:
+        raise ConstraintError(f"expected trials >= 1, got {trials}")
+    spec = chip if isinstance(chip, ChipSpec) else load_chip(chip)
+    cov = spec.coverage if coverage is None else float(coverage)
+    if not 0 < cov < 1:
+        raise ConstraintError(f"expected coverage in (0, 1), got {cov}")
+    module, mlabel = resolve_model(model)
+    dset, dlabel = resolve_data(data)
+    pdata, plabel = _probe(data, dset, probe)
+    pdata = None if probe is None else pdata
+    dev = Chip.build(spec, module)
+    clean = logits(module, dset)
+    _, y = as_tensors(dset)
+    base = score(clean, y)
+    with perturbed(dev.selection, dev.delta(dev.view.w_q.double())):
+        quant = score(logits(module, dset), y)
+
+    random = monte_carlo(dev, module, dset, trials=trials, seed=seed)
+    worst = worst_cases(dev, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata)
+
+    faults = []
+    if per_fault and len(dev.faults) > 1:
+        for i, f in enumerate(dev.faults):
+            alone = dev.with_faults([f])
+            mc = monte_carlo(alone, module, dset, trials=max(10, trials // 4), seed=seed,
+                             label=f"Monte-Carlo ({f.kind} alone)")
+            wc = worst_cases(alone, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata)
+            faults.append({"fault": f.describe(), "random": _brief(mc), "worst_case": _brief_wc(wc)})
+    elif per_fault and dev.faults:
+        faults.append({"fault": dev.faults[0].describe(), "random": _brief(random), "worst_case": _brief_wc(worst)})
+
+    sev = {"factors": [], "random_mean": [], "one_step": [], "multi_step": [], "nominal": {}}
+    if severities and dev.faults:
+        st = severity_trials or max(5, trials // 5)
+        sev["nominal"] = {f.kind: f.severity for f in dev.faults}
+        sev["severity_name"] = {f.kind: f.severity_name for f in dev.faults}
+        for s in severities:
+            scaled = dev.with_faults([f.scaled(s) for f in dev.faults])
+            mc = monte_carlo(scaled, module, dset, trials=st, seed=seed, label=f"severity x{s:g}")
+            cset = scaled.constraint(cov)
+            os_ = one_step(module, dset, cset, selection=dev.selection, clean=base, probe=pdata)
+            ms = multi_step(module, dset, cset, selection=dev.selection, clean=base, init=os_, steps=max(3, steps // 2),
+                            probe=pdata)
+            sev["factors"].append(s)
+            sev["random_mean"].append(mc["accuracy_mean"])
+            sev["one_step"].append(os_.accuracy)
+            sev["multi_step"].append(ms.accuracy)
+
+    return EstimateResult(
+        mlabel, dlabel, {"name": spec.name, "coverage": cov, **dev.describe()},
+        {"accuracy": base.accuracy, "loss": base.loss}, {"accuracy": quant.accuracy, "loss": quant.loss},
+        random, worst, tuple(faults), sev, time.perf_counter() - t0,
+        {"seed": seed, "steps": steps, "probe": plabel})
+
+
+def _brief(mc: dict) -> dict:
+    return {k: mc[k] for k in ("trials", "accuracy_mean", "accuracy_ci95", "accuracy_p01", "accuracy_min")}
+
+
+def _brief_wc(wc: dict) -> dict:
+    out = {k: {"accuracy": v["accuracy"], "loss_change": v["loss_change"]} for k, v in wc.items() if k != "set"}
+    if "bit_search" in wc:
+        out["bit_search"]["flips"] = wc["bit_search"]["flips"]
+    return out

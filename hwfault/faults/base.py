@@ -1,0 +1,148 @@
+"""The device view of a model's weights, and the interface every fault model implements."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from scipy import stats
+
+from ..constraints import ConstraintSet
+from ..formats import NumberFormat
+from ..params import Selection
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceView:
+    """The selected weights as the chip stores them, flat (parameter after parameter, as in
+    :class:`~hwfault.params.Selection`).
+
+    ``w`` are the float32 weights of the model, ``w_q`` the values stored in the chip's number
+    format, ``scale`` the per-element quantisation scale (1 for float formats) and ``tmax`` the
+    max |w| of each element's tensor (the reference of relative noise and of conductance mapping).
+    """
+
+    selection: Selection
+    fmt: NumberFormat
+    w: torch.Tensor
+    w_q: torch.Tensor
+    scale: torch.Tensor
+    tmax: torch.Tensor
+
+    @classmethod
+    def build(cls, selection: Selection, fmt: NumberFormat) -> DeviceView:
+        ws, qs, scales, tmaxes = [], [], [], []
+        for p in selection.params:
+            t = p.detach().float()
+            s = fmt.scale(t)
+            ws.append(t.reshape(-1))
+            qs.append(fmt.quantize(t).reshape(-1))
+            scales.append(torch.broadcast_to(s, t.shape).reshape(-1) if fmt.is_int else torch.ones(t.numel()))
+            tmaxes.append(torch.full((t.numel(),), float(t.abs().max())))
+        return cls(selection, fmt, torch.cat(ws), torch.cat(qs), torch.cat(scales), torch.cat(tmaxes))
+
+    @property
+    def k(self) -> int:
+        return self.w.numel()
+
+    @property
+    def bits(self) -> int:
+        return self.fmt.bits
+
+    def _segments(self):
+        i = 0
+        for p in self.selection.params:
+            yield i, i + p.numel(), p.shape
+            i += p.numel()
+
+    def _seg_scale(self, a: int, b: int, shape) -> torch.Tensor | None:
+        if not self.fmt.is_int:
+            return None
+        return self.fmt.scale(self.w[a:b].view(shape))
+
+    def encode(self, values: torch.Tensor) -> torch.Tensor:
+        """Stored bit patterns (int64, flat) of ``values`` with this view's scales."""
+        return torch.cat([self.fmt.encode(values[a:b].float().view(sh), self._seg_scale(a, b, sh)).reshape(-1)
+                          for a, b, sh in self._segments()])
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.fmt.decode(codes[a:b].view(sh), self._seg_scale(a, b, sh)).reshape(-1)
+                          for a, b, sh in self._segments()])
+
+    def bit_deltas(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, bits): the change of each element when one stored bit flips (bit 0 = LSB)."""
+        from ..formats import bit_deltas
+
+        v = self.w_q if values is None else values
+        return torch.cat([bit_deltas(self.fmt, v[a:b].view(sh), self._seg_scale(a, b, sh)).reshape(b - a, -1)
+                          for a, b, sh in self._segments()])
+
+    def segment_of(self) -> torch.Tensor:
+        """The index of each element's parameter tensor (k,)."""
+        return torch.cat([torch.full((b - a,), i, dtype=torch.long) for i, (a, b, _) in enumerate(self._segments())])
+
+
+class FaultModel:
+    """One physical fault, seen two ways: ``sample`` (one random realisation, for Monte-Carlo) and
+    ``constraint`` (the set that contains realisations with at least a given probability, for the
+    worst case). Both act on a :class:`DeviceView`; values are flat float64 tensors of length k.
+    """
+
+    kind: str = "fault"
+    transient: bool = False   # redrawn for every inference (read noise, transient bit flips)
+    overrides: bool = False   # the faulty elements read a fixed value, whatever earlier faults did
+    severity_name: str = "severity"
+
+    def sample(self, view: DeviceView, values: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The stored values after this fault, given the values before it."""
+        raise NotImplementedError
+
+    def constraint(self, view: DeviceView, coverage: float) -> ConstraintSet:
+        raise NotImplementedError
+
+    def scaled(self, factor: float) -> FaultModel:
+        """A copy with the severity parameter multiplied by ``factor`` (for accuracy-vs-severity curves)."""
+        raise NotImplementedError
+
+    @property
+    def severity(self) -> float:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"kind": self.kind}
+
+
+def union_bound_z(coverage: float, k: int) -> float:
+    """Two-sided normal quantile so that k independent |z_i| <= z all hold with prob >= coverage."""
+    return float(stats.norm.isf((1 - coverage) / (2 * max(k, 1))))
+
+
+def chi2_radius(coverage: float, k: int) -> float:
+    """sqrt of the chi-square quantile: ||z||_2 <= r with probability ``coverage`` for z ~ N(0, I_k)."""
+    return math.sqrt(float(stats.chi2.ppf(coverage, max(k, 1))))
+
+
+def binomial_budget(coverage: float, trials: int, p: float) -> int:
+    """The smallest n with P(Binomial(trials, p) <= n) >= coverage."""
+    if p <= 0 or trials <= 0:
+        return 0
+    return int(stats.binom.ppf(coverage, trials, min(p, 1.0)))
+
+
+def sample_positions(total: int, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Sparse Bernoulli(p) sampling over ``total`` sites: draw the count ~ Binomial(total, p), then
+    that many distinct positions uniformly — O(count), not O(total)."""
+    if p <= 0 or total == 0:
+        return torch.zeros(0, dtype=torch.long)
+    count = int(torch.binomial(torch.tensor([float(total)], dtype=torch.float64),
+                               torch.tensor([min(p, 1.0)], dtype=torch.float64), generator=gen).item())
+    if count == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if count > total // 4:  # dense: a permutation is cheaper than rejection
+        return torch.randperm(total, generator=gen)[:count]
+    pos = torch.unique(torch.randint(total, (count,), generator=gen))
+    while pos.numel() < count:
+        extra = torch.randint(total, (count - pos.numel(),), generator=gen)
+        pos = torch.unique(torch.cat([pos, extra]))
+    return pos[torch.randperm(pos.numel(), generator=gen)]

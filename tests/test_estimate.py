@@ -1,0 +1,84 @@
+"""The chip bracket: worst case <= one step <= Monte-Carlo min <= mean <= clean, for every preset."""
+
+import json
+
+import pytest
+import torch
+
+import hwfault as hw
+from hwfault.cli import main
+from hwfault.estimate import estimate
+from hwfault.spec import list_chips
+
+TOL = 0.01  # accuracy points of slack for the ordering (one input in 540 is 0.0019)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return hw.load_model("digits-cnn")
+
+
+@pytest.mark.parametrize("chip", list_chips())
+def test_bracket_is_ordered_for_every_preset(chip, model, digits, snapshot):
+    take, same = snapshot
+    snap = take(model)
+    r = estimate(model, digits, chip, trials=12, seed=0, steps=5, per_fault=False, severities=()).to_dict()
+    assert same(model, snap)
+    wc, mc = r["worst_case"], r["random"]
+    worst = [wc["multi_step"]["accuracy"]] + ([wc["bit_search"]["accuracy"]] if "bit_search" in wc else [])
+    assert max(worst) <= wc["one_step"]["accuracy"] + TOL
+    assert wc["one_step"]["accuracy"] <= mc["accuracy_min"] + TOL
+    assert mc["accuracy_min"] <= mc["accuracy_p01"] <= mc["accuracy_mean"] + 1e-12
+    assert mc["accuracy_mean"] <= r["clean"]["accuracy"] + TOL
+    lo, hi = mc["accuracy_ci95"]
+    assert lo - 1e-12 <= mc["accuracy_mean"] <= hi + 1e-12
+
+
+def test_estimate_json_contract_and_report(tmp_path, capsys):
+    js, rep = tmp_path / "e.json", tmp_path / "e.html"
+    code = main(["estimate", "--model", "digits-cnn", "--data", "digits", "--chip", "int8-sram-0.5v",
+                 "--trials", "10", "--json", str(js), "--report", str(rep)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    d = json.loads(js.read_text())
+    assert set(d["clean"]) >= {"accuracy"}
+    assert set(d["random"]) >= {"trials", "accuracy_mean", "accuracy_ci95", "accuracy_p01", "accuracy_min"}
+    assert set(d["worst_case"]["one_step"]) >= {"accuracy", "loss_change", "first_order"}
+    assert "accuracy" in d["worst_case"]["multi_step"]
+    assert set(d["worst_case"]["bit_search"]) >= {"accuracy", "flips"}
+    assert d["faults"] and all({"random", "worst_case"} <= set(f) for f in d["faults"])
+    html = rep.read_text()
+    assert "<img src=\"data:image/png;base64," in html and "bit search" in html
+
+
+def test_trials_are_reproducible_from_seed(model, digits):
+    a = estimate(model, digits, "rram-4bit", trials=5, seed=3, per_fault=False, severities=()).random["accuracies"]
+    b = estimate(model, digits, "rram-4bit", trials=5, seed=3, per_fault=False, severities=()).random["accuracies"]
+    assert a == b
+
+
+def test_bits_worst_case_flips(capsys, tmp_path):
+    js = tmp_path / "b.json"
+    code = main(["bits", "--model", "digits-cnn", "--data", "digits", "--format", "int8", "--until", "0.11",
+                 "--runs", "3", "--json", str(js)])
+    assert code == 0
+    d = json.loads(js.read_text())
+    assert d["flips"] is not None and d["flips"] <= 10
+    assert d["history"][-1] <= 0.11 and len(d["history"]) == d["flips"]
+    assert d["random_flips"] is None or d["random_flips"] >= 10 * d["flips"]
+    assert {"flips", "random_flips", "history"} <= set(d)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["estimate", "-m", "digits-cnn", "--chip", "int8-sram-0.5"], "did you mean"),
+    (["estimate", "-m", "digits-cnn", "--chip", "int8-sram-0.5v", "--trials", "0"], "trials >= 1"),
+    (["estimate", "-m", "digits-cnn", "--chip", "int8-sram-0.5v", "--coverage", "1.5"], "coverage in (0, 1)"),
+    (["chips", "show", "nope"], "unknown"),
+    (["bits", "-m", "digits-cnn", "--format", "int32"], "int"),
+    (["bits", "-m", "digits-cnn", "--until", "2"], "[0, 1]"),
+])
+def test_bad_input_one_line_exit_2(capsys, args, needle):
+    code = main(args)
+    _, err = capsys.readouterr()
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
