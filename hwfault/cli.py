@@ -22,6 +22,8 @@ zoo_app = typer.Typer(no_args_is_help=True, help="The reference model zoo.")
 app.add_typer(zoo_app, name="zoo")
 chips_app = typer.Typer(no_args_is_help=True, help="Chip specs: shipped presets and your own TOML files.")
 app.add_typer(chips_app, name="chips")
+results_app = typer.Typer(no_args_is_help=True, help="Campaign journals: show and export results.")
+app.add_typer(results_app, name="results")
 
 
 def _version(value: bool):
@@ -292,6 +294,86 @@ def chips_check(path: str = typer.Argument(..., help="A chip TOML file.")):
 
     spec = load_chip(path)
     print(f"ok: {spec.name} ({spec.format.kind}, {len(spec.faults)} faults)")
+
+
+@app.command()
+def campaign(
+    model: str = MODEL,
+    data: Optional[str] = DATA,
+    chip: str = CHIP,
+    trials: Optional[int] = typer.Option(None, "--trials", help="Trials (per stratum with --by layer)."),
+    margin: Optional[float] = typer.Option(None, "--margin", help="Size the campaign for this margin of error (e.g. 0.01)."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Confidence of the margin (two-sided)."),
+    seed: int = typer.Option(0, "--seed", help="Campaign seed: trial t uses a generator seeded from (seed, t)."),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLite journal, committed per chunk of trials."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the campaign in --db, running only missing trials."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Run on a local Dask cluster of N worker processes."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on an existing Dask cluster (tcp://host:port)."),
+    params: Optional[str] = typer.Option(None, "--params", help="Comma-separated globs: inject only into these device parameters."),
+    by: Optional[str] = typer.Option(None, "--by", help="'layer': one stratum per layer (a per-layer vulnerability scan)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the results (or, with --dry-run, the plan) as JSON."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="With --by layer: draw the per-layer heatmap here."),
+):
+    """A statistically sized, resumable fault-injection campaign on a chip's fault model."""
+    from .campaign.run import Recipe, make_plan, run_campaign
+    from .faults import Chip
+    from .spec import load_chip
+    from .zoo import load_model
+
+    if workers is not None and scheduler:
+        raise HwfaultError("give --workers or --scheduler, not both")
+    if workers is not None and workers < 1:
+        raise ConstraintError(f"expected --workers >= 1, got {workers}")
+    if resume and not db:
+        raise HwfaultError("--resume needs --db")
+    spec = load_chip(chip)
+    data_name = _data_for(model, data)
+    dev = Chip.build(spec, load_model(model))
+    plan = make_plan(dev, trials=trials, margin=margin, confidence=confidence, by=by)
+    if dry_run:
+        report.print_table(report.plan_table(plan))
+        if json_path:
+            report.write_json(plan.to_dict(), json_path)
+        return
+    recipe = Recipe(model, data_name, spec.to_dict(), seed, params, by)
+    result = run_campaign(recipe, plan, db=db, resume=resume, workers=workers, scheduler=scheduler)
+    _outputs(result, report.campaign_table(result.to_dict()), json_path, plot if by == "layer" else None,
+             lambda r, p: report.plot_layers(r.to_dict(), p))
+
+
+@results_app.command("show")
+def results_show(db: str = typer.Option(..., "--db", help="Campaign journal."),
+                 json_path: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON.")):
+    """Summarise a campaign journal (also a partial one)."""
+    from .campaign.journal import open_existing
+    from .campaign.run import summarize
+
+    with open_existing(db) as j:
+        ident, rows, golden = j.identity(), j.rows(), j.meta("golden_accuracy")
+    d = {"campaign": ident, "plan": ident.get("plan"), "golden_accuracy": golden, **summarize(rows, golden or 0.0),
+         "trials_done": len(rows)}
+    report.print_table(report.campaign_table(d))
+    if json_path:
+        report.write_json(d, json_path)
+
+
+@results_app.command("export")
+def results_export(db: str = typer.Option(..., "--db", help="Campaign journal."),
+                   csv: Optional[str] = typer.Option(None, "--csv", help="Write the per-trial rows as CSV."),
+                   parquet: Optional[str] = typer.Option(None, "--parquet", help="Write the per-trial rows as Parquet.")):
+    """Export the per-trial rows of a campaign journal."""
+    from .campaign.journal import open_existing
+
+    if not csv and not parquet:
+        raise HwfaultError("give --csv FILE and/or --parquet FILE")
+    with open_existing(db) as j:
+        rows = j.rows()
+    if csv:
+        report.write_csv(rows, csv)
+    if parquet:
+        report.write_parquet(rows, parquet)
+    print(f"exported {len(rows)} trials", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -4,7 +4,7 @@ A spec names the weight number format, which parameters live on the device, the 
 in the listed order, after the weights are stored in the format), and the coverage of the
 worst-case set. Presets ship as ``hwfault/chips/NAME.toml``; :func:`load_chip` takes a preset name
 or a path. Every invalid spec raises :class:`~hwfault.errors.SpecError` with one line
-``<source>: <field path>: <message>``, e.g. ``chip.toml: faults[0].ber: expected a number in
+``<source>: <field path>: <message>``, e.g. ``chip.toml: faults[0].ber: expected a probability in
 [0, 1], got 1.5``.
 
 A minimal spec::
@@ -24,9 +24,9 @@ import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import SpecError, did_you_mean
 from .formats import FORMATS
@@ -71,7 +71,7 @@ class FormatSpec(_Model):
         if alias:
             _fail(f"unknown number format '{v}' (did you mean '{alias}'?)")
         if re.fullmatch(r"u?int\d+", v.lower()):
-            _fail(f"unknown number format '{v}' (integer formats are int2 .. int16)")
+            _fail(f"expected an integer format int2 .. int16, got '{v}'")
         hint = did_you_mean(v, FORMATS) or " (choose from: fp32, fp16, bf16, int2 .. int16)"
         _fail(f"unknown number format '{v}'{hint}")
 
@@ -101,9 +101,9 @@ class DeviceSpec(_Model):
     @field_validator("types")
     @classmethod
     def _types(cls, v: list[str]) -> list[str]:
-        for i, t in enumerate(v):
+        for t in v:
             if t not in TAGS:
-                _fail(f"unknown component type '{t}'{did_you_mean(t, TAGS)}", index=i)
+                _fail(f"unknown component type '{t}'{did_you_mean(t, TAGS)}")
         return v
 
     @field_validator("params")
@@ -166,11 +166,21 @@ class DriftFault(_Fault):
 
 class BitFlipFault(_Fault):
     """Independent flips of the stored bits at bit error rate ``ber``: ``persistent`` (a faulty cell,
-    drawn once per chip) or ``transient`` (redrawn for every inference)."""
+    drawn once per chip) or ``transient`` (redrawn for every inference). With ``count`` instead of
+    ``ber``: exactly that many flips per chip at distinct sites drawn uniformly over all stored bits
+    (classic statistical fault injection; the fault population is sites x bits)."""
 
     kind: Literal["bitflip"]
-    ber: Prob
+    ber: Prob | None = None
+    count: Annotated[int, Field(strict=True, ge=1)] | None = None
     mode: Literal["persistent", "transient"] = "persistent"
+
+    @model_validator(mode="after")
+    def _ber_or_count(self):
+        if (self.ber is None) == (self.count is None):
+            raise ValueError("expected exactly one of ber (a bit error rate) or count (flips per chip), got "
+                             + ("both" if self.ber is not None else "neither"))
+        return self
 
 
 class StuckFault(_Fault):
@@ -185,13 +195,12 @@ class StuckFault(_Fault):
     sa0_value: Literal["zero"] = "zero"
     sa1_value: Literal["max", "zero"] = "max"
 
-    @field_validator("sa1")
-    @classmethod
-    def _total(cls, v: float, info: ValidationInfo) -> float:
-        sa0 = info.data.get("sa0")
-        if sa0 is not None and sa0 + v > 1 + 1e-12:
-            _fail(f"expected sa0 + sa1 <= 1, got {_show(sa0)} + {_show(v)} = {_show(sa0 + v)}")
-        return v
+    @model_validator(mode="after")
+    def _total(self) -> StuckFault:
+        if self.sa0 + self.sa1 > 1 + 1e-12:
+            total = _show(self.sa0 + self.sa1)
+            _fail(f"expected sa0 + sa1 <= 1, got {_show(self.sa0)} + {_show(self.sa1)} = {total}")
+        return self
 
 
 _FAULT_CLASSES = (AdditiveFault, MultiplicativeFault, PCMFault, ReadFault, DriftFault, BitFlipFault, StuckFault)
@@ -219,7 +228,7 @@ class ChipSpec(_Model):
     @classmethod
     def _schema(cls, v: int) -> int:
         if v != SCHEMA_VERSION:
-            _fail(f"expected {SCHEMA_VERSION} (the chip spec schema this hwfault reads), got {v}")
+            _fail(f"expected schema_version {SCHEMA_VERSION}, got {v} (a spec for another version of hwfault)")
         return v
 
     @field_validator("name")
@@ -334,7 +343,13 @@ def _bounds(model: type[BaseModel] | None, field: str | None) -> str:
     if model is None or field not in getattr(model, "model_fields", {}):
         return ""
     lo = hi = None
-    for m in model.model_fields[field].metadata:
+    info = model.model_fields[field]
+    metadata = list(info.metadata)
+    if not metadata:  # an optional constrained number: the constraints sit inside the union
+        for arg in get_args(info.annotation):
+            for a in get_args(arg)[1:]:
+                metadata += getattr(a, "metadata", [a])
+    for m in metadata:
         for attr, side, br in (("ge", "lo", "["), ("gt", "lo", "("), ("le", "hi", "]"), ("lt", "hi", ")")):
             if getattr(m, attr, None) is not None:
                 if side == "lo":
@@ -342,6 +357,8 @@ def _bounds(model: type[BaseModel] | None, field: str | None) -> str:
                 else:
                     hi = (getattr(m, attr), br)
     if lo and hi:
+        if (lo[0], hi[0]) == (0, 1):
+            return f" probability in {lo[1]}0, 1{hi[1]}"
         return f" in {lo[1]}{_num(lo[0])}, {_num(hi[0])}{hi[1]}"
     if lo:
         return f" {'>=' if lo[1] == '[' else '>'} {_num(lo[0])}"
@@ -376,13 +393,12 @@ def _message(err: dict) -> str:
             if owner in _FAULT_CLASSES else ""
         return f"{path}: unknown field{what}{did_you_mean(field or '', choices)}"
     if typ == "finite_number":
-        return f"{path}: expected a finite number{_bounds(owner, field)}, got {_show(got)}"
+        return f"{path}: expected a finite number, got {_show(got)}"
     if typ in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        return f"{path}: expected a number{_bounds(owner, field)}, got {_show(got)}"
+        b = _bounds(owner, field)
+        return f"{path}: expected a{b if b.startswith(' probability') else ' number' + b}, got {_show(got)}"
     if typ in _TYPE_WORDS:
         want = _TYPE_WORDS[typ]
-        if want == "a number":
-            want += _bounds(owner, field)
         if want == "a table" and path.startswith("faults["):
             want = "a table ([[faults]] entry)"
         return f"{path}: expected {want}, got {_show(got)}"
@@ -427,7 +443,7 @@ def parse_chip(text: str, source: str = "<string>") -> ChipSpec:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{source}: invalid TOML: {' '.join(str(e).split())}") from None
+        raise SpecError(f"{source}: not valid TOML: {' '.join(str(e).split())}") from None
     if not data:
         raise SpecError(f"{source}: empty chip spec (expected TOML with at least 'name' and a [format] table)")
     return _validate(data, source)
@@ -487,39 +503,36 @@ def load_chip(name_or_path: str | Path) -> ChipSpec:
 # ----------------------------------------------------------------------------- human summary
 
 
+_GLOSS = {
+    "additive": lambda f: f"Gaussian, std {_num(f.sigma)} x max|w| per tensor, drawn once at programming",
+    "multiplicative": lambda f: f"Gaussian, std {_num(f.sigma)} x |w|, drawn once at programming",
+    "pcm": lambda f: "PCM conductance-dependent programming noise, drawn once",
+    "read": lambda f: f"Gaussian, std {_num(f.sigma)} x {'max|w| per tensor' if f.relative_to == 'max' else '|w|'}, "
+                      f"redrawn every inference",
+    "drift": lambda f: f"{_seconds(f.t)} after programming"
+                       + (", nu from the PCM model" if f.nu_mean is None and f.nu_std is None else "")
+                       + (", global compensation" if f.compensation else ", uncompensated"),
+    "bitflip": lambda f: "stored bits flip; " + ("faulty cells fixed per chip" if f.mode == "persistent"
+                                                 else "redrawn every inference"),
+    "stuck": lambda f: ("SA0 weight reads 0, SA1 weight reads " + ("+-max|w|" if f.sa1_value == "max" else "0"))
+                       if f.granularity == "weight" else "a stuck stored bit reads 0 (SA0) or 1 (SA1)",
+}
+
+
 def _seconds(t: float) -> str:
-    for unit, s in (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("min", 60)):
-        if t >= s:
-            n = t / s
-            return f"{_num(t)} s ({_num(round(n, 2))} {unit}{'s' if unit != 'min' and n != 1 else ''})"
+    for unit, n in (("years", 365 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if t >= n:
+            return f"{_num(round(t / n, 2))} {unit if t != n else unit[:-1]}"
     return f"{_num(t)} s"
 
 
 def _fault_line(f) -> str:
-    k = f.kind
-    if k == "additive":
-        s = f"sigma {_num(f.sigma)} x max|w| per tensor, drawn once (programming)"
-    elif k == "multiplicative":
-        s = f"sigma {_num(f.sigma)} x |w|, drawn once (programming)"
-    elif k == "pcm":
-        s = f"PCM programming noise, g_max {_num(f.g_max)} uS, drawn once"
-    elif k == "read":
-        rel = "max|w| per tensor" if f.relative_to == "max" else "|w|"
-        s = f"sigma {_num(f.sigma)} x {rel}, redrawn every inference"
-    elif k == "drift":
-        nu = "nu from the PCM model" if f.nu_mean is None and f.nu_std is None else \
-            f"nu mean {'PCM model' if f.nu_mean is None else _num(f.nu_mean)}, " \
-            f"std {'PCM model' if f.nu_std is None else _num(f.nu_std)}"
-        s = f"t {_seconds(f.t)}, t0 {_num(f.t0)} s, {nu}, compensation {'on' if f.compensation else 'off'}"
-    elif k == "bitflip":
-        s = f"bit error rate {_num(f.ber)}, {f.mode}"
-    else:
-        s = f"SA0 {_num(f.sa0)}, SA1 {_num(f.sa1)} per {f.granularity}"
-        if f.granularity == "weight":
-            s += f"; SA0 reads 0, SA1 reads {'+-max|w|' if f.sa1_value == 'max' else '0'}"
-        else:
-            s += "; the bit reads 0 / 1"
-    return f"{k:<15}{s}" + (f"  [{f.source}]" if f.source else "")
+    """``kind: field value, ... (what it means)  [source]``."""
+    fields = {k: v for k, v in f.model_dump().items() if k not in ("kind", "source") and v is not None}
+    units = {"g_max": " uS", "t": " s", "t0": " s"}
+    nums = ", ".join(f"{k} {_num(v) if isinstance(v, float) else _show(v) if not isinstance(v, str) else v}"
+                     f"{units.get(k, '')}" for k, v in fields.items())
+    return f"{f.kind}: {nums} ({_GLOSS[f.kind](f)})" + (f"  [{f.source}]" if f.source else "")
 
 
 def describe_chip(spec: ChipSpec) -> str:

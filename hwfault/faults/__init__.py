@@ -32,6 +32,7 @@ FAULT_KINDS = {"additive": Additive, "multiplicative": Multiplicative, "pcm": PC
 def build_fault(cfg) -> FaultModel:
     """A fault model from one validated ``[[faults]]`` entry of a chip spec."""
     fields = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg)
+    fields = {k: v for k, v in fields.items() if v is not None or k in ("nu_mean", "nu_std")}
     kind = fields.pop("kind")
     fields.pop("source", None)
     if kind == "stuck":

@@ -22,17 +22,24 @@ from .base import FaultModel, binomial_budget, sample_positions
 
 @dataclass(frozen=True)
 class BitFlip(FaultModel):
-    ber: float
+    ber: float = 0.0
     mode: str = "persistent"
+    count: int | None = None  # exactly this many flips per chip, uniform over all bits (statistical fault injection)
     kind = "bitflip"
-    severity_name = "BER"
 
     @property
     def transient(self) -> bool:  # type: ignore[override]
         return self.mode == "transient"
 
     def sample(self, view, values, gen):
-        pos = sample_positions(view.k * view.bits, self.ber, gen)
+        total = view.k * view.bits
+        if self.count is not None:
+            pos = torch.randperm(total, generator=gen)[: self.count] if self.count > total // 64 else \
+                torch.unique(torch.randint(total, (self.count,), generator=gen))
+            while pos.numel() < min(self.count, total):  # distinct sites
+                pos = torch.unique(torch.cat([pos, torch.randint(total, (self.count - pos.numel(),), generator=gen)]))
+        else:
+            pos = sample_positions(total, self.ber, gen)
         if pos.numel() == 0:
             return values
         codes = view.encode(values)
@@ -43,6 +50,8 @@ class BitFlip(FaultModel):
         return out
 
     def budget(self, view, coverage) -> int:
+        if self.count is not None:
+            return min(self.count, view.k * view.bits)
         return binomial_budget(coverage, view.k * view.bits, self.ber)
 
     def constraint(self, view, coverage):
@@ -50,11 +59,20 @@ class BitFlip(FaultModel):
                       base=view.w_q.double(), encode=lambda v: view.encode(v.float()), bits=view.bits)
 
     def scaled(self, factor):
+        if self.count is not None:
+            return replace(self, count=max(1, round(self.count * factor)))
         return replace(self, ber=min(1.0, self.ber * factor))
 
     @property
     def severity(self):
-        return self.ber
+        return self.count if self.count is not None else self.ber
+
+    @property
+    def severity_name(self) -> str:  # type: ignore[override]
+        return "flips" if self.count is not None else "BER"
 
     def describe(self):
-        return {"kind": self.kind, "ber": self.ber, "mode": self.mode}
+        out = {"kind": self.kind, "ber": self.ber, "mode": self.mode}
+        if self.count is not None:
+            out["count"] = self.count
+        return out

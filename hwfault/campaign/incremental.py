@@ -1,0 +1,117 @@
+"""Re-run only what a fault can change: the forward pass from the faulty layer on.
+
+The model is traced once with ``torch.fx``; the fault-free run over the evaluation inputs records
+every intermediate value. A trial whose faults lie in the parameters of one layer recomputes only
+the graph nodes downstream of that layer's parameters, reading everything else (the activations
+entering the layer, the untouched branches of residual blocks) from the cache. The result is the
+same tensor the full forward pass gives, computed with the same kernels on the same inputs.
+
+Models that ``torch.fx`` cannot trace (data-dependent control flow) fall back to the full forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+
+class ForwardCache:
+    """Cached fault-free activations of ``model`` on inputs ``x`` and partial re-evaluation."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor):
+        self.model = model
+        self.gm = fx.symbolic_trace(model)
+        self.nodes = list(self.gm.graph.nodes)
+        self.modules = dict(self.gm.named_modules())
+        self.env: dict[fx.Node, object] = {}
+        with torch.no_grad():
+            self._run(x, set(self.nodes))
+        self.first_param = next((i for i, n in enumerate(self.nodes) if n.op in ("call_module", "get_attr")
+                                 and self._plan_nodes_touch(n)), 0)
+        self._plans: dict[frozenset, list[fx.Node]] = {}
+
+    def _run(self, x, todo, overlay: dict | None = None) -> torch.Tensor:
+        """Evaluate the nodes in ``todo`` in graph order. Values are written to ``overlay`` (a fresh
+        dict for a faulty run) or to the cache itself; reads fall back to the cache."""
+        env, out = self.env, None
+        new = env if overlay is None else overlay
+
+        def get(n):
+            return new[n] if n in new else env[n]
+
+        for node in (self.nodes if overlay is None else todo):
+            if overlay is None and node not in todo:
+                continue
+            if node.op == "placeholder":
+                new[node] = x
+                continue
+            if node.op == "output":
+                out = fx.node.map_arg(node.args[0], get)
+                continue
+            args = fx.node.map_arg(node.args, get)
+            kwargs = fx.node.map_arg(node.kwargs, get)
+            if node.op == "call_module":
+                new[node] = self.modules[node.target](*args, **kwargs)
+            elif node.op == "call_function":
+                new[node] = node.target(*args, **kwargs)
+            elif node.op == "call_method":
+                obj, *rest = args
+                new[node] = getattr(obj, node.target)(*rest, **kwargs)
+            elif node.op == "get_attr":
+                new[node] = _fetch(self.gm, node.target)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out
+
+    def _plan(self, params: frozenset) -> list[fx.Node]:
+        """The nodes that depend on the given parameter names, plus the output."""
+        if params in self._plans:
+            return self._plans[params]
+        dirty: set[fx.Node] = set()
+        for node in self.nodes:
+            touches = False
+            if node.op == "call_module":
+                owned = {f"{node.target}.{n}" for n, _ in self.modules[node.target].named_parameters()}
+                touches = bool(owned & params)
+            elif node.op == "get_attr":
+                touches = node.target in params or any(p.startswith(node.target + ".") for p in params)
+            if touches or any(a in dirty for a in node.all_input_nodes):
+                dirty.add(node)
+        plan = [n for n in self.nodes if n in dirty or n.op == "output"]
+        self._plans[params] = plan
+        return plan
+
+    def start_index(self, params: frozenset) -> int:
+        """Position of the first recomputed node (0 = the whole graph), for reporting."""
+        plan = self._plan(params)
+        return self.nodes.index(plan[0]) if plan else len(self.nodes)
+
+    def _plan_nodes_touch(self, node) -> bool:
+        if node.op == "call_module":
+            return any(True for _ in self.modules[node.target].parameters(recurse=True))
+        return isinstance(_fetch(self.gm, node.target), nn.Parameter)
+
+    @torch.no_grad()
+    def logits(self, params: frozenset) -> torch.Tensor:
+        """Outputs with the current (faulty) values of ``params``: recompute their downstream nodes only
+        (the whole forward pass when the first layer is among them). The cache is left intact."""
+        plan = self._plan(params)
+        if plan and self.nodes.index(plan[0]) <= self.first_param:
+            return self.model(self.env[self.nodes[0]])
+        return self._run(None, plan, overlay={})
+
+
+def _fetch(mod: nn.Module, target: str):
+    obj = mod
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def try_cache(model: nn.Module, x: torch.Tensor) -> ForwardCache | None:
+    """A :class:`ForwardCache`, or None if the model cannot be traced."""
+    try:
+        cache = ForwardCache(model, x)
+    except Exception:  # fx raises many types for untraceable code; the full forward pass still works
+        return None
+    return cache

@@ -1,0 +1,375 @@
+"""Running a fault-injection campaign: trials in chunks, locally or on Dask, journaled in SQLite.
+
+A trial is a pure function of (campaign seed, trial id): its generator is seeded from both, its
+stratum follows from its id, and it runs single-threaded, so any process anywhere computes the
+same row. Faults are injected in place into the model's parameters and restored bit-exactly after
+every trial (also when the trial raises); nothing is deep-copied. Fault-free work is done once per
+process: the golden outputs, and the cached activations from which a trial whose faults sit in one
+layer recomputes only that layer and what follows (:mod:`hwfault.campaign.incremental`).
+
+Metrics per trial (against the golden run of the fault-free chip, i.e. the weights stored in the
+chip's format): accuracy and loss; ``sdc``, whether any input the golden run classifies correctly
+changed its top-1 class; ``sdc_rate``, the share of those inputs that did; ``critical_sdc``, whether
+accuracy fell by more than ``critical`` (default 1 point); ``due``, whether any output was NaN/Inf.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import progress
+from ..corruption import trial_seed
+from ..errors import ConstraintError, HwfaultError
+from ..evaluate import as_tensors, logits as run_logits
+from ..faults import Chip
+from ..faults.base import DeviceView
+from ..params import Selection, perturbed
+from . import stats
+from .incremental import try_cache
+from .journal import Journal
+from .plan import sample_size
+
+MAX_SITES = 16  # sites listed per trial row; the count is always exact
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a process needs to rebuild a campaign's context (picklable, hashable identity)."""
+
+    model: str
+    data: str
+    chip: dict            # the validated chip spec, as a dict
+    seed: int
+    params: str | None = None
+    by: str | None = None
+    critical: float = 0.01
+
+    def identity(self) -> dict:
+        return {"model": self.model, "model_sha": _file_sha(self.model), "data": self.data, "chip": self.chip,
+                "seed": self.seed, "params": self.params, "by": self.by, "critical": self.critical}
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_sha(model: str) -> str | None:
+    from pathlib import Path
+
+    from ..zoo import list_models, models_dir
+
+    p = models_dir() / f"{model}.safetensors" if model in list_models() else Path(model)
+    if not p.is_file():
+        return None
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Stratum:
+    name: str
+    params: tuple[str, ...]
+    sites: int            # weights
+    population: int | None
+    trials: int
+    first: int            # first trial id
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "params": list(self.params), "sites": self.sites,
+                "population": self.population, "trials": self.trials, "first_trial": self.first}
+
+
+@dataclass(frozen=True)
+class Plan:
+    planned_trials: int
+    strata: tuple[Stratum, ...]
+    population: int | None
+    mode: str
+    margin: float | None = None
+    confidence: float | None = None
+
+    def stratum_of(self, trial: int) -> Stratum:
+        for s in self.strata:
+            if s.first <= trial < s.first + s.trials:
+                return s
+        raise IndexError(trial)
+
+    def to_dict(self) -> dict:
+        return {"planned_trials": self.planned_trials, "population": self.population, "mode": self.mode,
+                "margin": self.margin, "confidence": self.confidence, "strata": [s.to_dict() for s in self.strata]}
+
+
+def _population(chip: Chip) -> tuple[int | None, str]:
+    """Finite population (sites x bits) for single-fault campaigns; None (infinite) for patterns."""
+    fl = chip.faults
+    if len(fl) == 1 and fl[0].kind == "bitflip" and getattr(fl[0], "count", None) == 1:
+        return chip.view.k * chip.view.bits, "single bit flip per trial"
+    return None, "fault patterns drawn from the chip's distributions"
+
+
+def sub_chip(chip: Chip, names: Iterable[str]) -> Chip:
+    """The chip restricted to some of its parameter tensors (one stratum)."""
+    keep = [i for i, n in enumerate(chip.selection.names) if n in set(names)]
+    sel = Selection(tuple(chip.selection.names[i] for i in keep), tuple(chip.selection.params[i] for i in keep),
+                    tuple(chip.selection.infos[i] for i in keep))
+    return Chip(chip.spec, sel, DeviceView.build(sel, chip.view.fmt), chip.faults)
+
+
+def make_plan(chip: Chip, *, trials: int | None = None, margin: float | None = None, confidence: float = 0.95,
+              by: str | None = None) -> Plan:
+    """Trials per stratum: given, or sized by Leveugle et al. for ``margin`` at ``confidence``."""
+    if trials is None and margin is None:
+        raise ConstraintError("expected --trials N or --margin E (with --confidence C)")
+    if trials is not None and trials < 1:
+        raise ConstraintError(f"expected --trials >= 1, got {trials}")
+    if by not in (None, "layer"):
+        raise ConstraintError(f"expected --by layer, got '{by}'")
+    groups = ([(n, (n,)) for n in chip.selection.names] if by == "layer" else [("all", chip.selection.names)])
+    strata, first = [], 0
+    pop_all, mode = _population(chip)
+    for name, names in groups:
+        sc = sub_chip(chip, names) if by == "layer" else chip
+        pop, _ = _population(sc)
+        n = trials if trials is not None else sample_size(margin, confidence, pop)
+        strata.append(Stratum(name, tuple(names), sc.view.k, pop, n, first))
+        first += n
+    return Plan(first, tuple(strata), pop_all, mode + (", one stratum per layer" if by == "layer" else ""),
+                margin, confidence if margin is not None else None)
+
+
+# ----------------------------------------------------------------------------- trials
+
+
+class Context:
+    """Per-process state of a campaign: model, data, chip, golden run and activation cache."""
+
+    def __init__(self, recipe: Recipe):
+        from ..data import load_data
+        from ..spec import ChipSpec
+        from ..zoo import load_model
+
+        self.recipe = recipe
+        self.model = load_model(recipe.model)
+        self.x, self.y = as_tensors(load_data(recipe.data))
+        spec = ChipSpec.model_validate(recipe.chip)
+        self.chip = Chip.build(spec, self.model)
+        if recipe.params:
+            import fnmatch
+
+            names = [n for n in self.chip.selection.names
+                     if any(fnmatch.fnmatchcase(n, g.strip()) for g in recipe.params.split(","))]
+            if not names:
+                raise HwfaultError(f"--params {recipe.params} matches none of the chip's parameters "
+                                   f"{list(self.chip.selection.names)}")
+            self.chip = sub_chip(self.chip, names)
+        self.strata: dict[str, Chip] = {}
+        base = self.chip.delta(self.chip.view.w_q.double())
+        self._base = base
+        with single_thread(), perturbed(self.chip.selection, base):
+            self.golden = run_logits(self.model, (self.x, self.y))
+            self.cache = None if self.chip.transient else try_cache(self.model, self.x)
+        self.golden_pred = self.golden.argmax(1)
+        self.golden_ok = self.golden_pred == self.y
+        self.golden_acc = float(self.golden_ok.double().mean())
+
+    def chip_for(self, stratum: Stratum) -> Chip:
+        if stratum.name == "all":
+            return self.chip
+        if stratum.name not in self.strata:
+            self.strata[stratum.name] = sub_chip(self.chip, stratum.params)
+        return self.strata[stratum.name]
+
+    def _sites(self, chip: Chip, changed: torch.Tensor) -> str:
+        offs = np.cumsum([0] + [p.numel() for p in chip.selection.params])
+        out = []
+        for el in changed[:MAX_SITES].tolist():
+            t = int(np.searchsorted(offs, el, side="right") - 1)
+            out.append(f"{chip.selection.names[t]}[{el - int(offs[t])}]")
+        more = changed.numel() - len(out)
+        return ",".join(out) + (f",+{more}" if more > 0 else "")
+
+    def trial(self, trial: int, stratum: Stratum) -> dict:
+        t0 = time.perf_counter()
+        chip = self.chip_for(stratum)
+        gen = torch.Generator().manual_seed(trial_seed(self.recipe.seed, trial))
+        programmed = chip.program(gen)
+        stored = chip.view.w_q.double()
+        changed = torch.nonzero(programmed != stored).reshape(-1)
+        # faults on top of the stored (quantised) weights: the golden run is the fault-free chip
+        with perturbed(self.chip.selection, self._base), perturbed(chip.selection, (programmed - stored).float()):
+            if chip.transient:
+                out = self._transient_logits(chip, programmed, gen)
+            elif self.cache is not None:
+                touched = _touched(chip, changed)
+                out = self.cache.logits(touched) if touched else self.golden
+            else:
+                out = run_logits(self.model, (self.x, self.y))
+        finite = torch.isfinite(out).all(dim=1)
+        pred = out.argmax(1)
+        correct = (pred == self.y) & finite
+        acc = float(correct.double().mean())
+        flipped = self.golden_ok & ((pred != self.golden_pred) | ~finite)
+        n_ok = int(self.golden_ok.sum())
+        loss = float(F.cross_entropy(out.double(), self.y)) if bool(finite.all()) else math.nan
+        return {"trial": trial, "stratum": stratum.name, "seed": trial_seed(self.recipe.seed, trial),
+                "n_faults": int(changed.numel()), "faults": self._sites(chip, changed), "accuracy": acc,
+                "loss": loss if math.isfinite(loss) else None, "sdc": int(bool(flipped.any())),
+                "sdc_rate": float(flipped.sum()) / max(n_ok, 1),
+                "critical_sdc": int(self.golden_acc - acc > self.recipe.critical),
+                "due": int(not bool(finite.all())), "duration": time.perf_counter() - t0}
+
+    def _transient_logits(self, chip: Chip, programmed, gen) -> torch.Tensor:
+        from ..estimate import READ_BATCH
+
+        outs = []
+        for i in range(0, len(self.x), READ_BATCH):
+            with perturbed(chip.selection, (chip.read(programmed, gen) - programmed).float()):
+                outs.append(run_logits(self.model, (self.x[i:i + READ_BATCH], self.y[i:i + READ_BATCH])))
+        return torch.cat(outs)
+
+
+def _touched(chip: Chip, changed: torch.Tensor) -> frozenset:
+    """Names of the parameter tensors that hold the changed elements."""
+    offs = np.cumsum([0] + [p.numel() for p in chip.selection.params])
+    seg = np.unique(np.searchsorted(offs, changed.numpy(), side="right") - 1)
+    return frozenset(chip.selection.names[i] for i in seg)
+
+
+class single_thread:
+    """Run trials single-threaded, so rows are bit-identical whichever process computes them."""
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
+_CONTEXTS: dict[str, Context] = {}
+
+
+def context(recipe: Recipe) -> Context:
+    if recipe.key not in _CONTEXTS:
+        _CONTEXTS.clear()
+        _CONTEXTS[recipe.key] = Context(recipe)
+    return _CONTEXTS[recipe.key]
+
+
+def run_chunk(recipe: Recipe, plan: Plan, trials: list[int]) -> list[dict]:
+    """Run some trials (in this process); the unit of work of a Dask task."""
+    ctx = context(recipe)
+    with single_thread():
+        return [ctx.trial(t, plan.stratum_of(t)) for t in trials]
+
+
+# ----------------------------------------------------------------------------- the campaign
+
+
+@dataclass(frozen=True)
+class CampaignResult:
+    identity: dict
+    plan: dict
+    rows: tuple[dict, ...] = field(repr=False)
+    golden_accuracy: float
+    seconds: float
+    trials_per_second: float
+
+    def summary(self) -> dict:
+        return summarize(self.rows, self.golden_accuracy)
+
+    def to_dict(self) -> dict:
+        return {"campaign": self.identity, "plan": self.plan, "golden_accuracy": self.golden_accuracy,
+                **self.summary(), "seconds": round(self.seconds, 2),
+                "trials_per_second": round(self.trials_per_second, 2)}
+
+
+def summarize(rows: Iterable[dict], golden_accuracy: float, confidence: float = 0.95) -> dict:
+    """Aggregates with intervals, overall and per stratum."""
+    rows = list(rows)
+
+    def agg(rs: list[dict]) -> dict:
+        n = len(rs)
+        acc = [r["accuracy"] for r in rs]
+        out = {"trials": n, "accuracy_mean": float(np.mean(acc)) if n else None,
+               "accuracy_ci95": list(stats.t_interval(acc, confidence)) if n else None,
+               "accuracy_min": float(np.min(acc)) if n else None}
+        for k in ("sdc", "critical_sdc", "due"):
+            hits = sum(r[k] for r in rs)
+            out[f"{k}_rate"] = hits / n if n else None
+            out[f"{k}_ci95"] = list(stats.wilson(hits, n, confidence)) if n else None
+        out["sdc_inputs_mean"] = float(np.mean([r["sdc_rate"] for r in rs])) if n else None
+        return out
+
+    strata = sorted({r["stratum"] for r in rows}, key=lambda s: min(r["trial"] for r in rows if r["stratum"] == s))
+    return {"overall": agg(rows), "strata": {s: agg([r for r in rows if r["stratum"] == s]) for s in strata}}
+
+
+def run_campaign(recipe: Recipe, plan: Plan, *, db: str | None = None, resume: bool = False, workers: int | None = None,
+                 scheduler: str | None = None, chunk: int | None = None,
+                 on_rows: Callable[[list[dict]], None] | None = None) -> CampaignResult:
+    """Run (or resume) a campaign; every chunk is committed to the journal before the next is counted."""
+    t0 = time.perf_counter()
+    identity = {**recipe.identity(), "plan": plan.to_dict()}
+    journal = Journal(db if db else ":memory:")
+    try:
+        journal.bind(identity, resume=resume)
+        done = journal.done()
+        todo = [t for t in range(plan.planned_trials) if t not in done]
+        size = chunk or max(1, min(64, math.ceil(len(todo) / (8 * (workers or 1)))))
+        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+        ctx = context(recipe)  # validates the recipe here, before any worker starts
+        journal.set_meta("golden_accuracy", ctx.golden_acc)
+        with progress.task("campaign", plan.planned_trials) as advance:
+            advance(len(done))
+            if workers or scheduler:
+                _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_rows)
+            else:
+                for c in chunks:
+                    rows = run_chunk(recipe, plan, c)
+                    journal.write(rows)
+                    advance(len(rows))
+                    if on_rows:
+                        on_rows(rows)
+        rows = tuple(journal.rows())
+    finally:
+        journal.close()
+    seconds = time.perf_counter() - t0
+    ran = len(todo)
+    return CampaignResult(identity, plan.to_dict(), rows, ctx.golden_acc, seconds, ran / seconds if seconds else 0.0)
+
+
+def _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_rows) -> None:
+    from distributed import Client, LocalCluster, as_completed
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as e:
+            raise HwfaultError(f"cannot reach the Dask scheduler at {scheduler}: {type(e).__name__}") from None
+        cluster = None
+    else:
+        if workers < 1:
+            raise ConstraintError(f"expected --workers >= 1, got {workers}")
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, processes=True)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(run_chunk, recipe, plan, c, pure=False, retries=3) for c in chunks]
+        for fut in as_completed(futures):
+            rows = fut.result()
+            journal.write(rows)
+            advance(len(rows))
+            if on_rows:
+                on_rows(rows)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
