@@ -352,7 +352,7 @@ def _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_row
 
     if scheduler:
         try:
-            client = Client(scheduler, timeout="10s")
+            client = Client(scheduler, timeout="5s")
         except (OSError, TimeoutError, ValueError) as e:
             raise HwfaultError(f"cannot reach the Dask scheduler at {scheduler}: {type(e).__name__}") from None
         cluster = None

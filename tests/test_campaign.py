@@ -1,0 +1,177 @@
+"""Campaigns: sizing, journal, kill -9 and resume, Dask, restore guarantees, DUE, bad input."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from hwfault.campaign.run import Recipe, context, make_plan, run_campaign
+from hwfault.cli import main
+from hwfault.faults import Chip
+from hwfault.spec import load_chip
+from hwfault.zoo import load_model
+
+
+def recipe(chip="int8-sram-0.55v", seed=0, model="digits-cnn", data="digits", **kw):
+    return Recipe(model, data, load_chip(chip).to_dict(), seed, **kw)
+
+
+def plan_for(chip="int8-sram-0.55v", model="digits-cnn", **kw):
+    return make_plan(Chip.build(load_chip(chip), load_model(model)), **kw)
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dry_run_sizes_the_campaign(capsys, tmp_path):
+    js = tmp_path / "plan.json"
+    code, _, _ = run(capsys, "campaign", "-m", "digits-cnn", "--chip", "int8-sram-0.5v", "--margin", "0.01",
+                     "--confidence", "0.99", "--dry-run", "--json", str(js))
+    assert code == 0 and 16_580 <= json.loads(js.read_text())["planned_trials"] <= 16_650
+    code, out, _ = run(capsys, "campaign", "-m", "digits-cnn", "--chip", "int8-sram-0.5v", "--margin", "0.01",
+                       "--confidence", "0.95", "--dry-run", "--json", "-")
+    assert json.loads(out)["planned_trials"] == 9604
+    # a finite population (one flip per trial over sites x bits) follows the formula exactly
+    code, out, _ = run(capsys, "campaign", "-m", "digits-cnn", "--chip", "fp32-single-bitflip", "--margin", "0.05",
+                       "--confidence", "0.95", "--by", "layer", "--dry-run", "--json", "-")
+    d = json.loads(out)
+    from hwfault.campaign.plan import sample_size
+
+    assert [s["trials"] for s in d["strata"]] == [sample_size(0.05, 0.95, s["population"]) for s in d["strata"]]
+    assert [s["population"] for s in d["strata"]] == [s["sites"] * 32 for s in d["strata"]]
+
+
+def test_trials_restore_weights_and_match_across_runs(tmp_path):
+    r, p = recipe(), plan_for(trials=12)
+    ctx = context(r)
+    snap = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    a = run_campaign(r, p, db=str(tmp_path / "a.sqlite")).rows
+    b = run_campaign(r, p).rows
+    assert all(torch.equal(v, ctx.model.state_dict()[k]) for k, v in snap.items())
+    strip = lambda rows: [{k: v for k, v in x.items() if k != "duration"} for x in rows]  # noqa: E731
+    assert strip(a) == strip(b) and len(a) == 12
+    assert all(x["n_faults"] > 0 for x in a)
+
+
+def test_weights_restored_when_a_trial_raises(monkeypatch):
+    r = recipe()
+    ctx = context(r)
+    snap = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    import hwfault.campaign.run as cr
+
+    def boom(*a, **k):
+        raise RuntimeError("trial failed")
+
+    monkeypatch.setattr(cr, "run_logits", boom)
+    monkeypatch.setattr(ctx, "cache", None)
+    with pytest.raises(RuntimeError, match="trial failed"):
+        run_campaign(r, plan_for(trials=3))
+    assert all(torch.equal(v, ctx.model.state_dict()[k]) for k, v in snap.items())
+
+
+def test_exponent_flips_are_recorded_as_due():
+    r = recipe("fp32-single-bitflip", model="mnist1d-resnet", data="mnist1d")
+    p = plan_for("fp32-single-bitflip", model="mnist1d-resnet", trials=300)
+    rows = run_campaign(r, p).rows
+    due = [x for x in rows if x["due"]]
+    assert due, "expected some flips of the exponent's top bit to give Inf/NaN"
+    assert all(x["loss"] is None for x in due)
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "hwfault.cli", *args]
+
+
+def test_kill_9_and_resume_give_the_uninterrupted_result(tmp_path):
+    args = ["campaign", "-m", "mnist1d-resnet", "--chip", "int8-sram-0.5v", "--trials", "150", "--seed", "5"]
+    full = tmp_path / "full.sqlite"
+    subprocess.run(_cli(*args, "--db", str(full)), check=True, capture_output=True)
+    part = tmp_path / "part.sqlite"
+    proc = subprocess.Popen(_cli(*args, "--db", str(part)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until some chunks are committed, then kill mid-run
+        time.sleep(0.3)
+        if part.exists():
+            try:
+                n = sqlite3.connect(part).execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+            except sqlite3.Error:
+                continue
+            if n >= 30:
+                break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sqlite3.connect(part).execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    assert 0 < done < 150
+    refused = subprocess.run(_cli(*args, "--db", str(part)), capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    subprocess.run(_cli(*args, "--db", str(part), "--resume"), check=True, capture_output=True)
+    q = "SELECT trial, stratum, seed, n_faults, faults, accuracy, loss, sdc, sdc_rate, critical_sdc, due FROM trials ORDER BY trial"
+    a = sqlite3.connect(full).execute(q).fetchall()
+    b = sqlite3.connect(part).execute(q).fetchall()
+    assert len(b) == 150 and a == b
+
+
+def test_dask_two_workers_give_identical_rows(tmp_path):
+    r, p = recipe(), plan_for(trials=40)
+    local = run_campaign(r, p).rows
+    dask = run_campaign(r, p, workers=2, chunk=7).rows
+    strip = lambda rows: [{k: v for k, v in x.items() if k != "duration"} for x in rows]  # noqa: E731
+    assert strip(local) == strip(dask)
+
+
+def test_results_show_and_export(tmp_path, capsys):
+    db = tmp_path / "c.sqlite"
+    code, _, err = run(capsys, "campaign", "-m", "digits-cnn", "--chip", "int8-sram-0.55v", "--trials", "20",
+                       "--db", str(db), "--by", "layer", "--plot", str(tmp_path / "layers.png"))
+    assert code == 0, err
+    assert (tmp_path / "layers.png").exists()
+    code, _, err = run(capsys, "results", "show", "--db", str(db), "--json", str(tmp_path / "s.json"))
+    assert code == 0 and json.loads((tmp_path / "s.json").read_text())["overall"]["trials"] == 80
+    csv, pq = tmp_path / "r.csv", tmp_path / "r.parquet"
+    code, _, _ = run(capsys, "results", "export", "--db", str(db), "--csv", str(csv), "--parquet", str(pq))
+    assert code == 0
+    header = csv.read_text().splitlines()[0].split(",")
+    assert {"trial", "seed", "faults", "accuracy", "loss", "sdc", "due"} <= set(header)
+    import pyarrow.parquet as pqm
+
+    assert pqm.read_table(pq).num_rows == 80
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--trials", "0"], "trials >= 1"),
+    (["--trials", "-3"], "trials >= 1"),
+    (["--margin", "1.5", "--dry-run"], "margin in (0, 1)"),
+    (["--margin", "0", "--dry-run"], "margin in (0, 1)"),
+    (["--margin", "0.01", "--confidence", "1", "--dry-run"], "confidence in (0, 1)"),
+    (["--trials", "5", "--scheduler", "tcp://127.0.0.1:1"], "cannot reach the Dask scheduler"),
+    (["--trials", "5", "--workers", "0"], "workers >= 1"),
+    (["--trials", "5", "--resume"], "--resume needs --db"),
+    (["--trials", "5", "--by", "row"], "--by layer"),
+    (["--dry-run"], "--trials N or --margin"),
+])
+def test_bad_campaign_input(capsys, args, needle):
+    code, _, err = run(capsys, "campaign", "-m", "digits-cnn", "--chip", "int8-sram-0.55v", *args)
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+
+
+def test_db_from_another_campaign_is_refused(tmp_path, capsys):
+    db = str(tmp_path / "c.sqlite")
+    assert run(capsys, "campaign", "-m", "digits-cnn", "--chip", "int8-sram-0.55v", "--trials", "4", "--db", db)[0] == 0
+    code, _, err = run(capsys, "campaign", "-m", "digits-mlp", "--chip", "int8-sram-0.55v", "--trials", "4", "--db", db,
+                       "--resume")
+    assert code == 2 and "another campaign" in err and "model" in err
+    (tmp_path / "junk.sqlite").write_text("not a database at all, just text" * 10)
+    code, _, err = run(capsys, "results", "show", "--db", str(tmp_path / "junk.sqlite"))
+    assert code == 2 and "not a campaign journal" in err
+    code, _, err = run(capsys, "results", "show", "--db", str(tmp_path / "none.sqlite"))
+    assert code == 2 and "not found" in err
