@@ -22,13 +22,14 @@ class ForwardCache:
         self.model = model
         self.gm = fx.symbolic_trace(model)
         self.nodes = list(self.gm.graph.nodes)
+        self._plans: dict[frozenset, list[fx.Node]] = {}
+        self._free_cache: dict[int, tuple] = {}
         self.modules = dict(self.gm.named_modules())
         self.env: dict[fx.Node, object] = {}
         with torch.no_grad():
             self._run(x, set(self.nodes))
         self.first_param = next((i for i, n in enumerate(self.nodes) if n.op in ("call_module", "get_attr")
                                  and self._plan_nodes_touch(n)), 0)
-        self._plans: dict[frozenset, list[fx.Node]] = {}
 
     def _run(self, x, todo, overlay: dict | None = None) -> torch.Tensor:
         """Evaluate the nodes in ``todo`` in graph order. Values are written to ``overlay`` (a fresh
@@ -39,9 +40,12 @@ class ForwardCache:
         def get(n):
             return new[n] if n in new else env[n]
 
+        dead = self._frees(todo) if overlay is not None else {}
         for node in (self.nodes if overlay is None else todo):
             if overlay is None and node not in todo:
                 continue
+            for gone in dead.get(node, ()):  # free what no later node reads: the allocator reuses it
+                del new[gone]
             if node.op == "placeholder":
                 new[node] = x
                 continue
@@ -63,22 +67,57 @@ class ForwardCache:
             out = out[0]
         return out
 
-    def _plan(self, params: frozenset) -> list[fx.Node]:
-        """The nodes that depend on the given parameter names, plus the output."""
-        if params in self._plans:
-            return self._plans[params]
-        dirty: set[fx.Node] = set()
-        for node in self.nodes:
-            touches = False
+    def _frees(self, plan: list) -> dict:
+        """For a partial run: before evaluating each node, the overlay values no later node reads."""
+        key = id(plan)
+        hit = self._free_cache.get(key)
+        if hit is not None and hit[0] is plan:
+            return hit[1]
+        where = {n: i for i, n in enumerate(plan)}
+        last: dict = {}
+        for n in plan:
+            for a in n.all_input_nodes:
+                if a in where:
+                    last[a] = n
+        frees: dict = {}
+        for a, n in last.items():
+            i = where[n]
+            if i + 1 < len(plan):
+                frees.setdefault(plan[i + 1], []).append(a)
+        self._free_cache[key] = (plan, frees)
+        return frees
+
+    def _index(self) -> None:
+        """Once: which node reads each parameter, and every node's downstream set (as graph positions)."""
+        pos = {n: i for i, n in enumerate(self.nodes)}
+        self._owner: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
             if node.op == "call_module":
-                owned = {f"{node.target}.{n}" for n, _ in self.modules[node.target].named_parameters()}
-                touches = bool(owned & params)
+                for pname, _ in self.modules[node.target].named_parameters():
+                    self._owner.setdefault(f"{node.target}.{pname}", i)
             elif node.op == "get_attr":
-                touches = node.target in params or any(p.startswith(node.target + ".") for p in params)
-            if touches or any(a in dirty for a in node.all_input_nodes):
-                dirty.add(node)
-        plan = [n for n in self.nodes if n in dirty or n.op == "output"]
-        self._plans[params] = plan
+                self._owner.setdefault(node.target, i)
+        self._down: list[set[int]] = [set() for _ in self.nodes]
+        for i in range(len(self.nodes) - 1, -1, -1):
+            self._down[i].add(i)
+            for user in self.nodes[i].users:
+                self._down[i] |= self._down[pos[user]]
+
+    def _plan(self, params: frozenset) -> list[fx.Node]:
+        """The nodes that depend on the given parameter names, plus the output, in graph order."""
+        plan = self._plans.get(params)
+        if plan is None:
+            if not hasattr(self, "_owner"):
+                self._index()
+            dirty: set[int] = {len(self.nodes) - 1}
+            for p in params:
+                if p in self._owner:
+                    dirty |= self._down[self._owner[p]]
+                else:  # a parameter read in a way the trace does not show: recompute everything
+                    dirty = set(range(len(self.nodes)))
+            plan = [self.nodes[i] for i in sorted(dirty) if self.nodes[i].op != "placeholder"]
+            if len(self._plans) < 4096:
+                self._plans[params] = plan
         return plan
 
     def start_index(self, params: frozenset) -> int:

@@ -70,6 +70,13 @@ class DeviceView:
         return torch.cat([self.fmt.decode(codes[a:b].view(sh), self._seg_scale(a, b, sh)).reshape(-1)
                           for a, b, sh in self._segments()])
 
+    def encode_at(self, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Stored codes of some elements (flat indices ``idx``): O(len(idx)), for sparse faults."""
+        return self.fmt.encode(values.float(), self.scale[idx] if self.fmt.is_int else None)
+
+    def decode_at(self, idx: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return self.fmt.decode(codes, self.scale[idx] if self.fmt.is_int else None)
+
     def bit_deltas(self, values: torch.Tensor | None = None) -> torch.Tensor:
         """(k, bits): the change of each element when one stored bit flips (bit 0 = LSB)."""
         from ..formats import bit_deltas

@@ -42,11 +42,10 @@ class BitFlip(FaultModel):
             pos = sample_positions(total, self.ber, gen)
         if pos.numel() == 0:
             return values
-        codes = view.encode(values)
-        flipped = flip_bits(codes, pos // view.bits, pos % view.bits)
+        idx, local = torch.unique(pos // view.bits, return_inverse=True)  # only the touched weights
+        flipped = flip_bits(view.encode_at(idx, values[idx]), local, pos % view.bits)
         out = values.clone()
-        idx = torch.unique(pos // view.bits)
-        out[idx] = view.decode(flipped)[idx].double()
+        out[idx] = view.decode_at(idx, flipped).double()
         return out
 
     def budget(self, view, coverage) -> int:

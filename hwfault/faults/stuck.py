@@ -48,9 +48,9 @@ class StuckAt(FaultModel):
         one = torch.rand(pos.numel(), generator=gen, dtype=torch.float64) < (self.sa1 / self.rate)
         out = values.clone()
         if self.granularity == "bit":
-            codes = stick_bits(view.encode(values), pos // view.bits, pos % view.bits, one.long())
-            idx = torch.unique(pos // view.bits)
-            out[idx] = view.decode(codes)[idx].double()
+            idx, local = torch.unique(pos // view.bits, return_inverse=True)
+            codes = stick_bits(view.encode_at(idx, values[idx]), local, pos % view.bits, one.long())
+            out[idx] = view.decode_at(idx, codes).double()
             return out
         sign = torch.where(torch.rand(pos.numel(), generator=gen) < 0.5, -1.0, 1.0).double()
         high = view.tmax.double()[pos] * sign if self.sa1_value == "max" else torch.zeros(pos.numel(), dtype=torch.float64)

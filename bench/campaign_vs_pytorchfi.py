@@ -1,0 +1,183 @@
+"""Weight-fault campaigns in PyTorchFI and in hwfault, the same work in one run.
+
+    .venv/bin/python bench/campaign_vs_pytorchfi.py [--trials 300] [--repeats 3]
+
+On the residual zoo model (mnist1d-resnet, 1000 test inputs, one batch, one thread each):
+(a) classic statistical fault injection: one random bit flip per trial in the fp32 weights, sites
+    uniform over all conv/linear weights (hwfault preset fp32-single-bitflip);
+(b) bit-error-rate patterns over all those weights (fp32, BER 1e-5: about 18 flips per trial).
+PyTorchFI gets its sites from the same distributions (uniform over weights, uniform bit; for (b)
+the same Binomial count), injected with ``declare_weight_fi(function=...)``, which deep-copies the
+model for every trial. Both score SDC against the same golden run. Reported: trials/s of each
+(median of the repeats), ``speedup_vs_pytorchfi``, hwfault's ``per_trial_vs_floor``: for (a) the
+fault-free forward from the faulty layer on given that layer's cached input (averaged over the
+trials' layers), for (b) one fault-free evaluation; and the SDC rates with Wilson 95% intervals.
+Writes bench/results/campaign_vs_pytorchfi.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwfault import load_data, load_model
+from hwfault.campaign.incremental import ForwardCache
+from hwfault.campaign.run import Recipe, context, make_plan, run_campaign
+from hwfault.campaign.stats import wilson
+from hwfault.faults import Chip
+from hwfault.spec import load_chip, parse_chip
+
+OUT = Path(__file__).resolve().parent / "results"
+MODEL, DATA = "mnist1d-resnet", "mnist1d"
+BER_SPEC = """schema_version = 1
+name = "fp32-ber-1e-5"
+description = "bench: fp32 weights, independent bit flips at BER 1e-5"
+[format]
+kind = "fp32"
+[[faults]]
+kind = "bitflip"
+ber = 1e-5
+"""
+
+
+def flip_float(v: float, bit: int) -> float:
+    (i,) = struct.unpack("<I", struct.pack("<f", v))
+    return struct.unpack("<f", struct.pack("<I", i ^ (1 << bit)))[0]
+
+
+class PyTorchFICampaign:
+    """The same campaign written the way PyTorchFI users write it."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, golden: torch.Tensor):
+        from pytorchfi.core import fault_injection
+
+        self.model, self.x, self.y = model, x, y
+        self.golden_pred = golden.argmax(1)
+        self.ok = self.golden_pred == y
+        self.fi = fault_injection(model, len(x), input_shape=list(x.shape[1:]), layer_types=[nn.Conv1d, nn.Linear])
+        self.layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Linear))]
+        self.sizes = np.array([m.weight.numel() for m in self.layers])
+
+    def sites(self, rng: np.random.Generator, count: int):
+        """``count`` weights uniform over all injectable weights, each with a uniform bit."""
+        flat = rng.choice(self.sizes.sum(), size=count, replace=False)
+        offs = np.cumsum(np.r_[0, self.sizes])
+        out = []
+        for f in flat:
+            layer = int(np.searchsorted(offs, f, side="right") - 1)
+            idx = np.unravel_index(int(f - offs[layer]), self.layers[layer].weight.shape)
+            out.append((layer, tuple(int(i) for i in idx) + (None,) * (4 - len(idx)), int(rng.integers(32))))
+        return out
+
+    def trial(self, sites) -> tuple[int, int]:
+        bits = {(layer, idx): bit for layer, idx, bit in sites}
+
+        def flip(weight, idx):
+            key = next(k for k in bits if k[1] == tuple(idx))
+            return flip_float(float(weight[tuple(i for i in idx if i is not None)]), bits[key])
+
+        corrupted = self.fi.declare_weight_fi(
+            function=flip, layer_num=[s[0] for s in sites], k=[s[1][0] for s in sites], dim1=[s[1][1] for s in sites],
+            dim2=[s[1][2] for s in sites], dim3=[s[1][3] for s in sites])
+        with torch.no_grad():
+            out = corrupted(self.x)
+        finite = torch.isfinite(out).all(dim=1)
+        sdc = bool((self.ok & ((out.argmax(1) != self.golden_pred) | ~finite)).any())
+        return int(sdc), int(not bool(finite.all()))
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, last = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        last = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), last
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model = load_model(MODEL)
+    x, y = load_data(DATA).tensors
+    n = args.trials
+    results = {}
+
+    # the floor: a fault-free evaluation, and the forward pass from each layer on given its input
+    cache = ForwardCache(model, x)
+    full, _ = timed(lambda: model(x), 7)
+    layer_names = [name for name, p in model.named_parameters() if p.ndim > 1]
+    partial = {}
+    for name in layer_names:
+        partial[name], _ = timed(lambda name=name: cache._run(None, cache._plan(frozenset([name])), overlay={}), 7)
+
+    for case, spec in (("a_single_bitflip", load_chip("fp32-single-bitflip")),
+                       ("b_ber_patterns", parse_chip(BER_SPEC, "bench"))):
+        print(f"{case}: hwfault ...", file=sys.stderr, flush=True)
+        recipe = Recipe(MODEL, DATA, spec.to_dict(), seed=0)
+        plan = make_plan(Chip.build(spec, model), trials=n)
+        context(recipe)  # golden run and cache: once per campaign, outside the timing of both tools
+        t_hw, res = timed(lambda: run_campaign(recipe, plan), args.repeats)
+        rows = res.rows
+        golden = context(recipe).golden
+        print(f"{case}: PyTorchFI ...", file=sys.stderr, flush=True)
+        pfi = PyTorchFICampaign(model, x, y, golden)
+        rng = np.random.default_rng(1)
+        counts = [r["n_faults"] for r in rows]
+        site_lists = [pfi.sites(rng, c) for c in counts]  # the same fault counts, independent sites
+
+        def run_pfi():
+            return [pfi.trial(s) for s in site_lists]
+
+        t_pfi, pres = timed(run_pfi, args.repeats)
+        hw_sdc = sum(r["sdc"] for r in rows)
+        pf_sdc = sum(s for s, _ in pres)
+        hw_ci, pf_ci = wilson(hw_sdc, n), wilson(pf_sdc, n)
+        if case.startswith("a"):  # each trial's floor: the fault-free forward from its faulty layer on
+            floor = float(np.mean([partial[r["faults"].split("[")[0]] for r in rows]))
+        else:
+            floor = full
+        results[case] = {
+            "trials": n, "hwfault_trials_per_s": n / t_hw, "pytorchfi_trials_per_s": n / t_pfi,
+            "speedup_vs_pytorchfi": t_pfi / t_hw, "per_trial_s": t_hw / n, "floor_s": floor,
+            "floor": "fault-free forward from each trial's faulty layer on (cached input), mean over the trials"
+            if case.startswith("a")
+            else "one fault-free evaluation",
+            "per_trial_vs_floor": (t_hw / n) / floor, "pytorchfi_per_trial_vs_full_eval": (t_pfi / n) / full,
+            "sdc_rate": {"hwfault": hw_sdc / n, "hwfault_ci95": hw_ci, "pytorchfi": pf_sdc / n, "pytorchfi_ci95": pf_ci,
+                         "intervals_overlap": hw_ci[0] <= pf_ci[1] and pf_ci[0] <= hw_ci[1]},
+            "due_rate": {"hwfault": sum(r["due"] for r in rows) / n, "pytorchfi": sum(d for _, d in pres) / n},
+            "mean_faults_per_trial": float(np.mean(counts)),
+        }
+    out = {"model": MODEL, "data": DATA, "inputs": len(x), "threads": 1, "repeats": args.repeats,
+           "full_eval_s": full, "cases": results,
+           "machine": {"platform": platform.platform(), "torch": torch.__version__, "python": platform.python_version()}}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "campaign_vs_pytorchfi.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\n{MODEL}, {len(x)} inputs, 1 thread, {n} trials x {args.repeats} repeats (median); "
+          f"fault-free evaluation {1e3 * full:.1f} ms\n")
+    print("| case | hwfault trials/s | PyTorchFI trials/s | speedup | hwfault per trial / floor | SDC hwfault [95% CI] | SDC PyTorchFI [95% CI] |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    for case, r in results.items():
+        s = r["sdc_rate"]
+        print(f"| {case} | {r['hwfault_trials_per_s']:.1f} | {r['pytorchfi_trials_per_s']:.1f} | "
+              f"{r['speedup_vs_pytorchfi']:.2f}x | {r['per_trial_vs_floor']:.2f}x | "
+              f"{100 * s['hwfault']:.1f} [{100 * s['hwfault_ci95'][0]:.1f}, {100 * s['hwfault_ci95'][1]:.1f}] | "
+              f"{100 * s['pytorchfi']:.1f} [{100 * s['pytorchfi_ci95'][0]:.1f}, {100 * s['pytorchfi_ci95'][1]:.1f}] |")
+
+
+if __name__ == "__main__":
+    main()
