@@ -29,7 +29,11 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q -m ''
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/seed_table1.py
+	$(BIN)/python bench/probe.py
+	$(BIN)/python bench/estimate_presets.py
+	$(BIN)/python bench/campaign_vs_pytorchfi.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
