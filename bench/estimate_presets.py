@@ -9,7 +9,6 @@ preset, the HTML-free Markdown report with its figure (estimate_<model>_<chip>.m
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time

@@ -93,10 +93,9 @@ def bits(model, data, *, format: str = "int8", per_channel: bool = False, until:
     fmt = NumberFormat.parse(format, per_channel=per_channel)
     module, mlabel = resolve_model(model)
     dset, dlabel = resolve_data(data)
-    sel = select(module, params, types=types)
-    keep = [i for i, info in enumerate(sel.infos) if "weight" in info.tags]
-    sel = type(sel)(tuple(sel.names[i] for i in keep), tuple(sel.params[i] for i in keep),
-                    tuple(sel.infos[i] for i in keep))
+    sel = select(module, params, types=types).weights_only()
+    if not sel.params:
+        raise ConstraintError("no weight tensor among the selected parameters")
     view = DeviceView.build(sel, fmt)
     clean = evaluate(module, dset)
     deltas = view.bit_deltas().double()

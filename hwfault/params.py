@@ -140,6 +140,16 @@ class Selection:
             i += p.numel()
         return out
 
+    def subset(self, indices) -> Selection:
+        """The selection of the parameters at ``indices`` (positions in this selection), in order."""
+        ix = list(indices)
+        return Selection(tuple(self.names[i] for i in ix), tuple(self.params[i] for i in ix),
+                         tuple(self.infos[i] for i in ix))
+
+    def weights_only(self) -> Selection:
+        """The weight tensors of this selection (no biases)."""
+        return self.subset(i for i, info in enumerate(self.infos) if "weight" in info.tags)
+
     def values(self) -> torch.Tensor:
         """The current parameter values as one flat vector (a copy)."""
         return self.flatten([p.detach() for p in self.params]).clone()
@@ -151,8 +161,7 @@ class Selection:
         keyed: dict[str, list[int]] = {}
         for i, info in enumerate(self.infos):
             keyed.setdefault(info.component if by == "component" else info.layer or info.name, []).append(i)
-        return {k: Selection(tuple(self.names[i] for i in ix), tuple(self.params[i] for i in ix),
-                             tuple(self.infos[i] for i in ix)) for k, ix in keyed.items()}
+        return {k: self.subset(ix) for k, ix in keyed.items()}
 
 
 def _as_list(v: str | Iterable | None) -> list:

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 import hwfault as hw
 from hwfault.cli import main

@@ -32,7 +32,7 @@ from ..errors import ConstraintError, HwfaultError
 from ..evaluate import as_tensors, logits as run_logits
 from ..faults import Chip
 from ..faults.base import DeviceView
-from ..params import Selection, perturbed
+from ..params import perturbed
 from . import stats
 from .incremental import try_cache
 from .journal import Journal
@@ -117,9 +117,8 @@ def _population(chip: Chip) -> tuple[int | None, str]:
 
 def sub_chip(chip: Chip, names: Iterable[str]) -> Chip:
     """The chip restricted to some of its parameter tensors (one stratum)."""
-    keep = [i for i, n in enumerate(chip.selection.names) if n in set(names)]
-    sel = Selection(tuple(chip.selection.names[i] for i in keep), tuple(chip.selection.params[i] for i in keep),
-                    tuple(chip.selection.infos[i] for i in keep))
+    wanted = set(names)
+    sel = chip.selection.subset(i for i, n in enumerate(chip.selection.names) if n in wanted)
     return Chip(chip.spec, sel, DeviceView.build(sel, chip.view.fmt), chip.faults)
 
 
@@ -188,7 +187,7 @@ class Context:
         return self.strata[stratum.name]
 
     def _sites(self, chip: Chip, changed: torch.Tensor) -> str:
-        offs = np.cumsum([0] + [p.numel() for p in chip.selection.params])
+        offs = _offsets(chip)
         out = []
         for el in changed[:MAX_SITES].tolist():
             t = int(np.searchsorted(offs, el, side="right") - 1)
@@ -236,10 +235,18 @@ class Context:
         return torch.cat(outs)
 
 
+def _offsets(chip: Chip) -> np.ndarray:
+    """Start of each parameter tensor in the chip's flat view (computed once per chip)."""
+    offs = getattr(chip, "_offsets", None)
+    if offs is None:
+        offs = np.cumsum([0] + [p.numel() for p in chip.selection.params])
+        chip._offsets = offs
+    return offs
+
+
 def _touched(chip: Chip, changed: torch.Tensor) -> frozenset:
     """Names of the parameter tensors that hold the changed elements."""
-    offs = np.cumsum([0] + [p.numel() for p in chip.selection.params])
-    seg = np.unique(np.searchsorted(offs, changed.numpy(), side="right") - 1)
+    seg = np.unique(np.searchsorted(_offsets(chip), changed.numpy(), side="right") - 1)
     return frozenset(chip.selection.names[i] for i in seg)
 
 

@@ -46,13 +46,11 @@ def device_selection(spec, model: nn.Module) -> Selection:
     types = list(dev.types) if dev.types else None
     sel = select(model, list(dev.params) or None, types=types)
     if dev.weights_only:
-        keep = [i for i, info in enumerate(sel.infos) if "weight" in info.tags]
-        if not keep:
+        sel = sel.weights_only()
+        if not sel.params:
             from ..errors import SelectionError
 
-            raise SelectionError(f"chip '{spec.name}': no weight tensor among the selected parameters {list(sel.names)}")
-        sel = Selection(tuple(sel.names[i] for i in keep), tuple(sel.params[i] for i in keep),
-                        tuple(sel.infos[i] for i in keep))
+            raise SelectionError(f"chip '{spec.name}': no weight tensor among the selected parameters")
     return sel
 
 
