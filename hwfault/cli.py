@@ -15,6 +15,7 @@ from typer.exceptions import TyperException
 
 from . import __version__, progress, report
 from .errors import ConstraintError, HwfaultError
+from .runtime import tune_allocator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Hardware-fault simulation for neural-network accelerators.")
@@ -382,6 +383,7 @@ def results_export(db: str = typer.Option(..., "--db", help="Campaign journal.")
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: one-line errors and exit code 2 for bad input, never a traceback for it."""
     progress.enable(True)
+    tune_allocator()
     cmd = typer.main.get_command(app)
     try:
         rv = cmd.main(args=argv, prog_name="hwfault", standalone_mode=False)

@@ -153,8 +153,10 @@ class Context:
     def __init__(self, recipe: Recipe):
         from ..data import load_data
         from ..spec import ChipSpec
+        from ..runtime import tune_allocator
         from ..zoo import load_model
 
+        tune_allocator()  # trials reuse freed activation buffers instead of mapping fresh pages
         self.recipe = recipe
         self.model = load_model(recipe.model)
         self.x, self.y = as_tensors(load_data(recipe.data))
