@@ -228,6 +228,78 @@ def estimate(
     _outputs(result, report.estimate_table(result), json_path, report_path, report.write_report)
 
 
+@app.command()
+def harden(
+    model: str = MODEL,
+    data: Optional[str] = DATA,
+    chip: Optional[str] = typer.Option(None, "--chip", "-c", help="Chip to harden for (required by noise; intN chips train with brevitas QAT)."),
+    method: str = typer.Option(..., "--method", help="crt, crt-star, apd, noise or randbet."),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs over the train split."),
+    eps: Optional[float] = typer.Option(None, "--eps", help="Virtual corruption size, L2 over all parameters (crt-star, apd)."),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="Weight of the gradient-norm penalty (crt)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the corrupted/faulty loss (crt-star, noise, randbet)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Corruption steps K (apd)."),
+    ber: Optional[float] = typer.Option(None, "--ber", help="Training bit error rate (randbet; default 0.01)."),
+    clip: Optional[float] = typer.Option(None, "--clip", help="Weight clipping w_max (randbet; default 0.1)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (AdamW, cosine schedule)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the minibatches and the training faults."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Train a fresh model of the architecture instead of fine-tuning."),
+    no_qat: bool = typer.Option(False, "--no-qat", help="Train float weights even for an intN chip."),
+    trials: int = typer.Option(100, "--trials", help="Monte-Carlo chips in the hardening report."),
+    out: str = typer.Option(..., "--out", "-o", help="Hardened checkpoint (.safetensors; .pt2 for torch.export models)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Hardening report JSON (default: beside --out, .hardening.json)."),
+    plot_path: Optional[str] = typer.Option(None, "--plot", help="Hardening figure (default: beside --out, .hardening.png)."),
+):
+    """Train a corruption-resistant model, then compare it with the base model on the chip."""
+    import shlex
+
+    from .data import load_data
+    from .evaluate import evaluate
+    from .harden import HardenConfig, harden as run, hardening_report, save_hardened, source_arch
+    from .spec import load_chip
+    from .zoo import get_entry, load_model
+
+    cfg = HardenConfig(method=method, epochs=epochs, eps=eps, lam=lam, alpha=alpha, steps=steps, ber=ber, clip=clip,
+                       lr=lr, seed=seed, from_scratch=from_scratch)
+    arch = source_arch(model)
+    d = _data_for(model, data)
+    spec = load_chip(chip) if chip else None
+    if cfg.method == "noise" and spec is None:
+        raise ConstraintError("--method noise needs --chip: it trains with the chip's faults")
+    base = load_model(model)
+    train, test = load_data(d, "train"), load_data(d, "test")
+    base_eval = evaluate(base, test)  # also checks that the data fits the model
+    with progress.task(f"harden ({cfg.method})", cfg.epochs) as advance:
+        result = run(base, train, cfg, chip_spec=spec, qat=not no_qat,
+                     build=get_entry(arch).build if arch else None, on_epoch=lambda e, row: advance(1))
+    hard_eval = evaluate(result.model, test)
+    out_path = Path(out)
+    rep = None
+    if spec is not None:
+        rep = hardening_report(base, result.model, test, spec, trials=trials, seed=seed,
+                               labels=(model, out_path.name))
+    card = {"method": cfg.method, "base_model": model, "data": d, "chip": spec.name if spec else None,
+            "config": result.config.to_dict(), "test_accuracy": hard_eval.accuracy,
+            "base_test_accuracy": base_eval.accuracy, "train_seconds": round(result.seconds, 1),
+            "history": result.history, "command": "hwfault " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            if sys.argv and sys.argv[0].endswith("hwfault") else f"hwfault harden --model {model} --method {method}",
+            "report": {"summary": rep["summary"]} if rep else None}
+    save_hardened(result.model, out_path, arch=arch, card=card, example=test.tensors[0])
+    print(f"wrote {out_path} (test accuracy {100 * hard_eval.accuracy:.1f}%, base {100 * base_eval.accuracy:.1f}%)",
+          file=sys.stderr)
+    if rep is None:
+        print("no --chip: skipped the hardening report (pass --chip to compare base and hardened on a chip)", file=sys.stderr)
+        return
+    report.print_table(report.hardening_table(rep))
+    jp = json_path or str(out_path.with_suffix(".hardening.json"))
+    report.write_json(rep, jp)
+    if jp != "-":
+        print(f"wrote {jp}", file=sys.stderr)
+    pp = plot_path or str(out_path.with_suffix(".hardening.png"))
+    report.plot_hardening(rep, pp)
+    print(f"wrote {pp}", file=sys.stderr)
+
+
 @app.command("bits")
 def bits_cmd(
     model: str = MODEL,

@@ -375,3 +375,50 @@ def write_parquet(rows: list[dict], path: str | Path) -> None:
         raise HwfaultError("--parquet needs the pyarrow package (pip install pyarrow)") from None
     table = pa.Table.from_pylist(rows)
     _atomic_write(Path(path), lambda t: pq.write_table(table, str(t)))
+
+
+# ----------------------------------------------------------------------------- hardening
+
+
+def hardening_table(d: dict):
+    """Base vs hardened on the chip (the ``summary`` of :func:`hwfault.harden.hardening_report`)."""
+    from rich.table import Table
+
+    from .harden import REPORT_KEYS
+
+    s = d["summary"]
+    b = d["base"]
+    t = Table(title=f"{b['model']} -> {d['hardened']['model']} on chip {b['chip']['name']} "
+                    f"({b['random']['trials']} Monte-Carlo chips, the same for both)")
+    t.add_column("accuracy %")
+    for col in ("base", "hardened", "change"):
+        t.add_column(col, justify="right")
+    for key, label in REPORT_KEYS:
+        ch = s["change"][key]
+        t.add_row(label, _pct(s["base"][key]), _pct(s["hardened"][key]), f"{100 * ch:+.1f}")
+    return t
+
+
+def plot_hardening(d: dict, path: str | Path) -> None:
+    """Grouped bars: base vs hardened for each figure of the bracket, plus both Monte-Carlo histograms."""
+    plt = _mpl()
+    from .harden import REPORT_KEYS
+
+    s = d["summary"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})
+    xs = range(len(REPORT_KEYS))
+    for i, (key, color) in enumerate((("base", "tab:gray"), ("hardened", "tab:green"))):
+        vals = [100 * s[key][k] for k, _ in REPORT_KEYS]
+        bars = ax.bar([x + (i - 0.5) * 0.38 for x in xs], vals, 0.38, color=color, label=d[key]["model"])
+        for r, v in zip(bars, vals):
+            ax.text(r.get_x() + r.get_width() / 2, v + 1, f"{v:.0f}", ha="center", fontsize=7)
+    ax.set_xticks(list(xs), [lab.replace("worst case: ", "worst\n").replace("Monte-Carlo ", "MC\n")
+                             for _, lab in REPORT_KEYS], fontsize=8)
+    ax.set(ylabel="accuracy (%)", ylim=(0, 108), title=f"on chip {d['base']['chip']['name']}")
+    ax.legend(fontsize=8, loc="lower left")
+    for key, color in (("base", "tab:gray"), ("hardened", "tab:green")):
+        bx.hist([100 * a for a in d[key]["random"]["accuracies"]], bins=[i * 1.0 for i in range(101)], color=color,
+                alpha=0.7, label=f"{d[key]['model']}: mean {100 * s[key]['mc_mean']:.1f}%")
+    bx.set(xlabel="accuracy (%)", ylabel="chips", xlim=(0, 100), title="Monte-Carlo chips")
+    bx.legend(fontsize=8, loc="upper left")
+    _save_fig(fig, path)

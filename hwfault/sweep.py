@@ -27,7 +27,9 @@ METHOD_NAMES = tuple(corruption.METHODS)
 
 
 def resolve_model(model: str | Path | nn.Module) -> tuple[nn.Module, str]:
-    """``(module, label)`` from a zoo name, a file path or a module."""
+    """``(module, label)`` from a zoo name, a file path, a module or a ``(module, label)`` pair."""
+    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
+        return model[0], str(model[1])
     if isinstance(model, nn.Module):
         return model, type(model).__name__
     return load_model(model), str(model)

@@ -1,0 +1,430 @@
+"""Hardening: train a model that survives parameter corruption and hardware faults.
+
+Five methods, each a way of choosing the weights at which the training gradient is taken
+(formulas: facts.md sections 1, 2 and 4):
+
+``crt``       L(w) + lambda ||g||_q, g = dL/dw (Sun et al., Eq. 16; double backprop). q is the dual
+              of the corruption norm p (2 for the default L2).
+``crt-star``  (1 - alpha) L(w) + alpha L(w + a_hat), a_hat the gradient-based corruption of size eps
+              recomputed at every step (Eq. 13; alpha = 1 is SAM). The gradient of the second term
+              is taken at w + a_hat without differentiating through a_hat.
+``apd``       adversarial parameter defence (Zhang et al.): the average risk over the K-step
+              corruption trajectory a_0 = 0, a_{k+1} = Proj(a_k + eta d_k), eta = 1.5 eps / K.
+``noise``     hardware-aware training: (1 - alpha) L(w) + alpha L(chip(w)), a fresh fault pattern
+              of the chip spec (quantisation, noise, stuck cells, bit errors) at every step.
+``randbet``   random bit error training (Stutz et al.): weights clipped to [-w_max, w_max] after
+              every step, and the average of the clean gradient and the gradient under random bit
+              errors at rate ``ber`` in the chip's integer format (int8 if the chip stores floats).
+
+For integer chips the model trains with brevitas fake-quantised weights at the chip's bit width and
+scale granularity (QAT, a straight-through estimator), so the integer model that is exported is the
+model that was hardened. The latent float weights are saved; quantising them with the chip's format
+gives the trained integer weights.
+
+Faulty forward passes leave BatchNorm running statistics alone (momentum 0): the statistics the
+model deploys with are those of its fault-free weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConstraintError, ModelError, did_you_mean
+from .params import Selection, perturbed, select
+
+METHODS = ("crt", "crt-star", "apd", "noise", "randbet")
+NEEDS_CHIP = ("noise",)
+
+# per-method defaults (eps is an absolute L2 size over all parameters)
+DEFAULTS = {
+    "crt": {"lam": 0.05},
+    "crt-star": {"eps": 0.3, "alpha": 0.5},
+    "apd": {"eps": 0.3, "steps": 3},
+    "noise": {"alpha": 0.5},
+    "randbet": {"alpha": 0.5, "ber": 0.01, "clip": 0.1},
+}
+
+
+@dataclass(frozen=True)
+class HardenConfig:
+    """How a model is hardened; every field is recorded in the checkpoint's card."""
+
+    method: str
+    epochs: int = 10
+    eps: float | None = None
+    lam: float | None = None
+    alpha: float | None = None
+    steps: int | None = None
+    ber: float | None = None
+    clip: float | None = None
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+    from_scratch: bool = False
+    qat_bits: int | None = None
+    qat_per_channel: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConstraintError(f"unknown hardening method '{self.method}'{did_you_mean(self.method, METHODS)}"
+                                  f" (expected one of {', '.join(METHODS)})")
+        d = DEFAULTS[self.method]
+        for k, v in d.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)
+        if self.epochs < 1:
+            raise ConstraintError(f"expected --epochs >= 1, got {self.epochs}")
+        for name in ("eps", "lam", "ber", "clip"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ConstraintError(f"expected --{name if name != 'lam' else 'lambda'} >= 0, got {v}")
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise ConstraintError(f"expected --alpha in [0, 1], got {self.alpha}")
+        if self.steps is not None and self.steps < 1:
+            raise ConstraintError(f"expected --steps >= 1, got {self.steps}")
+        if self.ber is not None and self.ber > 0.5:
+            raise ConstraintError(f"expected a bit error rate <= 0.5, got {self.ber}")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ConstraintError("expected a positive learning rate and batch size")
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class HardenResult:
+    model: nn.Module
+    config: HardenConfig
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def _frozen_bn(model: nn.Module):
+    """Context: BatchNorm layers stop updating their running statistics (faulty forward passes)."""
+
+    class _Ctx:
+        def __enter__(self):
+            self.saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            for m, _ in self.saved:
+                m.momentum = 0.0
+
+        def __exit__(self, *exc):
+            for m, mom in self.saved:
+                m.momentum = mom
+
+    return _Ctx()
+
+
+def _grads(model, params, x, y, delta=None, sel: Selection | None = None, faulty: bool = False):
+    """Loss and d loss / d params at w + delta (delta flat over ``sel``; None: at w)."""
+    if delta is None:
+        loss = F.cross_entropy(model(x), y)
+        return loss.detach(), torch.autograd.grad(loss, params)
+    with perturbed(sel, delta), (_frozen_bn(model) if faulty else _nullctx()):
+        loss = F.cross_entropy(model(x), y)
+        g = torch.autograd.grad(loss, params)
+    return loss.detach(), g
+
+
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _flat(gs) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in gs])
+
+
+def _l2_direction(g: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. 10 for p = 2, n = k: eps * g / ||g||_2 (zero when g is)."""
+    n = g.norm()
+    return g * (eps / n) if n > 0 else torch.zeros_like(g)
+
+
+class Trainer:
+    """One optimisation step per minibatch for the configured method."""
+
+    def __init__(self, model: nn.Module, cfg: HardenConfig, chip_spec=None, gen: torch.Generator | None = None):
+        self.model, self.cfg, self.spec = model, cfg, chip_spec
+        self.sel = select(model)  # n = k: every parameter, as in the paper's corruption-resistant training
+        self.params = list(self.sel.params)
+        self.gen = gen or torch.Generator().manual_seed(cfg.seed)
+        self.fault_spec = _randbet_spec(chip_spec, cfg.ber) if cfg.method == "randbet" else chip_spec
+        if cfg.method in NEEDS_CHIP and chip_spec is None:
+            raise ConstraintError(f"--method {cfg.method} needs --chip: it trains with the chip's faults")
+
+    # each method returns (loss at w, list of (weight, grads))
+    def step(self, x, y) -> float:
+        m = self.cfg.method
+        if m == "crt":
+            loss = F.cross_entropy(self.model(x), y)
+            g = torch.autograd.grad(loss, self.params, create_graph=True)
+            penalty = torch.sqrt(sum((gi * gi).sum() for gi in g))  # ||g||_2 (q = 2 for the L2 ball)
+            total = loss + self.cfg.lam * penalty
+            grads = torch.autograd.grad(total, self.params)
+            self._apply(grads)
+            return float(loss.detach())
+        loss, g0 = _grads(self.model, self.params, x, y)
+        if m == "crt-star":
+            a_hat = _l2_direction(_flat(g0), self.cfg.eps)
+            _, g1 = _grads(self.model, self.params, x, y, a_hat, self.sel, faulty=True)
+            a = self.cfg.alpha
+            self._apply([(1 - a) * u + a * v for u, v in zip(g0, g1)])
+        elif m == "apd":
+            k, eps = self.cfg.steps, self.cfg.eps
+            eta = 1.5 * eps / k
+            acc = [gi.clone() for gi in g0]
+            a_vec = torch.zeros(self.sel.numel)
+            g = _flat(g0)
+            for _ in range(k):
+                a_vec = a_vec + _l2_direction(g, eta)
+                norm = a_vec.norm()
+                if norm > eps:
+                    a_vec = a_vec * (eps / norm)
+                _, gk = _grads(self.model, self.params, x, y, a_vec, self.sel, faulty=True)
+                acc = [u + v for u, v in zip(acc, gk)]
+                g = _flat(gk)
+            self._apply([u / (k + 1) for u in acc])
+        else:  # noise, randbet: a fresh fault pattern of the chip at every step
+            sel, delta = _fault_delta(self.fault_spec, self.model, self.gen)
+            gmap = dict(zip(self.params, g0))
+            if delta is not None and torch.isfinite(delta).all():
+                fparams = list(sel.params)
+                with perturbed(sel, delta), _frozen_bn(self.model):
+                    lf = F.cross_entropy(self.model(x), y)
+                    if torch.isfinite(lf):
+                        g1 = dict(zip(fparams, torch.autograd.grad(lf, fparams, allow_unused=True)))
+                    else:
+                        g1 = {}
+                a = self.cfg.alpha
+                # faults touch the device weights only; the rest (biases, norms) see the faulty forward too
+                self._apply([(1 - a) * gmap[p] + a * g1[p] if g1.get(p) is not None else gmap[p]
+                             for p in self.params])
+            else:
+                self._apply(g0)
+        return float(loss)
+
+    def _apply(self, grads) -> None:
+        for p, g in zip(self.params, grads):
+            p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+
+    def after_step(self) -> None:
+        if self.cfg.method == "randbet" and self.cfg.clip:
+            with torch.no_grad():
+                for p in self.sel.weights_only().params:
+                    p.clamp_(-self.cfg.clip, self.cfg.clip)
+
+
+def _randbet_spec(chip_spec, ber: float):
+    """RandBET's training faults: random bit errors at rate ``ber`` in the chip's integer format."""
+    from .spec import parse_chip
+
+    kind, scale = "int8", "per-tensor"
+    if chip_spec is not None and chip_spec.format.kind.startswith("int"):
+        kind, scale = chip_spec.format.kind, chip_spec.format.scale
+    text = (f'schema_version = 1\nname = "randbet-training"\ndescription = "random bit errors for RandBET"\n'
+            f'[format]\nkind = "{kind}"\nscale = "{scale}"\n[[faults]]\nkind = "bitflip"\nber = {ber!r}\n')
+    return parse_chip(text, "randbet")
+
+
+def _fault_delta(spec, model: nn.Module, gen: torch.Generator):
+    """One fault pattern of ``spec`` on the model's current weights: (selection, flat delta)."""
+    from .faults import Chip
+
+    with torch.no_grad():
+        chip = Chip.build(spec, model)
+        values = chip.program(gen)
+        if chip.transient:
+            values = chip.read(values, gen)
+        return chip.selection, chip.delta(values)
+
+
+# ----------------------------------------------------------------------------- QAT
+
+
+def _qat_bits(spec) -> tuple[int | None, bool]:
+    if spec is None or not spec.format.kind.startswith("int"):
+        return None, False
+    return int(spec.format.kind[3:]), spec.format.scale == "per-channel"
+
+
+def _copy_back(src: nn.Module, dst: nn.Module) -> None:
+    """Latent float weights and buffers of a brevitas model into the float model of the same names."""
+    sp, sb = dict(src.named_parameters()), dict(src.named_buffers())
+    with torch.no_grad():
+        for name, p in dst.named_parameters():
+            if name not in sp:
+                raise ModelError(f"QAT model lost parameter '{name}'")
+            p.copy_(sp[name])
+        for name, b in dst.named_buffers():
+            if name in sb:
+                b.copy_(sb[name])
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: Callable[[], nn.Module] | None = None,
+           qat: bool = True, on_epoch: Callable[[int, dict], None] | None = None) -> HardenResult:
+    """Harden a copy of ``model`` on the training data ``data`` (a TensorDataset or (x, y)).
+
+    Fine-tunes the given weights; with ``cfg.from_scratch`` a fresh model from ``build`` is trained
+    for ``cfg.epochs`` instead. For integer chips training runs through brevitas fake-quantised
+    weights (unless ``qat`` is False). Returns the float model (eval mode) with the hardened weights.
+    """
+    from .evaluate import as_tensors
+    from .zoo import deterministic
+
+    x, y = as_tensors(data)
+    bits, per_channel = _qat_bits(chip_spec) if qat else (None, False)
+    cfg = HardenConfig(**{**cfg.to_dict(), "qat_bits": bits, "qat_per_channel": per_channel})
+    t0 = time.perf_counter()
+    with deterministic():
+        torch.manual_seed(cfg.seed)
+        if cfg.from_scratch:
+            if build is None:
+                raise ModelError("--from-scratch needs a zoo architecture (the model's constructor)")
+            base = build()
+        else:
+            base = copy.deepcopy(model)
+        for p in base.parameters():
+            p.requires_grad_(True)
+        net = base
+        if bits is not None:
+            from .quant import quantize_model
+
+            net = quantize_model(base, bits, per_channel=per_channel)
+            for p in net.parameters():
+                p.requires_grad_(True)
+        trainer = Trainer(net, cfg, chip_spec)
+        opt = torch.optim.AdamW(trainer.params, lr=cfg.lr, weight_decay=0.0 if not cfg.from_scratch else 1e-4)
+        steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        history = []
+        net.train()
+        for epoch in range(cfg.epochs):
+            perm = torch.randperm(len(x), generator=gen)
+            total = 0.0
+            for i in range(0, len(x), cfg.batch_size):
+                idx = perm[i:i + cfg.batch_size]
+                opt.zero_grad(set_to_none=True)
+                total += trainer.step(x[idx], y[idx]) * len(idx)
+                opt.step()
+                sched.step()
+                trainer.after_step()
+            row = {"epoch": epoch + 1, "loss": total / len(x)}
+            history.append(row)
+            if on_epoch:
+                on_epoch(epoch, row)
+        net.eval()
+        if net is not base:
+            _copy_back(net, base)
+    base.eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return HardenResult(base, cfg, history, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- report
+
+REPORT_KEYS = (("clean", "clean"), ("stored", "stored on the chip"), ("mc_mean", "Monte-Carlo mean"),
+               ("mc_p01", "Monte-Carlo 1st percentile"), ("one_step", "worst case: one step"),
+               ("multi_step", "worst case: multi-step"))
+
+
+def summary(d: dict) -> dict:
+    """The headline figures of an estimate dict (``hwfault estimate --json``)."""
+    return {"clean": d["clean"]["accuracy"], "stored": d["quantized"]["accuracy"],
+            "mc_mean": d["random"]["accuracy_mean"], "mc_p01": d["random"]["accuracy_p01"],
+            "one_step": d["worst_case"]["one_step"]["accuracy"], "multi_step": d["worst_case"]["multi_step"]["accuracy"]}
+
+
+def hardening_report(base: nn.Module, hardened: nn.Module, data, chip, *, trials: int = 100, seed: int = 0,
+                     steps: int = 10, labels: tuple[str, str] = ("base", "hardened")) -> dict:
+    """Base vs hardened on a chip: ``{"base": estimate, "hardened": estimate, "summary": ...}``, each
+    estimate with the keys of ``hwfault estimate --json``, measured on the same Monte-Carlo chips."""
+    from .estimate import estimate
+
+    out = {}
+    for key, model, label in (("base", base, labels[0]), ("hardened", hardened, labels[1])):
+        r = estimate((model, label), data, chip, trials=trials, seed=seed, steps=steps, per_fault=False, severities=())
+        out[key] = r.to_dict()
+    out["summary"] = {k: summary(out[k]) for k in ("base", "hardened")}
+    out["summary"]["change"] = {k: out["summary"]["hardened"][k] - out["summary"]["base"][k]
+                                for k in out["summary"]["base"]}
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def source_arch(model_ref: str) -> str | None:
+    """The zoo architecture behind a zoo name or hwfault checkpoint; None for ``.pt2`` archives."""
+    from pathlib import Path
+
+    from .zoo import checkpoint_metadata, list_models
+
+    if model_ref in list_models():
+        return model_ref
+    p = Path(model_ref)
+    if p.suffix == ".safetensors":
+        return checkpoint_metadata(p)["arch"]
+    if p.suffix == ".pt2":
+        return None
+    raise ModelError(f"{model_ref}: hardening needs a torch model (zoo name, .safetensors or .pt2), "
+                     f"not a '{p.suffix or 'plain'}' file")
+
+
+def save_hardened(model: nn.Module, out, *, arch: str | None, card: dict, example: torch.Tensor):
+    """Write the hardened model: an hwfault safetensors checkpoint (zoo architectures) or a
+    torch.export ``.pt2`` archive (user models), plus a Markdown card beside it."""
+    import json
+    import os
+    from pathlib import Path
+
+    from .zoo import save_checkpoint
+
+    out = Path(out)
+    if arch is not None:
+        if out.suffix != ".safetensors":
+            raise ConstraintError(f"--out {out}: expected a .safetensors path for a zoo architecture")
+        save_checkpoint(model, out, arch=arch, meta=card)
+    else:
+        if out.suffix != ".pt2":
+            raise ConstraintError(f"--out {out}: expected a .pt2 path for a torch.export model")
+        batch = torch.export.Dim("batch", min=1)
+        ep = torch.export.export(model, (example[:2],), dynamic_shapes=({0: batch},))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        torch.export.save(ep, str(tmp))
+        os.replace(tmp, out)
+    s = card.get("report", {}).get("summary")
+    lines = [f"# Hardened model: {out.stem}", "",
+             f"{card['method']} hardening of `{card['base_model']}` on `{card['data']}`"
+             + (f" for chip `{card['chip']}`" if card.get("chip") else "") + ".", "",
+             "| field | value |", "|---|---|",
+             f"| test accuracy | {100 * card['test_accuracy']:.2f}% (base {100 * card['base_test_accuracy']:.2f}%) |",
+             f"| settings | `{json.dumps(card['config'], sort_keys=True)}` |",
+             f"| training time | {card['train_seconds']} s |", f"| command | `{card['command']}` |", ""]
+    if s:
+        lines += ["| on the chip (accuracy %) | base | hardened |", "|---|--:|--:|"]
+        lines += [f"| {label} | {100 * s['base'][k]:.1f} | {100 * s['hardened'][k]:.1f} |" for k, label in REPORT_KEYS]
+        lines.append("")
+    lines.append(f'Load: `hwfault.load_model("{out.name}")`; every command takes it as `--model {out.name}`.')
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return out
