@@ -115,13 +115,16 @@ def _frozen_bn(model: nn.Module):
 
     class _Ctx:
         def __enter__(self):
-            self.saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-            for m, _ in self.saved:
+            self.saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+                          for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            for m, _, _ in self.saved:
                 m.momentum = 0.0
 
         def __exit__(self, *exc):
-            for m, mom in self.saved:
+            for m, mom, tracked in self.saved:
                 m.momentum = mom
+                if tracked is not None:
+                    m.num_batches_tracked.copy_(tracked)
 
     return _Ctx()
 
