@@ -242,6 +242,7 @@ def harden(
     ber: Optional[float] = typer.Option(None, "--ber", help="Training bit error rate (randbet; default 0.01)."),
     clip: Optional[float] = typer.Option(None, "--clip", help="Weight clipping w_max (randbet; default 0.1)."),
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate (AdamW, cosine schedule)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Minibatch size."),
     seed: int = typer.Option(0, "--seed", help="Seed of the minibatches and the training faults."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Train a fresh model of the architecture instead of fine-tuning."),
     no_qat: bool = typer.Option(False, "--no-qat", help="Train float weights even for an intN chip."),
@@ -260,7 +261,7 @@ def harden(
     from .zoo import get_entry, load_model
 
     cfg = HardenConfig(method=method, epochs=epochs, eps=eps, lam=lam, alpha=alpha, steps=steps, ber=ber, clip=clip,
-                       lr=lr, seed=seed, from_scratch=from_scratch)
+                       lr=lr, batch_size=batch_size, seed=seed, from_scratch=from_scratch)
     arch = source_arch(model)
     d = _data_for(model, data)
     spec = load_chip(chip) if chip else None

@@ -248,6 +248,8 @@ def load_model(name_or_path: str | Path) -> nn.Module:
         if not path.is_file():
             raise ModelError(f"no checkpoint for '{key}' at {path}; run 'hwfault zoo train {key}'")
         model = _load_safetensors(path)
+    elif "/" not in key and (models_dir() / f"{key}.safetensors").is_file():  # a shipped hardened checkpoint
+        model = _load_safetensors(models_dir() / f"{key}.safetensors")
     else:
         path = Path(key)
         if not path.exists():
@@ -267,11 +269,23 @@ def load_model(name_or_path: str | Path) -> nn.Module:
     return model
 
 
+def checkpoint_path(name_or_path: str | Path) -> Path | None:
+    """The file behind a zoo name, a shipped checkpoint name (``models/<name>.safetensors``) or a path."""
+    key = str(name_or_path)
+    if key in _REGISTRY or ("/" not in key and (models_dir() / f"{key}.safetensors").is_file()):
+        return models_dir() / f"{key}.safetensors"
+    p = Path(key)
+    return p if p.is_file() else None
+
+
 def model_data(name_or_path: str | Path) -> str | None:
     """The data set a zoo model or hwfault checkpoint was trained on, if known."""
     key = str(name_or_path)
     if key in _REGISTRY:
         return _REGISTRY[key].data
+    path = checkpoint_path(key)
+    if path is not None and path.suffix == ".safetensors":
+        key = str(path)
     if key.endswith(".safetensors") and Path(key).is_file():
         info = checkpoint_metadata(key)
         return info["meta"].get("data") or (_REGISTRY[info["arch"]].data if info["arch"] in _REGISTRY else None)

@@ -63,12 +63,10 @@ class Recipe:
 
 
 def _file_sha(model: str) -> str | None:
-    from pathlib import Path
+    from ..zoo import checkpoint_path
 
-    from ..zoo import list_models, models_dir
-
-    p = models_dir() / f"{model}.safetensors" if model in list_models() else Path(model)
-    if not p.is_file():
+    p = checkpoint_path(model)
+    if p is None:
         return None
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
 
