@@ -30,7 +30,8 @@ RECIPES = [
     ("digits-cnn", "rram-4bit", ["--method", "noise", "--epochs", "60", "--lr", "2e-3", "--alpha", "0.5"]),
     ("digits-cnn", "int8-sram-0.5v", ["--method", "randbet", "--epochs", "100", "--lr", "2e-3", "--clip", "0.25",
                                       "--ber", "0.0156"]),
-    ("mnist1d-resnet", "rram-4bit", ["--method", "noise", "--epochs", "20", "--lr", "2e-3", "--batch-size", "128"]),
+    ("mnist1d-resnet", "rram-4bit", ["--method", "noise", "--epochs", "40", "--lr", "2e-3", "--alpha", "0.3",
+                                     "--batch-size", "128"]),
     ("mnist1d-resnet", "int8-sram-0.5v", ["--method", "noise", "--epochs", "20", "--lr", "2e-3",
                                           "--batch-size", "128"]),
 ]

@@ -139,7 +139,15 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
         quant = score(logits(module, dset), y)
 
     random = monte_carlo(dev, module, dset, trials=trials, seed=seed)
-    worst = worst_cases(dev, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata)
+    grads = getattr(module, "differentiable", True)  # an ONNX model runs in onnxruntime: no gradients
+    skipped = {"skipped": f"{type(module).__name__}: the worst cases need gradients; Monte-Carlo only"}
+
+    def wc_of(chip_):
+        if not grads:
+            return dict(skipped)
+        return worst_cases(chip_, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata)
+
+    worst = wc_of(dev)
 
     faults = []
     if per_fault and len(dev.faults) > 1:
@@ -147,7 +155,7 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
             alone = dev.with_faults([f])
             mc = monte_carlo(alone, module, dset, trials=max(10, trials // 4), seed=seed,
                              label=f"Monte-Carlo ({f.kind} alone)")
-            wc = worst_cases(alone, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata)
+            wc = wc_of(alone)
             faults.append({"fault": f.describe(), "random": _brief(mc), "worst_case": _brief_wc(wc)})
     elif per_fault and dev.faults:
         faults.append({"fault": dev.faults[0].describe(), "random": _brief(random), "worst_case": _brief_wc(worst)})
@@ -160,12 +168,16 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
         for s in severities:
             scaled = dev.with_faults([f.scaled(s) for f in dev.faults])
             mc = monte_carlo(scaled, module, dset, trials=st, seed=seed, label=f"severity x{s:g}")
+            sev["factors"].append(s)
+            sev["random_mean"].append(mc["accuracy_mean"])
+            if not grads:
+                sev["one_step"].append(None)
+                sev["multi_step"].append(None)
+                continue
             cset = scaled.constraint(cov)
             os_ = one_step(module, dset, cset, selection=dev.selection, clean=base, probe=pdata)
             ms = multi_step(module, dset, cset, selection=dev.selection, clean=base, init=os_, steps=max(3, steps // 2),
                             probe=pdata)
-            sev["factors"].append(s)
-            sev["random_mean"].append(mc["accuracy_mean"])
             sev["one_step"].append(os_.accuracy)
             sev["multi_step"].append(ms.accuracy)
 
@@ -181,6 +193,8 @@ def _brief(mc: dict) -> dict:
 
 
 def _brief_wc(wc: dict) -> dict:
+    if "skipped" in wc:
+        return dict(wc)
     out = {k: {"accuracy": v["accuracy"], "loss_change": v["loss_change"]} for k, v in wc.items() if k != "set"}
     if "bit_search" in wc:
         out["bit_search"]["flips"] = wc["bit_search"]["flips"]

@@ -172,9 +172,13 @@ def _bracket_rows(d: dict) -> list[tuple[str, float | None, str]]:
             (f"stored as {d['chip']['format']}", d["quantized"]["accuracy"], "faults off"),
             ("Monte-Carlo mean", r["accuracy_mean"], f"95% CI {_pct(lo)}-{_pct(hi)}, {r['trials']} chips"),
             ("Monte-Carlo 1st percentile", r["accuracy_p01"], ""),
-            ("Monte-Carlo min", r["accuracy_min"], ""),
-            ("worst case: one step", w["one_step"]["accuracy"], f"first-order loss change {_num(w['one_step']['first_order'])}"),
-            ("worst case: multi-step", w["multi_step"]["accuracy"], f"{w['multi_step']['steps']} steps")]
+            ("Monte-Carlo min", r["accuracy_min"], "")]
+    if "skipped" in w:
+        rows.append(("worst case", None, w["skipped"]))
+    else:
+        rows += [("worst case: one step", w["one_step"]["accuracy"],
+                  f"first-order loss change {_num(w['one_step']['first_order'])}"),
+                 ("worst case: multi-step", w["multi_step"]["accuracy"], f"{w['multi_step']['steps']} steps")]
     if "bit_search" in w:
         rows.append(("worst case: bit search", w["bit_search"]["accuracy"],
                      f"{w['bit_search']['flips']} of {w['bit_search']['budget']} flips/cells"))
@@ -196,9 +200,9 @@ def estimate_table(result):
         t.add_row(name, _pct(acc), note)
     for f in d["faults"]:
         wc = f["worst_case"]
-        worst = min(v["accuracy"] for v in wc.values())
+        worst = None if "skipped" in wc else min(v["accuracy"] for v in wc.values())
         t.add_row(f"  {f['fault']['kind']} alone", _pct(f["random"]["accuracy_mean"]),
-                  f"Monte-Carlo mean; worst case {_pct(worst)}")
+                  "Monte-Carlo mean" + ("" if worst is None else f"; worst case {_pct(worst)}"))
     return t
 
 
@@ -211,9 +215,10 @@ def plot_estimate(result, path: str | Path) -> None:
     ax = axes[0] if sev["factors"] else axes
     accs = [100 * a for a in d["random"]["accuracies"]]
     ax.hist(accs, bins=[i * 0.5 for i in range(201)], color="tab:blue", alpha=0.8, label="Monte-Carlo chips")
-    marks = [("clean", d["clean"]["accuracy"], "gray", "--"),
-             ("one step", d["worst_case"]["one_step"]["accuracy"], "tab:red", "-"),
-             ("multi-step", d["worst_case"]["multi_step"]["accuracy"], "tab:purple", "-")]
+    marks = [("clean", d["clean"]["accuracy"], "gray", "--")]
+    if "skipped" not in d["worst_case"]:
+        marks += [("one step", d["worst_case"]["one_step"]["accuracy"], "tab:red", "-"),
+                  ("multi-step", d["worst_case"]["multi_step"]["accuracy"], "tab:purple", "-")]
     if "bit_search" in d["worst_case"]:
         marks.append(("bit search", d["worst_case"]["bit_search"]["accuracy"], "black", ":"))
     if d.get("certified", {}).get("accuracy") is not None:
@@ -227,8 +232,9 @@ def plot_estimate(result, path: str | Path) -> None:
         bx = axes[1]
         xs = sev["factors"]
         bx.plot(xs, [100 * v for v in sev["random_mean"]], "o-", color="tab:blue", label="Monte-Carlo mean")
-        bx.plot(xs, [100 * v for v in sev["one_step"]], "o-", color="tab:red", label="worst case, one step")
-        bx.plot(xs, [100 * v for v in sev["multi_step"]], "o-", color="tab:purple", label="worst case, multi-step")
+        if None not in sev["one_step"]:
+            bx.plot(xs, [100 * v for v in sev["one_step"]], "o-", color="tab:red", label="worst case, one step")
+            bx.plot(xs, [100 * v for v in sev["multi_step"]], "o-", color="tab:purple", label="worst case, multi-step")
         bx.axhline(100 * d["clean"]["accuracy"], color="gray", ls="--", lw=1, label="clean")
         nominal = ", ".join(f"{k} {sev['severity_name'][k]} {v:g}" for k, v in sev["nominal"].items())
         bx.set(xscale="log", xlabel=f"severity (x nominal: {nominal})", ylabel="accuracy (%)", ylim=(0, 100),
@@ -250,7 +256,7 @@ def write_report(result, path: str | Path) -> None:
     d = result.to_dict()
     rows = _bracket_rows(d)
     fault_rows = [(f["fault"]["kind"], f["random"]["accuracy_mean"], f["random"]["accuracy_min"],
-                   {k: v["accuracy"] for k, v in f["worst_case"].items()}) for f in d["faults"]]
+                   {k: v["accuracy"] for k, v in f["worst_case"].items() if k != "skipped"}) for f in d["faults"]]
     chip_lines = [f"format {d['chip']['format']}, {d['chip']['k']:,} weights on the device "
                   f"({', '.join(d['chip']['params'])}), coverage {d['chip']['coverage']}"]
     chip_lines += [", ".join(f"{k} {v}" for k, v in f.items()) for f in d["chip"]["faults"]]

@@ -81,3 +81,21 @@ def test_bad_input_one_line_exit_2(capsys, args, needle):
     _, err = capsys.readouterr()
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+
+
+def test_models_without_gradients_get_monte_carlo_only(tmp_path):
+    """Models that run outside autograd (ONNX files in onnxruntime) say so: worst cases skipped, not faked."""
+    from hwfault import load_model
+    from hwfault.estimate import estimate
+    from hwfault.report import estimate_table, write_report
+
+    model = load_model("digits-mlp")
+    model.differentiable = False
+    r = estimate(model, "digits", "int8-sram-0.55v", trials=3, severities=(1.0,))
+    d = r.to_dict()
+    assert "skipped" in d["worst_case"] and "Monte-Carlo only" in d["worst_case"]["skipped"]
+    assert d["severity"]["one_step"] == [None] and d["random"]["trials"] == 3
+    estimate_table(r)
+    write_report(r, tmp_path / "r.html")
+    write_report(r, tmp_path / "r.md")
+    assert (tmp_path / "r.png").stat().st_size > 0
