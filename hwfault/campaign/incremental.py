@@ -6,13 +6,23 @@ the graph nodes downstream of that layer's parameters, reading everything else (
 entering the layer, the untouched branches of residual blocks) from the cache. The result is the
 same tensor the full forward pass gives, computed with the same kernels on the same inputs.
 
+When a trial's faults are a few elements of one Linear or Conv weight, even that layer is not
+recomputed: only the output channels of the faulty weights can change, by the faulty weight times
+the matching input slice, so the layer's output is its cached output plus that sparse correction
+(:meth:`ForwardCache.logits` with ``sparse``). The sums then associate differently from a full
+recompute, so outputs agree with it to float32 round-off (tested), not bit for bit; a campaign uses
+the same path in every process, so its rows stay identical across processes.
+
 Models that ``torch.fx`` cannot trace (data-dependent control flow) fall back to the full forward.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
+
+SPARSE_MAX = 64  # faulty elements up to which a layer's output is corrected instead of recomputed
 
 
 class ForwardCache:
@@ -131,13 +141,82 @@ class ForwardCache:
         return isinstance(_fetch(self.gm, node.target), nn.Parameter)
 
     @torch.no_grad()
-    def logits(self, params: frozenset) -> torch.Tensor:
+    def logits(self, params: frozenset, sparse: tuple[str, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Outputs with the current (faulty) values of ``params``: recompute their downstream nodes only
-        (the whole forward pass when the first layer is among them). The cache is left intact."""
+        (the whole forward pass when the first layer is among them). The cache is left intact.
+
+        ``sparse = (name, flat_index, delta)``: the faults are ``delta`` added at ``flat_index`` of the
+        weight ``name`` (the only faulty tensor); its layer's output is then corrected, not recomputed."""
         plan = self._plan(params)
+        if sparse is not None and len(sparse[1]) <= SPARSE_MAX:
+            node = self._sparse_node(sparse[0])
+            if node is not None and plan and plan[0] is node:
+                out = self._corrected(node, sparse[1], sparse[2])
+                if out is not None:
+                    return self._run(None, self._tail(params, plan), overlay={node: out})
         if plan and self.nodes.index(plan[0]) <= self.first_param:
             return self.model(self.env[self.nodes[0]])
         return self._run(None, plan, overlay={})
+
+    def _tail(self, params: frozenset, plan: list) -> list:
+        """``plan`` without its first node, cached (the free lists are cached per plan object)."""
+        key = ("tail", params)
+        tail = self._plans.get(key)
+        if tail is None:
+            tail = plan[1:]
+            if len(self._plans) < 4096:
+                self._plans[key] = tail
+        return tail
+
+    def _sparse_node(self, name: str):
+        """The call_module node of a Linear/Conv1d/Conv2d whose ``weight`` is ``name`` (else None)."""
+        if not hasattr(self, "_owner"):
+            self._index()
+        mod_name, _, attr = name.rpartition(".")
+        i = self._owner.get(name)
+        if attr != "weight" or i is None:
+            return None
+        node = self.nodes[i]
+        if node.op != "call_module" or node.target != mod_name or len(node.args) != 1 or node.kwargs:
+            return None
+        m = self.modules[node.target]
+        if isinstance(m, nn.Linear) or (isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding_mode == "zeros"
+                                        and not isinstance(m.padding, str)):
+            return node
+        return None
+
+    def _corrected(self, node, index: torch.Tensor, delta: torch.Tensor) -> torch.Tensor | None:
+        """The layer's cached output plus the output change of weight deltas at flat ``index``."""
+        m = self.modules[node.target]
+        x = self.env[node.args[0]]
+        out = self.env[node].clone()
+        if isinstance(m, nn.Linear):
+            o, i = index // m.in_features, index % m.in_features
+            for oo, ii, d in zip(o.tolist(), i.tolist(), delta.tolist()):
+                out[..., oo] += d * x[..., ii]
+            return out
+        w = m.weight
+        sub = w.shape[1:]  # (cin/groups, k) or (cin/groups, kh, kw)
+        per_out = sub.numel()
+        cout_g = w.shape[0] // m.groups
+        xp = F.pad(x, [p for pad in reversed(m.padding) for p in (pad, pad)]) if any(m.padding) else x
+        for flat, d in zip(index.tolist(), delta.tolist()):
+            o, rest = divmod(flat, per_out)
+            cin = (o // cout_g) * sub[0]
+            if w.ndim == 3:
+                i, k = divmod(rest, sub[1])
+                start = k * m.dilation[0]
+                L = out.shape[-1]
+                sl = xp[:, cin + i, start:start + m.stride[0] * (L - 1) + 1:m.stride[0]]
+                out[:, o] += d * sl
+            else:
+                i, r = divmod(rest, sub[1] * sub[2])
+                kh, kw = divmod(r, sub[2])
+                H, W = out.shape[-2:]
+                sh, sw = kh * m.dilation[0], kw * m.dilation[1]
+                sl = xp[:, cin + i, sh:sh + m.stride[0] * (H - 1) + 1:m.stride[0], sw:sw + m.stride[1] * (W - 1) + 1:m.stride[1]]
+                out[:, o] += d * sl
+        return out
 
 
 def _fetch(mod: nn.Module, target: str):

@@ -34,7 +34,7 @@ from ..faults import Chip
 from ..faults.base import DeviceView
 from ..params import perturbed
 from . import stats
-from .incremental import try_cache
+from .incremental import SPARSE_MAX, try_cache
 from .journal import Journal
 from .plan import sample_size
 
@@ -171,7 +171,7 @@ class Context:
             self.chip = sub_chip(self.chip, names)
         self.strata: dict[str, Chip] = {}
         base = self.chip.delta(self.chip.view.w_q.double())
-        self._base = base
+        self._base = base if bool(torch.any(base)) else None  # float32 chips store the weights exactly
         with single_thread(), perturbed(self.chip.selection, base):
             self.golden = run_logits(self.model, (self.x, self.y))
             self.cache = None if self.chip.transient else try_cache(self.model, self.x)
@@ -198,17 +198,18 @@ class Context:
     def trial(self, trial: int, stratum: Stratum) -> dict:
         t0 = time.perf_counter()
         chip = self.chip_for(stratum)
-        gen = torch.Generator().manual_seed(trial_seed(self.recipe.seed, trial))
+        seed = trial_seed(self.recipe.seed, trial)
+        gen = torch.Generator().manual_seed(seed)
         programmed = chip.program(gen)
-        stored = chip.view.w_q.double()
+        stored = _stored(chip)
         changed = torch.nonzero(programmed != stored).reshape(-1)
         # faults on top of the stored (quantised) weights: the golden run is the fault-free chip
-        with perturbed(self.chip.selection, self._base), perturbed(chip.selection, (programmed - stored).float()):
+        with perturbed(self.chip.selection, self._base), perturbed(chip.selection, _sparse_delta(chip, programmed, changed)):
             if chip.transient:
                 out = self._transient_logits(chip, programmed, gen)
             elif self.cache is not None:
                 touched = _touched(chip, changed)
-                out = self.cache.logits(touched) if touched else self.golden
+                out = self.cache.logits(touched, _sparse(chip, programmed, changed, touched)) if touched else self.golden
             else:
                 out = run_logits(self.model, (self.x, self.y))
         finite = torch.isfinite(out).all(dim=1)
@@ -218,7 +219,7 @@ class Context:
         flipped = self.golden_ok & ((pred != self.golden_pred) | ~finite)
         n_ok = int(self.golden_ok.sum())
         loss = float(F.cross_entropy(out.double(), self.y)) if bool(finite.all()) else math.nan
-        return {"trial": trial, "stratum": stratum.name, "seed": trial_seed(self.recipe.seed, trial),
+        return {"trial": trial, "stratum": stratum.name, "seed": seed,
                 "n_faults": int(changed.numel()), "faults": self._sites(chip, changed), "accuracy": acc,
                 "loss": loss if math.isfinite(loss) else None, "sdc": int(bool(flipped.any())),
                 "sdc_rate": float(flipped.sum()) / max(n_ok, 1),
@@ -242,6 +243,37 @@ def _offsets(chip: Chip) -> np.ndarray:
         offs = np.cumsum([0] + [p.numel() for p in chip.selection.params])
         chip._offsets = offs
     return offs
+
+
+def _stored(chip: Chip) -> torch.Tensor:
+    """The fault-free stored values (flat float64), computed once per chip."""
+    st = getattr(chip, "_stored", None)
+    if st is None:
+        st = chip._stored = chip.view.w_q.double()
+    return st
+
+
+def _sparse_delta(chip: Chip, programmed: torch.Tensor, changed: torch.Tensor) -> list:
+    """The faults as one delta per parameter tensor, None for the tensors no fault touched."""
+    offs = _offsets(chip)
+    out: list = [None] * len(chip.selection.params)
+    if changed.numel() == 0:
+        return out
+    stored = _stored(chip)
+    for t in np.unique(np.searchsorted(offs, changed.numpy(), side="right") - 1).tolist():
+        a, b = int(offs[t]), int(offs[t + 1])
+        out[t] = (programmed[a:b] - stored[a:b]).float().view(chip.selection.params[t].shape)
+    return out
+
+
+def _sparse(chip: Chip, programmed: torch.Tensor, changed: torch.Tensor, touched: frozenset):
+    """``(name, flat index within the tensor, delta)`` when the faults sit in one tensor (else None)."""
+    if len(touched) != 1 or changed.numel() > SPARSE_MAX:
+        return None
+    (name,) = touched
+    t = chip.selection.names.index(name)
+    local = changed - int(_offsets(chip)[t])
+    return name, local, (programmed[changed] - _stored(chip)[changed]).float()
 
 
 def _touched(chip: Chip, changed: torch.Tensor) -> frozenset:

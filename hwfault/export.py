@@ -1,0 +1,439 @@
+"""Deployment: the model as an ONNX file that checks itself.
+
+:func:`export_onnx` writes one of two files:
+
+``fp32``  the float model, through the TorchScript-based ``torch.onnx`` exporter (opset 17 by
+          default) with BatchNorm kept as its own op, so the initializers are the model's parameters
+          under their own names (``conv1.weight``); models from a ``torch.export`` archive (an fx
+          GraphModule) go through the dynamo exporter instead (opset 18, graph not optimised, saved as
+          one file even when the exporter would split off external data).
+``intN``  (``int8``, or the chip's ``intN`` for N in 2..8) weight-only integer: the model is
+          quantised with :func:`hwfault.quant.quantize_model` (hwfault's intN rule, per tensor or per
+          output channel as the chip says) and exported by brevitas as QCDQ (opset 13 by default):
+          integer weight initializers -> [Clip for a narrow range] -> DequantizeLinear -> float
+          Conv/Gemm; activations, biases and BatchNorm stay float.
+
+Every export checks itself before the file appears: ``onnx.checker`` (full check), then onnxruntime
+(CPU, one thread) on the evaluation data (or a random sample of the input shape) against the torch
+model the file was made from (the brevitas model for intN; the float model is reported beside it).
+Pass criteria: fp32 max |delta logit| <= 1e-4 and 100% top-1 agreement; intN agreement >= 99.5% and
+|accuracy difference| <= 0.5 points. A file that fails parity is still written, and its
+:class:`ExportReport` says why (``passed`` False); a file that cannot be exported or fails the checker
+raises :class:`~hwfault.errors.ExportError` and nothing is written. Files are written atomically.
+
+The file carries ``metadata_props`` (read back with :func:`read_metadata`): ``hwfault_version``,
+``hwfault_format``, ``hwfault_scale``, ``hwfault_exporter``, ``hwfault_input_shape``, ``hwfault_parity``,
+``hwfault_chip`` (the spec as TOML) and ``hwfault_chip_name`` when a chip is given, plus one
+``hwfault_<key>`` per entry of the caller's ``metadata`` (e.g. ``source_model``, ``robustness``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ExportError, HwfaultError, ModelError
+
+__all__ = ["export_onnx", "ExportReport", "read_metadata", "ort_session", "FORMATS", "FP32_MAX_DELTA",
+           "INT_MIN_AGREEMENT", "INT_MAX_ACCURACY_DIFF"]
+
+FORMATS = ("fp32",) + tuple(f"int{n}" for n in range(2, 9))
+FP32_MAX_DELTA = 1e-4
+INT_MIN_AGREEMENT = 0.995
+INT_MAX_ACCURACY_DIFF = 0.005  # 0.5 percentage points, as a fraction
+DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18, "brevitas-qcdq": 13}
+RANDOM_SAMPLES = 64
+META_PREFIX = "hwfault_"
+_JSON_KEYS = META_PREFIX + "json_keys"  # which hwfault_* values are JSON (the others are plain text)
+_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What was written and how the file compares with the torch model in onnxruntime.
+
+    Accuracies and agreements are fractions in [0, 1]. ``reference`` is the torch model the file is
+    held to (the brevitas model for intN files); ``float_*`` compare an intN file with the float
+    model it was quantised from (None for fp32). ``failures`` lists the parity criteria not met.
+    """
+
+    path: str
+    format: str
+    scale: str | None
+    exporter: str
+    opset: int
+    input_shape: tuple
+    reference: str
+    data: str
+    n: int
+    max_abs_delta: float
+    agreement: float
+    reference_accuracy: float | None
+    onnx_accuracy: float | None
+    accuracy_diff: float | None
+    float_accuracy: float | None
+    float_agreement: float | None
+    float_accuracy_diff: float | None
+    initializers: dict
+    size_bytes: int
+    seconds: float
+    metadata: dict = field(default_factory=dict)
+    failures: tuple[str, ...] = ()
+    passed: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["failures"] = list(self.failures)
+        return d
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def ort_session(model, *, threads: int = 1):
+    """An onnxruntime CPU session for a path, serialized bytes or a ModelProto; ``threads`` intra-op
+    threads, one inter-op thread, warnings off."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _parse_format(fmt: str, spec) -> tuple[str, int | None]:
+    """(format name, bits or None for fp32); an intN chip sets N for an int export."""
+    f = str(fmt).strip().lower()
+    if f not in FORMATS:
+        raise ExportError(f"expected an export format fp32 or int8 (intN with N in 2..8), got '{fmt}'")
+    if f == "fp32":
+        return f, None
+    bits = int(f[3:])
+    kind = spec.format.kind if spec is not None else None
+    if kind and kind.startswith("int"):
+        chip_bits = int(kind[3:])
+        if chip_bits > 8:
+            raise ExportError(f"chip '{spec.name}' stores {kind} weights; QCDQ export (int8 containers) supports "
+                              f"int2 .. int8")
+        if f != "int8" and chip_bits != bits:
+            raise ExportError(f"export format {f} conflicts with chip '{spec.name}' format {kind}")
+        bits = chip_bits
+    return f"int{bits}", bits
+
+
+def _resolve_chip(chip):
+    if chip is None:
+        return None
+    from .spec import ChipSpec, load_chip
+
+    return chip if isinstance(chip, ChipSpec) else load_chip(chip)
+
+
+def _meta_props(entries: dict) -> dict[str, str]:
+    """``metadata_props`` for ``entries``: keys get the ``hwfault_`` prefix; non-string values are JSON."""
+    props, json_keys = {}, []
+    for k, v in entries.items():
+        key = k if str(k).startswith(META_PREFIX) else META_PREFIX + str(k)
+        if isinstance(v, str):
+            props[key] = v
+        else:
+            try:
+                props[key] = json.dumps(v, sort_keys=True, allow_nan=True, default=_json_default)
+            except (TypeError, ValueError) as e:
+                raise ExportError(f"metadata '{k}': expected JSON-serialisable data, got {type(v).__name__} ({e})") \
+                    from None
+            json_keys.append(key)
+    props[_JSON_KEYS] = ",".join(sorted(json_keys))
+    return props
+
+
+def _json_default(v):
+    if hasattr(v, "to_dict"):
+        return v.to_dict()
+    if isinstance(v, (np.generic,)):
+        return v.item()
+    if isinstance(v, (np.ndarray, torch.Tensor)):
+        return v.tolist()
+    if isinstance(v, (tuple, set, frozenset)):
+        return list(v)
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
+
+
+def _set_props(proto, props: dict[str, str]) -> None:
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    for k, v in keep + sorted(props.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def metadata_of(proto) -> dict:
+    """The ``hwfault_*`` metadata of a loaded ModelProto, prefix stripped, JSON values decoded."""
+    raw = {p.key: p.value for p in proto.metadata_props}
+    json_keys = set(filter(None, raw.get(_JSON_KEYS, "").split(",")))
+    out = {}
+    for k, v in raw.items():
+        if not k.startswith(META_PREFIX) or k == _JSON_KEYS:
+            continue
+        if k in json_keys:
+            with contextlib.suppress(ValueError):
+                v = json.loads(v)
+        out[k[len(META_PREFIX):]] = v
+    return out
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The hwfault metadata of an ONNX file: ``{"version": ..., "format": ..., "chip": <TOML text>,
+    "robustness": {...}, ...}`` (keys without the ``hwfault_`` prefix; ``{}`` for a foreign file)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends for non-ONNX bytes
+        raise ModelError(f"{path}: not an ONNX model ({type(e).__name__})") from None
+    return metadata_of(proto)
+
+
+def _initializer_types(proto) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for t in proto.graph.initializer:
+        name = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ----------------------------------------------------------------------------- exporters
+
+
+def _example(sample: torch.Tensor) -> torch.Tensor:
+    """An example batch of at least 2 inputs (a batch of 1 would let exporters fix the batch size)."""
+    sample = sample.detach().float()
+    return sample if sample.shape[0] >= 2 else sample[:1].expand(2, *sample.shape[1:]).contiguous()
+
+
+_IO = dict(input_names=["x"], output_names=["logits"])
+_AXES = {"x": {0: "batch"}, "logits": {0: "batch"}}
+
+
+def _export_torchscript(model: nn.Module, x: torch.Tensor, path: Path, opset: int):
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # PRESERVE keeps BatchNorm as its own op (EVAL would fold it into the conv weights and rename
+        # them), so the file's initializers are the model's parameters, one to one.
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, dynamic_axes=_AXES,
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True, **_IO)
+    return onnx.load(str(path))
+
+
+def _export_dynamo(model: nn.Module, x: torch.Tensor, opset: int):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, optimize=False, verbose=False,
+                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), **_IO)
+    return prog.model_proto  # in memory with its weights: saved below as one file, no external data
+
+
+def _export_qcdq(qmodel: nn.Module, x: torch.Tensor, path: Path, opset: int):
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from brevitas.export import export_onnx_qcdq
+
+        export_onnx_qcdq(qmodel, x, export_path=str(path), opset_version=opset, dynamo=False,
+                         keep_initializers_as_inputs=False, dynamic_axes=_AXES, **_IO)
+    return onnx.load(str(path))
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+def _run_ort(session, x: torch.Tensor) -> torch.Tensor:
+    name = session.get_inputs()[0].name
+    arr = x.detach().float().contiguous().numpy()
+    outs = [session.run(None, {name: arr[i:i + _BATCH]})[0] for i in range(0, len(arr), _BATCH)]
+    return torch.from_numpy(np.concatenate(outs)).float()
+
+
+def _accuracy(out: torch.Tensor, y: torch.Tensor | None) -> float | None:
+    if y is None:
+        return None
+    ok = (out.argmax(dim=1) == y) & torch.isfinite(out).all(dim=1)
+    return float(ok.double().mean())
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.argmax(dim=1) == b.argmax(dim=1)).double().mean())
+
+
+def _max_delta(a: torch.Tensor, b: torch.Tensor) -> float:
+    d = (a.double() - b.double()).abs()
+    return float(d.max()) if torch.isfinite(d).all() else float("inf")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str = "fp32", opset: int | None = None,
+                chip=None, metadata: dict | None = None, sample_input: torch.Tensor | None = None,
+                per_channel: bool | None = None) -> ExportReport:
+    """Export ``model`` to ``out_path`` as ``fmt`` (``"fp32"``, ``"int8"`` or ``"intN"``) and check the file.
+
+    ``data`` (a TensorDataset or ``(x, y)``) is the evaluation data of the parity check; without it a
+    random sample shaped like ``sample_input`` is used (one of the two is required: it fixes the input
+    shape). ``chip`` (a ChipSpec, preset name or TOML path) is stored in the file; for an int export
+    an ``intN`` chip sets the bit width and its scale granularity (``per_channel`` overrides it).
+    ``metadata`` entries are stored as ``hwfault_<key>``. Returns the :class:`ExportReport`; raises
+    :class:`~hwfault.errors.ExportError` (and writes nothing) when the export or ``onnx.checker`` fails.
+    """
+    import onnx
+
+    from . import __version__
+    from .evaluate import as_tensors, logits
+
+    t0 = time.perf_counter()
+    spec = _resolve_chip(chip)
+    fname, bits = _parse_format(fmt, spec)
+    if per_channel is None:
+        per_channel = bool(spec is not None and bits is not None and spec.format.kind.startswith("int")
+                           and spec.format.scale == "per-channel")
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise ExportError(f"{out_path}: is a directory; expected an .onnx file path")
+    x = y = None
+    if data is not None:
+        x, y = as_tensors(data)
+        x = x.detach().float()
+    if sample_input is None and x is None:
+        raise ExportError("expected data or a sample_input to fix the model's input shape, got neither")
+    sample = _example(sample_input if sample_input is not None else x[:2])
+    label = f"evaluation data ({len(x)} inputs)" if x is not None else f"random sample ({RANDOM_SAMPLES} inputs)"
+    if x is None:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((RANDOM_SAMPLES, *sample.shape[1:]), generator=gen)
+
+    was_training, fastpath = model.training, torch.backends.mha.get_fastpath_enabled()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        model.eval()
+    # Transformer layers' fused inference kernel has no ONNX export: trace (and compare) the plain path
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            logits(model, (sample, None))  # a model that cannot run on this input shape fails here, in its own words
+        if bits is None:
+            exporter = "dynamo" if isinstance(model, torch.fx.GraphModule) else "torchscript"
+            reference, ref_label = model, "torch model"
+        else:
+            from .quant import quantize_model
+
+            exporter = "brevitas-qcdq"
+            reference = quantize_model(model, bits, per_channel=per_channel).eval()
+            ref_label = f"brevitas model ({fname} {'per-channel' if per_channel else 'per-tensor'} weights)"
+        if opset is None:
+            opset = DEFAULT_OPSET[exporter]
+            if exporter == "brevitas-qcdq" and any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+                opset = 14  # attention traces to scaled_dot_product_attention: ONNX ops from opset 14
+        opset = int(opset)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as tmp:
+            raw = Path(tmp) / "export.onnx"
+            try:
+                if exporter == "torchscript":
+                    proto = _export_torchscript(model, sample, raw, opset)
+                elif exporter == "dynamo":
+                    proto = _export_dynamo(model, sample, opset)
+                else:
+                    proto = _export_qcdq(reference, sample, raw, opset)
+            except HwfaultError:
+                raise
+            except Exception as e:  # exporters raise many types (torch.onnx errors, brevitas, onnx)
+                raise ExportError(f"{fname} export of {type(model).__name__} failed ({exporter}, opset {opset}): "
+                                  f"{type(e).__name__}: {_first_line(e)}") from None
+
+            input_shape = tuple(d.dim_param or d.dim_value or "?" for d in
+                                proto.graph.input[0].type.tensor_type.shape.dim)
+            base = {"version": __version__, "format": fname, "exporter": exporter, "input_shape": list(input_shape)}
+            if bits is not None:
+                base["scale"] = "per-channel" if per_channel else "per-tensor"
+            if spec is not None:
+                base["chip"] = spec.to_toml()
+                base["chip_name"] = spec.name
+            entries = {**base, **(metadata or {})}
+            _set_props(proto, _meta_props(entries))
+            try:
+                onnx.checker.check_model(proto, full_check=True)
+            except Exception as e:  # onnx.checker.ValidationError, shape-inference errors
+                raise ExportError(f"exported {fname} file fails onnx.checker: {_first_line(e)}") from None
+
+            # parity: the file (as bytes) in onnxruntime against the torch reference
+            try:
+                got = _run_ort(ort_session(proto, threads=1), x)
+            except Exception as e:  # onnxruntime's own exception types
+                raise ExportError(f"exported {fname} file does not run in onnxruntime: {_first_line(e)}") from None
+            with torch.no_grad():
+                want = logits(reference, (x, None))
+                flt = logits(model, (x, None)) if bits is not None else None
+            delta, agree = _max_delta(got, want), _agreement(got, want)
+            acc_onnx, acc_ref = _accuracy(got, y), _accuracy(want, y)
+            acc_diff = None if acc_onnx is None else acc_onnx - acc_ref
+            acc_float = _accuracy(flt, y) if flt is not None else None
+            failures = []
+            if bits is None:
+                if not delta <= FP32_MAX_DELTA:
+                    failures.append(f"max |delta logit| {delta:.3g} > {FP32_MAX_DELTA:g}")
+                if agree < 1.0:
+                    failures.append(f"top-1 agreement {100 * agree:.2f}% < 100%")
+            else:
+                if agree < INT_MIN_AGREEMENT:
+                    failures.append(f"top-1 agreement {100 * agree:.2f}% < {100 * INT_MIN_AGREEMENT:g}%")
+                if acc_diff is not None and abs(acc_diff) > INT_MAX_ACCURACY_DIFF + 1e-12:
+                    failures.append(f"accuracy differs by {100 * acc_diff:+.2f} points (limit "
+                                    f"{100 * INT_MAX_ACCURACY_DIFF:g})")
+            parity = {"reference": ref_label, "data": label, "max_abs_delta": delta, "agreement": agree,
+                      "reference_accuracy": acc_ref, "onnx_accuracy": acc_onnx, "passed": not failures}
+            _set_props(proto, _meta_props({**entries, "parity": parity}))
+            final = Path(tmp) / "final.onnx"
+            onnx.save_model(proto, str(final), save_as_external_data=False)
+            size = final.stat().st_size
+            os.replace(final, out_path)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            model.train(was_training)
+
+    return ExportReport(
+        path=str(out_path), format=fname, scale=None if bits is None else ("per-channel" if per_channel else "per-tensor"),
+        exporter=exporter, opset=opset, input_shape=input_shape, reference=ref_label, data=label, n=len(x),
+        max_abs_delta=delta, agreement=agree, reference_accuracy=acc_ref, onnx_accuracy=acc_onnx,
+        accuracy_diff=acc_diff, float_accuracy=acc_float,
+        float_agreement=_agreement(got, flt) if flt is not None else None,
+        float_accuracy_diff=(acc_onnx - acc_float) if flt is not None and acc_onnx is not None else None,
+        initializers=_initializer_types(proto), size_bytes=size, seconds=time.perf_counter() - t0,
+        metadata=metadata_of(proto), failures=tuple(failures), passed=not failures)

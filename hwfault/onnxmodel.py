@@ -1,0 +1,632 @@
+"""The deployed ONNX file as a second place to run faults: its weights, perturbed in place, run in onnxruntime.
+
+:func:`load_onnx` returns an :class:`OnnxModule`, a ``torch.nn.Module`` whose parameters are the
+file's injectable initializers, so the torch fault machinery (selection, ``Chip``, ``perturbed``,
+``evaluate``, campaigns, Monte-Carlo estimates) runs on it unchanged:
+
+- float32 files: the weights and biases of ``Conv``, ``Gemm`` and ``MatMul`` nodes (a ``MatMul``
+  bias is the initializer of the ``Add`` that follows it) and the scale and bias of normalisation
+  nodes. Weights are shown in torch's layout (out, in): a ``MatMul`` or ``Gemm`` (``transB = 0``)
+  weight is the transpose of its initializer.
+- QCDQ files (integer initializer -> [Clip] -> ``DequantizeLinear`` -> Conv/Gemm/MatMul, as
+  :func:`hwfault.export.export_onnx` writes them): the integer codes q, shown *dequantised*,
+  (q - zero_point) * scale in float32. Every forward pass re-encodes the current values to codes,
+  ``clip(round(p / scale) + zero_point)``, in the initializer's integer type, so the file's grid
+  is what runs. Exposing and re-encoding gives back the stored codes exactly (|q| <= 2**15, the
+  relative float32 error of q * scale / scale is below 2**-22). When the largest |q| of each scale
+  group is 2**(N-1) - 1 (brevitas's narrow-range max scaling, so every file hwfault writes),
+  hwfault's ``intN`` format at the same granularity finds the same scale up to float round-off,
+  hence the same codes, and its bit flips land on the stored bits. If the scale differs (a chip of
+  another width or granularity than the file), the chip's value is rounded to the file's grid
+  by the re-encoding: the run shows what the deployed file can represent. A ``Clip`` between the
+  codes and ``DequantizeLinear`` (narrow range, or N < 8 bits in int8 containers) is bypassed, so a
+  flip to the code -2**(N-1), which an N-bit two's complement cell can hold, reads as itself.
+
+Parameters are grouped in child modules named after the ONNX nodes (``/conv1/Conv`` ->
+``conv1.weight``; initializers already named like ``fc1.bias`` keep their names), of placeholder
+classes that subclass ``nn.Conv2d``'s base, ``nn.Linear`` and ``nn.BatchNorm``'s base so that
+:func:`hwfault.params.describe` types them ``conv``, ``linear`` and ``norm``. The forward pass runs one
+onnxruntime session built once, in which those initializers became graph inputs; each call feeds
+the current parameter values (numpy views, no copies for float32 tensors in their stored layout).
+
+Gradients do not flow through onnxruntime: :attr:`OnnxModule.differentiable` is False and a
+backward pass raises :class:`~hwfault.errors.ModelError` (worst-case analyses need the torch model).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import DataError, ModelError
+from .export import metadata_of, ort_session
+
+__all__ = ["load_onnx", "OnnxModule", "OnnxBinding", "SUPPORTED_OPS"]
+
+#: Standard ONNX ops an injectable file may contain. Left out on purpose: ops whose weights hwfault
+#: cannot expose in a known layout (LSTM, GRU, RNN, ConvTranspose, Einsum, QLinearConv, QGemm,
+#: ConvInteger, MatMulInteger, ...) and control flow (If, Loop, Scan: subgraphs hide initializers).
+SUPPORTED_OPS = frozenset("""
+    Abs Acos Add And ArgMax ArgMin Asin Atan AveragePool BatchNormalization Cast CastLike Ceil Celu Clip
+    Concat Constant ConstantOfShape Conv Cos DepthToSpace DequantizeLinear Div Dropout Elu Equal Erf Exp
+    Expand Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalMaxPool Greater
+    GreaterOrEqual HardSigmoid HardSwish Identity InstanceNormalization IsInf IsNaN LayerNormalization
+    LeakyRelu Less LessOrEqual Log LogSoftmax LpNormalization LRN MatMul Max MaxPool Mean Min Mish Mod
+    Mul Neg Not Or Pad Pow PRelu QuantizeLinear Range Reciprocal ReduceL1 ReduceL2 ReduceLogSumExp
+    ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize Round Selu
+    Shape Sigmoid Sign Sin Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum
+    Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Where Xor
+""".split())
+
+# op type -> (component type, {input index: parameter role})
+_BINDABLE = {
+    "Conv": ("conv", {1: "weight", 2: "bias"}),
+    "Gemm": ("linear", {1: "weight", 2: "bias"}),
+    "MatMul": ("linear", {1: "weight"}),
+    "BatchNormalization": ("norm", {1: "weight", 2: "bias"}),
+    "InstanceNormalization": ("norm", {1: "weight", 2: "bias"}),
+    "LayerNormalization": ("norm", {1: "weight", 2: "bias"}),
+}
+_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+_PARAM_NAME = re.compile(r"[A-Za-z_]\w*(\.\w+)+")
+_NO_GRAD = ("ONNX model: gradient-based worst case needs the torch model; Monte-Carlo only "
+            "(onnxruntime computes no gradients)")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+# ----------------------------------------------------------------------------- placeholder layers
+
+
+class _OnnxLayer:
+    """Mixin of the placeholder modules: they own parameters, their ONNX node runs them."""
+
+    def _setup(self, node: str) -> None:
+        nn.Module.__init__(self)
+        self.onnx_node = node
+
+    def forward(self, *args, **kwargs):
+        raise ModelError(f"'{self.onnx_node}' is part of an ONNX model: call the OnnxModule, not its layers")
+
+    def extra_repr(self) -> str:
+        return f"onnx node '{self.onnx_node}'"
+
+
+class OnnxConv(_OnnxLayer, nn.modules.conv._ConvNd):
+    """The parameters of an ONNX ``Conv`` node (typed ``conv``)."""
+
+    def __init__(self, node: str):
+        self._setup(node)
+
+
+class OnnxLinear(_OnnxLayer, nn.Linear):
+    """The parameters of an ONNX ``Gemm`` / ``MatMul`` node (typed ``linear``)."""
+
+    def __init__(self, node: str):
+        self._setup(node)
+
+
+class OnnxNorm(_OnnxLayer, nn.modules.batchnorm._NormBase):
+    """The scale and bias of an ONNX normalisation node (typed ``norm``)."""
+
+    def __init__(self, node: str):
+        self._setup(node)
+        self.track_running_stats = False
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+
+_LAYER = {"conv": OnnxConv, "linear": OnnxLinear, "norm": OnnxNorm}
+
+
+# ----------------------------------------------------------------------------- bindings
+
+
+@dataclass(eq=False)
+class OnnxBinding:
+    """One injectable initializer of the file and the parameter that shows it.
+
+    ``stored`` is the initializer as the file holds it. Integer bindings (QCDQ) also hold the
+    ``scale`` and ``zero_point`` of their ``DequantizeLinear`` (broadcastable over ``stored``), the
+    code range [``lo``, ``hi``] of an N = ``bits`` bit cell, and ``transpose`` says whether the
+    parameter shows the initializer transposed (torch's (out, in) layout).
+    """
+
+    name: str
+    tensor: str
+    node: str
+    component: str
+    stored: np.ndarray
+    transpose: bool = False
+    scale: np.ndarray | None = None
+    zero_point: np.ndarray | None = None
+    lo: int = 0
+    hi: int = 0
+    bits: int | None = None
+    dq_nodes: list = field(default_factory=list)
+    param: nn.Parameter | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale is not None
+
+    def values(self) -> np.ndarray:
+        """The parameter's initial values: the stored floats, or the dequantised codes (float32)."""
+        v = self.stored
+        if self.quantized:
+            v = ((v.astype(np.float32) - self.zero_point.astype(np.float32)) * self.scale).astype(np.float32)
+        return np.array(v.T if self.transpose else v, dtype=np.float32, order="C", copy=True)
+
+    def _current(self) -> np.ndarray:
+        a = self.param.detach().cpu().numpy()
+        if a.dtype != np.float32:
+            a = a.astype(np.float32)
+        return a.T if self.transpose else a
+
+    def codes(self) -> np.ndarray:
+        """The integer codes the current parameter values encode to, in the stored layout and dtype."""
+        q = np.rint(self._current() / self.scale)
+        np.nan_to_num(q, copy=False, nan=0.0)
+        q += self.zero_point
+        return np.clip(q, self.lo, self.hi).astype(self.stored.dtype)
+
+    def feed(self) -> np.ndarray:
+        """What the session reads for this tensor now."""
+        if self.quantized:
+            return self.codes()
+        a = self._current()
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+    def describe(self) -> dict:
+        out = {"name": self.name, "tensor": self.tensor, "node": self.node, "component": self.component,
+               "shape": list(self.param.shape), "stored": str(self.stored.dtype), "transposed": self.transpose}
+        if self.quantized:
+            groups = self.scale.size
+            q = np.abs(self.stored.astype(np.int64) - self.zero_point.astype(np.int64))
+            qmax = 2 ** (self.bits - 1) - 1
+            if groups > 1:
+                axis = next(i for i, n in enumerate(self.scale.shape) if n > 1)
+                peak = np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1).max(axis=1)
+            else:
+                peak = np.array([q.max()])
+            out.update(bits=self.bits, scale="per-channel" if groups > 1 else "per-tensor",
+                       code_range=[self.lo, self.hi],
+                       hwfault_grid=bool(np.all(peak == qmax) and not self.zero_point.any()))
+        return out
+
+
+def _array(t) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(t)
+
+
+class _Graph:
+    """Producers, consumers and initializers of a graph, with Identity chains looked through."""
+
+    def __init__(self, graph):
+        self.inits = {t.name: t for t in graph.initializer}
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.consumers: dict[str, list] = defaultdict(list)
+        for n in graph.node:
+            for i, name in enumerate(n.input):
+                self.consumers[name].append((n, i))
+
+    def resolve(self, name: str) -> str:
+        seen = set()
+        while name not in self.inits and name in self.producer and self.producer[name].op_type == "Identity":
+            if name in seen:
+                break
+            seen.add(name)
+            name = self.producer[name].input[0]
+        return name
+
+    def constant(self, name: str) -> np.ndarray | None:
+        name = self.resolve(name)
+        if name in self.inits:
+            return _array(self.inits[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    return _array(a.t)
+        return None
+
+
+def _attr(node, name: str, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _source(g: _Graph, name: str, path: Path):
+    """("float", initializer) | ("int", initializer, clip node or None, DequantizeLinear node) | None."""
+    import onnx
+
+    name = g.resolve(name)
+    if name in g.inits:
+        t = g.inits[name]
+        if t.data_type == onnx.TensorProto.FLOAT:
+            return ("float", name)
+        if t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE):
+            kind = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name if t.data_type != onnx.TensorProto.BFLOAT16 \
+                else "bfloat16"
+            raise ModelError(f"{path}: initializer '{name}' is {kind}; hwfault injects into float32 or QCDQ integer "
+                             f"weights")
+        return None
+    dq = g.producer.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    src, clip = g.resolve(dq.input[0]), None
+    prod = g.producer.get(src)
+    if src not in g.inits and prod is not None and prod.op_type == "Clip":
+        clip, src = prod, g.resolve(prod.input[0])
+    if src not in g.inits or g.constant(dq.input[1]) is None:
+        return None
+    if len(dq.input) > 2 and dq.input[2] and g.constant(dq.input[2]) is None:
+        return None
+    return ("int", src, clip, dq)
+
+
+def _quant_params(g: _Graph, stored: np.ndarray, clip, dq) -> dict:
+    """Scale and zero point shaped to broadcast over ``stored``, and the code range and width."""
+    scale = g.constant(dq.input[1]).astype(np.float32)
+    zp = g.constant(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), stored.dtype)
+    if scale.size > 1:
+        axis = _attr(dq, "axis", 1) % max(stored.ndim, 1)
+        shape = [1] * stored.ndim
+        shape[axis] = scale.size
+        scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp.reshape(()))
+    else:
+        scale, zp = scale.reshape(()), zp.reshape(())
+    info = np.iinfo(stored.dtype)
+    lo, hi, bits = int(info.min), int(info.max), info.bits
+    if clip is not None:
+        cmin = g.constant(clip.input[1]) if len(clip.input) > 1 and clip.input[1] else _attr(clip, "min")
+        cmax = g.constant(clip.input[2]) if len(clip.input) > 2 and clip.input[2] else _attr(clip, "max")
+        if cmax is not None:
+            top = int(np.asarray(cmax).reshape(-1)[0])
+            signed = info.min < 0
+            n = (top + 1).bit_length() if signed else top.bit_length()
+            if 2 <= n <= bits and (2 ** (n - 1) - 1 if signed else 2 ** n - 1) == top:
+                bits = n
+                lo, hi = (-(2 ** (n - 1)), 2 ** (n - 1) - 1) if signed else (0, 2 ** n - 1)
+            else:  # an odd range: keep exactly what the Clip allowed
+                lo = int(np.asarray(cmin).reshape(-1)[0]) if cmin is not None else lo
+                hi = top
+    return {"scale": scale, "zero_point": zp.astype(np.float32), "lo": lo, "hi": hi, "bits": bits}
+
+
+def _module_path(node_name: str) -> str | None:
+    """``/layer1/conv1/Conv`` -> ``layer1.conv1`` (the TorchScript exporter's scope names)."""
+    if not node_name.startswith("/"):
+        return None
+    parts = [p for p in node_name.strip("/").split("/") if p]
+    return ".".join(parts[:-1]) if len(parts) >= 2 else None
+
+
+def _clean(name: str) -> str:
+    return re.sub(r"\W", "_", name).strip("_") or "tensor"
+
+
+def _find_bindings(graph, path: Path) -> tuple[list[OnnxBinding], dict]:
+    """The injectable initializers, in node order, and the rewiring of QCDQ chains (DQ node -> code tensor)."""
+    g = _Graph(graph)
+    found: dict[str, OnnxBinding] = {}
+    names: set[str] = set()
+
+    def name_for(tensor: str, node, role: str) -> str:
+        if _PARAM_NAME.fullmatch(tensor):
+            candidate = tensor
+        else:
+            base = _module_path(node.name) or _clean(node.name or f"{node.op_type}_{len(found)}")
+            candidate = f"{base}.{role}"
+        out, i = candidate, 1
+        while out in names:
+            head, _, tail = candidate.rpartition(".")
+            out = f"{head}_{i}.{tail}"
+            i += 1
+        names.add(out)
+        return out
+
+    def bind(tensor_name: str, node, comp: str, role: str, transpose_2d: bool) -> OnnxBinding | None:
+        src = _source(g, tensor_name, path)
+        if src is None:
+            return None
+        key = src[1]
+        if key in found:
+            b = found[key]
+            if src[0] == "int" and src[3] not in b.dq_nodes:
+                b.dq_nodes.append(src[3])
+            return b
+        stored = _array(g.inits[key])
+        transpose = transpose_2d and stored.ndim == 2
+        b = OnnxBinding(name="", tensor=key, node=node.name, component=comp, stored=stored, transpose=transpose)
+        if src[0] == "int":
+            if not np.issubdtype(stored.dtype, np.integer):
+                return None
+            for k, v in _quant_params(g, stored, src[2], src[3]).items():
+                setattr(b, k, v)
+            b.dq_nodes.append(src[3])
+        b.name = name_for(key, node, role)
+        found[key] = b
+        return b
+
+    weights = 0
+    for node in graph.node:
+        spec = _BINDABLE.get(node.op_type)
+        if spec is None:
+            continue
+        comp, slots = spec
+        for idx, role in slots.items():
+            if idx >= len(node.input) or not node.input[idx]:
+                continue
+            transpose = role == "weight" and (node.op_type == "MatMul" or
+                                              (node.op_type == "Gemm" and not _attr(node, "transB", 0)))
+            b = bind(node.input[idx], node, comp, role, transpose)
+            if b is not None and role == "weight" and node.op_type in _WEIGHT_OPS:
+                weights += 1
+                if node.op_type == "MatMul":  # its bias is the initializer of the Add that follows
+                    for add, i in g.consumers.get(node.output[0], []):
+                        if add.op_type == "Add" and len(add.input) == 2:
+                            other = add.input[1 - i]
+                            src = _source(g, other, path)
+                            if src is not None and src[0] == "float" and _array(g.inits[src[1]]).ndim == 1:
+                                bind(other, node, comp, "bias", False)
+    if not weights:
+        raise ModelError(f"{path}: nothing to inject: no Conv, Gemm or MatMul weight is stored as an initializer "
+                         f"(float32, or integer codes feeding DequantizeLinear)")
+    return list(found.values()), g
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+class _OrtForward(torch.autograd.Function):
+    """The onnxruntime run as an autograd node, so that a backward pass fails with a clear message."""
+
+    @staticmethod
+    def forward(ctx, module, x, *params):
+        ctx.path = module.path
+        return module._run(x)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise ModelError(f"{ctx.path}: {_NO_GRAD}")
+
+
+class OnnxModule(nn.Module):
+    """An ONNX file run by onnxruntime, with its injectable initializers as ``nn.Parameter`` s.
+
+    Attributes: ``path``; ``input_name`` and ``input_shape`` (None for a symbolic dimension);
+    ``output_name``; ``metadata`` (the file's hwfault metadata, see :func:`hwfault.export.read_metadata`);
+    ``bindings`` (one :class:`OnnxBinding` per parameter); ``differentiable`` (False).
+    """
+
+    differentiable = False
+
+    def __init__(self, proto, *, path: str | Path = "<memory>", threads: int | None = None):
+        super().__init__()
+        import onnx
+
+        self.path = Path(path)
+        self.threads = threads
+        graph = proto.graph
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                raise ModelError(f"{self.path}: unsupported op '{node.domain}::{node.op_type}' (node '{node.name}'): "
+                                 f"custom domains cannot be injected; export with standard ONNX ops")
+            if node.op_type not in SUPPORTED_OPS:
+                raise ModelError(f"{self.path}: unsupported ONNX op '{node.op_type}' (node '{node.name}'): fault "
+                                 f"injection supports Conv/Gemm/MatMul/normalisation weights in feed-forward "
+                                 f"graphs of standard ops")
+        inits = {t.name for t in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in inits]
+        if len(inputs) != 1:
+            raise ModelError(f"{self.path}: expected a model with one input, got {len(inputs)}")
+        if not graph.output:
+            raise ModelError(f"{self.path}: the model has no output")
+        tt = inputs[0].type.tensor_type
+        if tt.elem_type != onnx.TensorProto.FLOAT:
+            raise ModelError(f"{self.path}: expected a float32 input, got "
+                             f"{onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name}")
+        self.input_name = inputs[0].name
+        self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        self._input_dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                                 for d in tt.shape.dim)
+        self.output_name = graph.output[0].name
+        self.metadata = metadata_of(proto)
+
+        bindings, g = _find_bindings(graph, self.path)
+        self.bindings = tuple(bindings)
+        for b in bindings:
+            b.param = nn.Parameter(torch.from_numpy(b.values()), requires_grad=False)
+            self._attach(b)
+        self._graph_bytes = self._injectable_graph(proto, bindings, g)
+        self._session = None
+        self._session_or_error()  # fail at load, not at the first trial
+
+    # -- construction
+
+    def _attach(self, b: OnnxBinding) -> None:
+        """Register ``b.param`` under its dotted name, creating containers and the typed leaf module;
+        a name already taken gets a numeric suffix (``b.name`` is updated)."""
+        *path, attr = b.name.split(".")
+        if not path:
+            path = [_clean(b.node)]
+        leaf_type = _LAYER[b.component]
+        parent: nn.Module = self
+        final = []
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            child = parent._modules.get(part)
+            fits = child is not None and (not last or (isinstance(child, leaf_type) and not hasattr(child, attr)))
+            if not fits:
+                if child is not None or hasattr(parent, part):
+                    part = self._free_name(parent, part)
+                child = leaf_type(b.node) if last else nn.Module()
+                parent.add_module(part, child)
+            final.append(part)
+            parent = child
+        if hasattr(parent, attr):  # e.g. a tensor named like a module attribute
+            attr = self._free_name(parent, attr)
+        parent.register_parameter(attr, b.param)
+        b.name = ".".join(final + [attr])
+
+    @staticmethod
+    def _free_name(parent: nn.Module, base: str) -> str:
+        i, name = 1, base
+        while name in parent._modules or hasattr(parent, name):
+            name = f"{base}_{i}"
+            i += 1
+        return name
+
+    @staticmethod
+    def _injectable_graph(proto, bindings: list[OnnxBinding], g: _Graph) -> bytes:
+        """The model with the bound initializers turned into graph inputs and QCDQ Clips bypassed."""
+        import onnx
+
+        m = onnx.ModelProto()
+        m.CopyFrom(proto)
+        bound = {b.tensor: b for b in bindings}
+        keep = [t for t in m.graph.initializer if t.name not in bound]
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(keep)
+        listed = {i.name for i in m.graph.input}
+        for b in bindings:
+            if b.tensor not in listed:
+                m.graph.input.append(onnx.helper.make_tensor_value_info(
+                    b.tensor, onnx.helper.np_dtype_to_tensor_dtype(b.stored.dtype), list(b.stored.shape)))
+        rewired = {dq.name: b.tensor for b in bindings if b.quantized for dq in b.dq_nodes}
+        for node in m.graph.node:
+            if node.op_type == "DequantizeLinear" and node.name in rewired:
+                node.input[0] = rewired[node.name]
+        used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+        dead = True
+        while dead:  # drop the Clips (and Identities) nobody reads any more
+            dead = [n for n in m.graph.node if n.op_type in ("Clip", "Identity") and not (set(n.output) & used)]
+            for n in dead:
+                m.graph.node.remove(n)
+            used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+        return m.SerializeToString()
+
+    def _session_or_error(self):
+        if self._session is None:
+            threads = self.threads if self.threads is not None else torch.get_num_threads()
+            try:
+                self._session = ort_session(self._graph_bytes, threads=threads)
+            except Exception as e:  # onnxruntime's exception types
+                raise ModelError(f"{self.path}: onnxruntime cannot load the model ({_first_line(e)})") from None
+        return self._session
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_session"] = None  # rebuilt on first use after copying or unpickling
+        return state
+
+    # -- running
+
+    def _shape_text(self) -> str:
+        return "(" + ", ".join(str(d) for d in self._input_dims) + ")"
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`~hwfault.errors.DataError` unless ``x`` fits the declared input shape."""
+        shape = tuple(x.shape)
+        if len(shape) != len(self.input_shape) or any(d is not None and d != s for d, s in zip(self.input_shape, shape)):
+            raise DataError(f"{self.path}: the ONNX model expects inputs of shape {self._shape_text()}, "
+                            f"got data of shape {shape}")
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        arr = x.detach().cpu()
+        arr = (arr if arr.dtype == torch.float32 else arr.float()).contiguous().numpy()
+        feeds = {self.input_name: arr}
+        for b in self.bindings:
+            feeds[b.tensor] = b.feed()
+        try:
+            out = self._session_or_error().run([self.output_name], feeds)[0]
+        except Exception as e:  # onnxruntime's own exception types (InvalidArgument, Fail, ...)
+            raise DataError(f"{self.path}: onnxruntime cannot run the model on data of shape {tuple(x.shape)}: "
+                            f"{_first_line(e)}") from None
+        out = torch.from_numpy(np.asarray(out, dtype=np.float32))
+        return out if not x.is_floating_point() or x.dtype == torch.float32 else out.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            raise TypeError("an OnnxModule runs in onnxruntime and cannot be traced by torch.fx")
+        params = [b.param for b in self.bindings]
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return _OrtForward.apply(self, x, *params)
+        return self._run(x)
+
+    # -- inspection
+
+    def binding(self, name: str) -> OnnxBinding:
+        for b in self.bindings:
+            if b.name == name:
+                return b
+        from .errors import did_you_mean
+
+        raise ModelError(f"no injectable tensor '{name}' in {self.path}{did_you_mean(name, [b.name for b in self.bindings])}")
+
+    def stored_codes(self, name: str) -> np.ndarray:
+        """The tensor as stored in the file (integer codes for QCDQ weights), stored layout."""
+        return self.binding(name).stored
+
+    def codes(self, name: str) -> np.ndarray:
+        """The integer codes the parameter's current values feed to the session (QCDQ tensors only)."""
+        b = self.binding(name)
+        if not b.quantized:
+            raise ModelError(f"'{name}' is stored as float32 in {self.path}, not as integer codes")
+        return b.codes()
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the file stores integer (QCDQ) weights."""
+        return any(b.quantized for b in self.bindings)
+
+    def describe(self) -> list[dict]:
+        """One record per injectable tensor (name, ONNX tensor and node, storage, scale granularity)."""
+        return [b.describe() for b in self.bindings]
+
+    def extra_repr(self) -> str:
+        return f"path='{self.path}', input {self._shape_text()}, {len(self.bindings)} injectable tensors"
+
+
+def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModule:
+    """Load an ONNX file as an :class:`OnnxModule` (eval mode, parameters without gradients).
+
+    ``threads``: onnxruntime intra-op threads (default ``torch.get_num_threads()``). Raises
+    :class:`~hwfault.errors.ModelError` for a missing, unreadable, invalid or non-injectable file.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path))
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read the ONNX file ({type(e).__name__}: {_first_line(e)})") from None
+    except Exception as e:  # protobuf's DecodeError and friends for bytes that are not a ModelProto
+        raise ModelError(f"{path}: not an ONNX model ({type(e).__name__}: {_first_line(e)})") from None
+    if proto.ir_version <= 0 or not proto.graph.node:
+        raise ModelError(f"{path}: not an ONNX model (no graph)")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:  # onnx.checker.ValidationError
+        raise ModelError(f"{path}: not a valid ONNX model ({_first_line(e)})") from None
+    return OnnxModule(proto, path=path, threads=threads).eval()
