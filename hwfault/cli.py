@@ -301,6 +301,127 @@ def harden(
     print(f"wrote {pp}", file=sys.stderr)
 
 
+@app.command()
+def export(
+    model: str = MODEL,
+    data: Optional[str] = DATA,
+    chip: Optional[str] = typer.Option(None, "--chip", "-c", help="Chip the file is meant for: stored in the file with the robustness summary on it."),
+    out: str = typer.Option(..., "--out", "-o", help="The ONNX file to write."),
+    fmt: str = typer.Option("fp32", "--format", help="fp32 (torch.onnx) or int8 (QCDQ through brevitas; intN for an intN chip)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 17 for fp32, 13 for int8 QCDQ)."),
+    trials: int = typer.Option(50, "--trials", help="Monte-Carlo chips for the robustness summary (with --chip)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the export report as JSON here ('-' = stdout)."),
+):
+    """Export to ONNX and check the file: onnx.checker, then onnxruntime parity against the torch model."""
+    from .data import load_data
+    from .export import export_onnx
+    from .zoo import load_model
+
+    d = _data_for(model, data)
+    module = load_model(model)
+    if getattr(module, "differentiable", True) is False:
+        raise HwfaultError(f"{model}: already an ONNX file; export takes a torch model")
+    test = load_data(d, "test")
+    meta = {"source_model": model, "data": d}
+    if chip:
+        from .estimate import estimate as run_estimate
+        from .harden import summary
+
+        r = run_estimate(module, test, chip, trials=trials, per_fault=False, severities=())
+        meta["robustness"] = {"chip": r.chip["name"], "trials": trials, **summary(r.to_dict())}
+    rep = export_onnx(module, out, data=test, fmt=fmt, opset=opset, chip=chip, metadata=meta)
+    d_rep = rep.to_dict()
+    from rich.table import Table
+
+    t = Table(title=f"{out}: {rep.format} via {rep.exporter}, opset {rep.opset}, {rep.size_bytes:,} bytes")
+    t.add_column("check")
+    t.add_column("value", justify="right")
+    t.add_row("onnx.checker", "passed")
+    t.add_row(f"max |delta logit| vs {rep.reference}", f"{rep.max_abs_delta:.2e}")
+    t.add_row("prediction agreement", f"{100 * rep.agreement:.2f}%")
+    t.add_row("accuracy torch / onnxruntime", f"{report._pct(rep.reference_accuracy)} / {report._pct(rep.onnx_accuracy)}")
+    if rep.float_accuracy is not None:
+        t.add_row("float model accuracy / agreement", f"{report._pct(rep.float_accuracy)} / {100 * rep.float_agreement:.2f}%")
+    if "robustness" in meta:
+        rb = meta["robustness"]
+        t.add_row(f"on {rb['chip']}: Monte-Carlo mean / worst case",
+                  f"{report._pct(rb['mc_mean'])} / {report._pct(rb['multi_step'])}")
+    t.add_row("parity", "passed" if rep.passed else "FAILED: " + "; ".join(rep.failures))
+    report.print_table(t)
+    if json_path:
+        report.write_json(d_rep, json_path)
+    print(f"wrote {out}", file=sys.stderr)
+    if not rep.passed:
+        print(f"error: parity check failed: {'; '.join(rep.failures)}", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command()
+def certify(
+    model: str = MODEL,
+    data: Optional[str] = DATA,
+    chip: Optional[str] = typer.Option(None, "--chip", "-c", help="Certify the chip's covering set (and, for intN chips, quantisation safety)."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="inf (per-element box) or 2 (per-tensor L2 ball)."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="Comma-separated perturbation sizes."),
+    relative: Optional[str] = typer.Option(None, "--relative", help="eps relative to each 'tensor' (max|w| or ||w||) or 'element' (|w|)."),
+    params: Optional[str] = typer.Option(None, "--params", help="Comma-separated name globs of the perturbed parameters (default: all)."),
+    method: str = typer.Option("auto", "--method", help="ibp, crown or auto (IBP, then CROWN where IBP fails, in a time budget)."),
+    coverage: Optional[float] = typer.Option(None, "--coverage", help="Coverage of the chip's covering set (default: the spec's)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
+    plot_path: Optional[str] = typer.Option(None, "--plot", help="Certified accuracy vs eps figure."),
+):
+    """Certified accuracy: inputs whose prediction provably survives every weight perturbation in the set."""
+    from .certify import certify as run, certify_set, quantisation_safety
+    from .data import load_data
+    from .zoo import load_model
+
+    if (chip is None) == (eps is None):
+        raise ConstraintError("expected either --chip C or --norm inf|2 --eps E[,E...]")
+    d = _data_for(model, data)
+    module = load_model(model)
+    test = load_data(d, "test")
+    globs = [g.strip() for g in params.split(",")] if params else "*"
+    if chip is None:
+        if norm is None:
+            raise ConstraintError("expected --norm inf or --norm 2 with --eps")
+        with progress.task("certify", 1) as advance:
+            res = run(module, test, eps=parse_eps(eps), norm=norm, relative=relative, params=globs, method=method)
+            advance(1)
+        out = {"model": model, "data": d, **res.to_dict()}
+        title = f"{model} on {d}: L{res.norm} weight perturbation of {res.k:,} parameters" + (
+            f", relative to each {relative}" if relative else "")
+    else:
+        from .faults import Chip
+        from .spec import load_chip
+
+        spec = load_chip(chip)
+        dev = Chip.build(spec, module)
+        cov = spec.coverage if coverage is None else coverage
+        points = []
+        try:
+            pt = certify_set(module, test, dev.constraint(cov), selection=dev.selection, method=method)
+            points.append({**pt.to_dict(), "label": f"covering set ({cov})"})
+        except HwfaultError as e:
+            print(f"note: {e}", file=sys.stderr)
+        if dev.view.fmt.is_int:
+            q = quantisation_safety(module, test, dev.view.fmt.bits, per_channel=spec.format.scale == "per-channel",
+                                    params=list(dev.selection.names), method=method)
+            points.append({**q.to_dict(), "label": f"{dev.view.fmt.name} rounding"})
+        if not points:
+            raise HwfaultError(f"chip '{spec.name}': nothing to certify (its faults are discrete and it stores floats)")
+        out = {"model": model, "data": d, "chip": spec.name, "coverage": cov, "norm": None, "relative": None,
+               "points": points}
+        title = f"{model} on {d}: chip {spec.name}"
+    report.print_table(report.certify_table(out, title))
+    if json_path:
+        report.write_json(out, json_path)
+        if json_path != "-":
+            print(f"wrote {json_path}", file=sys.stderr)
+    if plot_path:
+        report.plot_certify(out, plot_path)
+        print(f"wrote {plot_path}", file=sys.stderr)
+
+
 @app.command("bits")
 def bits_cmd(
     model: str = MODEL,

@@ -115,7 +115,8 @@ class EstimateResult:
 
 def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 100, seed: int = 0,
              steps: int = 10, probe: str | None = None, per_fault: bool = True,
-             severities: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), severity_trials: int | None = None) -> EstimateResult:
+             severities: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), severity_trials: int | None = None,
+             certified: bool = True) -> EstimateResult:
     """The bracket for ``model`` on ``chip`` (a preset name, a TOML path or a ChipSpec)."""
     from .spec import ChipSpec, load_chip
     from .sweep import _probe, resolve_data, resolve_model
@@ -181,11 +182,30 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
             sev["one_step"].append(os_.accuracy)
             sev["multi_step"].append(ms.accuracy)
 
+    cert = certified_floor(module, dset, dev, cov) if certified else {"accuracy": None, "method": None,
+                                                                        "reason": "not requested"}
+
     return EstimateResult(
         mlabel, dlabel, {"name": spec.name, "coverage": cov, **dev.describe()},
         {"accuracy": base.accuracy, "loss": base.loss}, {"accuracy": quant.accuracy, "loss": quant.loss},
         random, worst, tuple(faults), sev, time.perf_counter() - t0,
-        {"seed": seed, "steps": steps, "probe": plabel})
+        {"seed": seed, "steps": steps, "probe": plabel, "certified": cert})
+
+
+def certified_floor(model, data, chip: Chip, coverage: float) -> dict:
+    """The certified accuracy over the chip's covering set (the floor of the bracket), or why there is none."""
+    from .errors import HwfaultError
+
+    if getattr(model, "differentiable", True) is False:
+        return {"accuracy": None, "method": None, "reason": f"{type(model).__name__}: certification needs the torch model"}
+    try:
+        from .certify import certify_set
+
+        pt = certify_set(model, data, chip.constraint(coverage), selection=chip.selection, method="auto")
+    except HwfaultError as e:
+        return {"accuracy": None, "method": None, "reason": str(e)}
+    return {"accuracy": pt.certified_accuracy, "method": pt.method, "stable": pt.certified_stable,
+            "seconds": round(pt.seconds, 2)}
 
 
 def _brief(mc: dict) -> dict:

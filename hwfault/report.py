@@ -182,8 +182,10 @@ def _bracket_rows(d: dict) -> list[tuple[str, float | None, str]]:
     if "bit_search" in w:
         rows.append(("worst case: bit search", w["bit_search"]["accuracy"],
                      f"{w['bit_search']['flips']} of {w['bit_search']['budget']} flips/cells"))
-    if "certified" in d and d["certified"].get("accuracy") is not None:
-        rows.append(("certified floor", d["certified"]["accuracy"], d["certified"].get("method", "")))
+    if "certified" in d:
+        c = d["certified"]
+        rows.append(("certified floor", c.get("accuracy"),
+                     c.get("method") or "" if c.get("accuracy") is not None else f"none: {c.get('reason', '')}"))
     return rows
 
 
@@ -427,4 +429,42 @@ def plot_hardening(d: dict, path: str | Path) -> None:
                 alpha=0.7, label=f"{d[key]['model']}: mean {100 * s[key]['mc_mean']:.1f}%")
     bx.set(xlabel="accuracy (%)", ylabel="chips", xlim=(0, 100), title="Monte-Carlo chips")
     bx.legend(fontsize=8, loc="upper left")
+    _save_fig(fig, path)
+
+
+# ----------------------------------------------------------------------------- certification
+
+
+def certify_table(d: dict, title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("set", "method", "certified acc %", "certified stable %", "clean %", "mean margin bound", "s"):
+        t.add_column(col, justify="left" if col in ("set", "method") else "right")
+    for p in d["points"]:
+        t.add_row(str(p.get("label") or f"eps={p['eps']:g}"), p["method"], _pct(p["certified_accuracy"]),
+                  _pct(p["certified_stable"]), _pct(p["clean_accuracy"]), _num(p["mean_margin_lower"]),
+                  f"{p['seconds']:.1f}")
+    return t
+
+
+def plot_certify(d: dict, path: str | Path) -> None:
+    """Certified accuracy (the guaranteed floor) against eps, with the clean accuracy."""
+    plt = _mpl()
+    pts = [p for p in d["points"] if p.get("eps") is not None]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if pts:
+        xs = [p["eps"] for p in pts]
+        ax.plot(xs, [100 * p["certified_accuracy"] for p in pts], "o-", color="tab:green",
+                label=f"certified ({pts[0]['method']})")
+        ax.axhline(100 * pts[0]["clean_accuracy"], color="gray", ls="--", lw=1, label="clean")
+        ax.set_xscale("log")
+    for p in d["points"]:
+        if p.get("eps") is None:
+            ax.axhline(100 * p["certified_accuracy"], color="tab:green", ls=":", label=f"{p.get('label', 'set')}")
+    rel = f", relative to {d['relative']}" if d.get("relative") else ""
+    ax.set(xlabel=f"eps (L{d.get('norm', '')}{rel})", ylabel="accuracy (%)", ylim=(0, 100),
+           title=f"{d.get('model', '')}: certified accuracy under weight perturbation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     _save_fig(fig, path)

@@ -255,13 +255,17 @@ def load_model(name_or_path: str | Path) -> nn.Module:
         if not path.exists():
             if path.suffix in (".safetensors", ".pt2", ".onnx"):
                 raise ModelError(f"model file not found: {path}")
-            raise ModelError(f"unknown model '{key}'{did_you_mean(key, _REGISTRY)}; or give a .safetensors or .pt2 path")
+            raise ModelError(f"unknown model '{key}'{did_you_mean(key, _REGISTRY)}; or give a .safetensors, .pt2 or .onnx path")
+        if path.suffix == ".onnx":
+            from .onnxmodel import load_onnx
+
+            return load_onnx(path)  # runs in onnxruntime: parameters are the file's injectable initializers
         if path.suffix == ".pt2":
             model = _load_pt2(path)
         elif path.suffix == ".safetensors":
             model = _load_safetensors(path)
         else:
-            raise ModelError(f"{path}: unsupported model file type '{path.suffix}' (expected .safetensors or .pt2)")
+            raise ModelError(f"{path}: unsupported model file type '{path.suffix}' (expected .safetensors, .pt2 or .onnx)")
     with contextlib.suppress(NotImplementedError, RuntimeError):
         model.eval()  # GraphModules from torch.export reject train()/eval() toggling in some versions
     for p in model.parameters():
