@@ -27,7 +27,7 @@ from hwfault.zoo import models_dir  # noqa: E402
 
 # (model, chip, method and settings): the recipes behind the shipped checkpoints
 RECIPES = [
-    ("digits-cnn", "rram-4bit", ["--method", "noise", "--epochs", "60", "--lr", "2e-3", "--alpha", "0.5"]),
+    ("digits-cnn", "rram-4bit", ["--method", "noise", "--epochs", "60", "--lr", "2e-3", "--alpha", "0.3"]),
     ("digits-cnn", "int8-sram-0.5v", ["--method", "randbet", "--epochs", "100", "--lr", "2e-3", "--clip", "0.25",
                                       "--ber", "0.0156"]),
     ("mnist1d-resnet", "rram-4bit", ["--method", "noise", "--epochs", "40", "--lr", "2e-3", "--alpha", "0.3",
@@ -50,15 +50,15 @@ def verdict(s: dict) -> tuple[str, bool]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default=None, help="comma-separated model names")
+    ap.add_argument("--only", default=None, help="comma-separated model names or <model>-hard-<chip> names")
     ap.add_argument("--trials", type=int, default=100, help="Monte-Carlo chips in each report")
     ap.add_argument("--check", action="store_true", help="only read the existing reports")
     args = ap.parse_args()
     rows, out = [], {"machine": machine(), "trials": args.trials, "pairs": []}
     for model, chip, recipe in RECIPES:
-        if args.only and model not in args.only.split(","):
-            continue
         name = f"{model}-hard-{chip}"
+        if args.only and model not in args.only.split(",") and name not in args.only.split(","):
+            continue
         ckpt = models_dir() / f"{name}.safetensors"
         if not args.check:
             log(f"{name}: hwfault harden {' '.join(recipe)}")
