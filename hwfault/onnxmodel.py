@@ -153,7 +153,7 @@ class OnnxBinding:
     lo: int = 0
     hi: int = 0
     bits: int | None = None
-    dq_nodes: list = field(default_factory=list)
+    dq_nodes: list[int] = field(default_factory=list)  # positions of its DequantizeLinear nodes in the graph
     param: nn.Parameter | None = None
 
     @property
@@ -216,9 +216,11 @@ class _Graph:
 
     def __init__(self, graph):
         self.inits = {t.name: t for t in graph.initializer}
-        self.producer = {o: n for n in graph.node for o in n.output}
+        self.nodes = list(graph.node)  # one wrapper object per node, so that id() identifies it
+        self.producer = {o: n for n in self.nodes for o in n.output}
+        self.position = {id(n): i for i, n in enumerate(self.nodes)}
         self.consumers: dict[str, list] = defaultdict(list)
-        for n in graph.node:
+        for n in self.nodes:
             for i, name in enumerate(n.input):
                 self.consumers[name].append((n, i))
 
@@ -322,8 +324,8 @@ def _clean(name: str) -> str:
     return re.sub(r"\W", "_", name).strip("_") or "tensor"
 
 
-def _find_bindings(graph, path: Path) -> tuple[list[OnnxBinding], dict]:
-    """The injectable initializers, in node order, and the rewiring of QCDQ chains (DQ node -> code tensor)."""
+def _find_bindings(graph, path: Path) -> list[OnnxBinding]:
+    """The injectable initializers, in node order (raises ModelError if no weight is among them)."""
     g = _Graph(graph)
     found: dict[str, OnnxBinding] = {}
     names: set[str] = set()
@@ -349,8 +351,8 @@ def _find_bindings(graph, path: Path) -> tuple[list[OnnxBinding], dict]:
         key = src[1]
         if key in found:
             b = found[key]
-            if src[0] == "int" and src[3] not in b.dq_nodes:
-                b.dq_nodes.append(src[3])
+            if src[0] == "int" and g.position[id(src[3])] not in b.dq_nodes:
+                b.dq_nodes.append(g.position[id(src[3])])
             return b
         stored = _array(g.inits[key])
         transpose = transpose_2d and stored.ndim == 2
@@ -360,13 +362,13 @@ def _find_bindings(graph, path: Path) -> tuple[list[OnnxBinding], dict]:
                 return None
             for k, v in _quant_params(g, stored, src[2], src[3]).items():
                 setattr(b, k, v)
-            b.dq_nodes.append(src[3])
+            b.dq_nodes.append(g.position[id(src[3])])
         b.name = name_for(key, node, role)
         found[key] = b
         return b
 
     weights = 0
-    for node in graph.node:
+    for node in g.nodes:
         spec = _BINDABLE.get(node.op_type)
         if spec is None:
             continue
@@ -389,7 +391,7 @@ def _find_bindings(graph, path: Path) -> tuple[list[OnnxBinding], dict]:
     if not weights:
         raise ModelError(f"{path}: nothing to inject: no Conv, Gemm or MatMul weight is stored as an initializer "
                          f"(float32, or integer codes feeding DequantizeLinear)")
-    return list(found.values()), g
+    return list(found.values())
 
 
 # ----------------------------------------------------------------------------- the module
@@ -450,12 +452,12 @@ class OnnxModule(nn.Module):
         self.output_name = graph.output[0].name
         self.metadata = metadata_of(proto)
 
-        bindings, g = _find_bindings(graph, self.path)
+        bindings = _find_bindings(graph, self.path)
         self.bindings = tuple(bindings)
         for b in bindings:
             b.param = nn.Parameter(torch.from_numpy(b.values()), requires_grad=False)
             self._attach(b)
-        self._graph_bytes = self._injectable_graph(proto, bindings, g)
+        self._graph_bytes = self._injectable_graph(proto, bindings)
         self._session = None
         self._session_or_error()  # fail at load, not at the first trial
 
@@ -495,7 +497,7 @@ class OnnxModule(nn.Module):
         return name
 
     @staticmethod
-    def _injectable_graph(proto, bindings: list[OnnxBinding], g: _Graph) -> bytes:
+    def _injectable_graph(proto, bindings: list[OnnxBinding]) -> bytes:
         """The model with the bound initializers turned into graph inputs and QCDQ Clips bypassed."""
         import onnx
 
@@ -510,10 +512,9 @@ class OnnxModule(nn.Module):
             if b.tensor not in listed:
                 m.graph.input.append(onnx.helper.make_tensor_value_info(
                     b.tensor, onnx.helper.np_dtype_to_tensor_dtype(b.stored.dtype), list(b.stored.shape)))
-        rewired = {dq.name: b.tensor for b in bindings if b.quantized for dq in b.dq_nodes}
-        for node in m.graph.node:
-            if node.op_type == "DequantizeLinear" and node.name in rewired:
-                node.input[0] = rewired[node.name]
+        for b in bindings:  # DequantizeLinear reads the codes directly (past Clip and Identity nodes)
+            for i in b.dq_nodes:
+                m.graph.node[i].input[0] = b.tensor
         used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
         dead = True
         while dead:  # drop the Clips (and Identities) nobody reads any more
@@ -545,7 +546,8 @@ class OnnxModule(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise :class:`~hwfault.errors.DataError` unless ``x`` fits the declared input shape."""
         shape = tuple(x.shape)
-        if len(shape) != len(self.input_shape) or any(d is not None and d != s for d, s in zip(self.input_shape, shape)):
+        if len(shape) != len(self.input_shape) or any(
+                d is not None and d != s for d, s in zip(self.input_shape, shape, strict=True)):
             raise DataError(f"{self.path}: the ONNX model expects inputs of shape {self._shape_text()}, "
                             f"got data of shape {shape}")
 
@@ -580,7 +582,8 @@ class OnnxModule(nn.Module):
                 return b
         from .errors import did_you_mean
 
-        raise ModelError(f"no injectable tensor '{name}' in {self.path}{did_you_mean(name, [b.name for b in self.bindings])}")
+        hint = did_you_mean(name, [b.name for b in self.bindings])
+        raise ModelError(f"no injectable tensor '{name}' in {self.path}{hint}")
 
     def stored_codes(self, name: str) -> np.ndarray:
         """The tensor as stored in the file (integer codes for QCDQ weights), stored layout."""
