@@ -37,15 +37,20 @@ RECIPES = [
 ]
 
 
-def verdict(s: dict) -> tuple[str, bool]:
+def verdict(s: dict, int_chip: bool) -> tuple[str, bool]:
+    """The issue's target. For an intN chip the model is trained through brevitas (QAT) and deployed
+    as its integer weights, so its clean accuracy is that of the stored integer model ("stored");
+    for float chips it is the float model's."""
     b, h = s["base"], s["hardened"]
-    clean_drop = b["clean"] - h["clean"]
+    ref = "stored" if int_chip else "clean"
+    clean_drop = b[ref] - h[ref]
     if b["clean"] - b["mc_mean"] <= 0.01:
         gain, what, need = h["multi_step"] - b["multi_step"], "multi-step", 0.10
     else:
         gain, what, need = h["mc_mean"] - b["mc_mean"], "MC mean", 0.03
     ok = gain >= need and clean_drop <= 0.005
-    return f"{what} {100 * gain:+.1f} (need +{100 * need:.0f}), clean {-100 * clean_drop:+.1f} (>= -0.5)", ok
+    return (f"{what} {100 * gain:+.1f} (need +{100 * need:.0f}), {'integer ' if int_chip else ''}clean "
+            f"{-100 * clean_drop:+.1f} (>= -0.5)"), ok
 
 
 def main() -> None:
@@ -70,16 +75,17 @@ def main() -> None:
             log(f"{name}: {time.perf_counter() - t0:.0f} s")
         rep = json.loads(ckpt.with_suffix(".hardening.json").read_text())
         s = rep["summary"]
-        text, ok = verdict(s)
+        text, ok = verdict(s, rep["base"]["chip"]["format"].startswith("int"))
         out["pairs"].append({"model": model, "chip": chip, "checkpoint": ckpt.name, "recipe": recipe,
                              "summary": s, "target": text, "met": ok})
         b, h = s["base"], s["hardened"]
         rows.append([f"`{model}`", f"`{chip}`", recipe[1], f"{100 * b['clean']:.1f} -> {100 * h['clean']:.1f}",
+                     f"{100 * b['stored']:.1f} -> {100 * h['stored']:.1f}",
                      f"{100 * b['mc_mean']:.1f} -> {100 * h['mc_mean']:.1f}",
                      f"{100 * b['mc_p01']:.1f} -> {100 * h['mc_p01']:.1f}",
                      f"{100 * b['multi_step']:.1f} -> {100 * h['multi_step']:.1f}", ("met: " if ok else "MISSED: ") + text])
-    table = md_table(["model", "chip", "method", "clean %", "MC mean %", "MC p01 %", "multi-step %", "target"], rows,
-                     ["---", "---", "---", "--:", "--:", "--:", "--:", "---"])
+    table = md_table(["model", "chip", "method", "float clean %", "stored (integer) clean %", "MC mean %", "MC p01 %",
+                      "multi-step %", "target"], rows, ["---", "---", "---", "--:", "--:", "--:", "--:", "--:", "---"])
     if not args.check or not args.only:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "harden_zoo.json").write_text(json.dumps(out, indent=2) + "\n")

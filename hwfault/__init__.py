@@ -15,6 +15,9 @@ from .errors import (ConstraintError, DataError, ExportError, HwfaultError, Mode
 from .evaluate import EvalResult, evaluate, loss_and_grad
 from .params import Selection, describe, perturbed, select
 from .sweep import ProbeResult, SweepResult, probe, sweep
+from .estimate import estimate  # noqa: E402  (after .sweep: the function, not the module, is hwfault.estimate)
+from .certify import certify
+from .harden import HardenConfig, harden
 from .zoo import list_models, load_model, save_checkpoint
 
 __all__ = [
@@ -26,7 +29,22 @@ __all__ = [
     # constraint sets and corruption methods
     "ConstraintSet", "LpBall", "random", "gradient", "multistep", "CorruptionPoint", "CorruptionResult",
     # analyses
-    "sweep", "probe", "SweepResult", "ProbeResult",
+    "sweep", "probe", "SweepResult", "ProbeResult", "estimate", "certify",
+    # hardening and deployment
+    "harden", "HardenConfig", "export_onnx", "load_onnx",
     # errors
     "HwfaultError", "DataError", "ModelError", "SelectionError", "ConstraintError", "SpecError", "ExportError",
 ]
+
+
+_LAZY = {"export_onnx": ("export", "export_onnx"), "load_onnx": ("onnxmodel", "load_onnx")}
+
+
+def __getattr__(name: str):
+    """Heavy entry points (onnx, onnxruntime, brevitas) are imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+    raise AttributeError(f"module 'hwfault' has no attribute '{name}'")

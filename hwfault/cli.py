@@ -308,7 +308,7 @@ def export(
     chip: Optional[str] = typer.Option(None, "--chip", "-c", help="Chip the file is meant for: stored in the file with the robustness summary on it."),
     out: str = typer.Option(..., "--out", "-o", help="The ONNX file to write."),
     fmt: str = typer.Option("fp32", "--format", help="fp32 (torch.onnx) or int8 (QCDQ through brevitas; intN for an intN chip)."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 17 for fp32, 13 for int8 QCDQ)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 17 for fp32; 13 for int8 QCDQ, 14 if the model has attention)."),
     trials: int = typer.Option(50, "--trials", help="Monte-Carlo chips for the robustness summary (with --chip)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the export report as JSON here ('-' = stdout)."),
 ):

@@ -8,7 +8,8 @@ def test_public_api_is_pinned():
         "__version__", "load_data", "list_datasets", "load_model", "list_models", "save_checkpoint",
         "select", "describe", "Selection", "perturbed", "evaluate", "loss_and_grad", "EvalResult",
         "ConstraintSet", "LpBall", "random", "gradient", "multistep", "CorruptionPoint", "CorruptionResult",
-        "sweep", "probe", "SweepResult", "ProbeResult",
+        "sweep", "probe", "SweepResult", "ProbeResult", "estimate", "certify",
+        "harden", "HardenConfig", "export_onnx", "load_onnx",
         "HwfaultError", "DataError", "ModelError", "SelectionError", "ConstraintError", "SpecError", "ExportError",
     ])
     for name in hwfault.__all__:
