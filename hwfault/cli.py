@@ -219,12 +219,16 @@ def estimate(
     no_breakdown: bool = typer.Option(False, "--no-breakdown", help="Skip the per-fault breakdown and severity curve."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     report_path: Optional[str] = typer.Option(None, "--report", help="Write an HTML (.html) or Markdown (.md) report with plots."),
+    certify_method: str = typer.Option("ibp", "--certify", help="Certified floor over the covering set: ibp, crown, auto or none."),
 ):
     """How a model fares on a chip: Monte-Carlo over its faults vs the worst case inside their covering set."""
     from .estimate import estimate as run
 
+    if certify_method not in ("ibp", "crown", "auto", "none"):
+        raise ConstraintError(f"expected --certify ibp, crown, auto or none, got '{certify_method}'")
     result = run(model, _data_for(model, data), chip, coverage=coverage, trials=trials, seed=seed, steps=steps,
-                 probe=probe, per_fault=not no_breakdown, severities=() if no_breakdown else (0.25, 0.5, 1.0, 2.0, 4.0))
+                 probe=probe, per_fault=not no_breakdown, severities=() if no_breakdown else (0.25, 0.5, 1.0, 2.0, 4.0),
+                 certified=None if certify_method == "none" else certify_method)
     _outputs(result, report.estimate_table(result), json_path, report_path, report.write_report)
 
 

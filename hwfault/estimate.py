@@ -116,7 +116,7 @@ class EstimateResult:
 def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 100, seed: int = 0,
              steps: int = 10, probe: str | None = None, per_fault: bool = True,
              severities: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), severity_trials: int | None = None,
-             certified: bool = True) -> EstimateResult:
+             certified: str | None = "ibp") -> EstimateResult:
     """The bracket for ``model`` on ``chip`` (a preset name, a TOML path or a ChipSpec)."""
     from .spec import ChipSpec, load_chip
     from .sweep import _probe, resolve_data, resolve_model
@@ -182,8 +182,8 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
             sev["one_step"].append(os_.accuracy)
             sev["multi_step"].append(ms.accuracy)
 
-    cert = certified_floor(module, dset, dev, cov) if certified else {"accuracy": None, "method": None,
-                                                                        "reason": "not requested"}
+    cert = certified_floor(module, dset, dev, cov, method=certified) if certified else {
+        "accuracy": None, "method": None, "reason": "not requested"}
 
     return EstimateResult(
         mlabel, dlabel, {"name": spec.name, "coverage": cov, **dev.describe()},
@@ -192,8 +192,11 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
         {"seed": seed, "steps": steps, "probe": plabel, "certified": cert})
 
 
-def certified_floor(model, data, chip: Chip, coverage: float) -> dict:
-    """The certified accuracy over the chip's covering set (the floor of the bracket), or why there is none."""
+def certified_floor(model, data, chip: Chip, coverage: float, method: str = "ibp") -> dict:
+    """The certified accuracy over the chip's covering set (the floor of the bracket), or why there is none.
+
+    ``method``: ``ibp`` (default: interval bounds, a second or two), ``crown`` or ``auto`` (tighter,
+    slower on large sets); see :mod:`hwfault.certify`."""
     from .errors import HwfaultError
 
     if getattr(model, "differentiable", True) is False:
@@ -201,7 +204,7 @@ def certified_floor(model, data, chip: Chip, coverage: float) -> dict:
     try:
         from .certify import certify_set
 
-        pt = certify_set(model, data, chip.constraint(coverage), selection=chip.selection, method="auto")
+        pt = certify_set(model, data, chip.constraint(coverage), selection=chip.selection, method=method)
     except HwfaultError as e:
         return {"accuracy": None, "method": None, "reason": str(e)}
     return {"accuracy": pt.certified_accuracy, "method": pt.method, "stable": pt.certified_stable,

@@ -150,6 +150,22 @@ def test_noise_training_raises_monte_carlo_accuracy_on_rram():
     assert evaluate(r.model, test).accuracy >= evaluate(base, test).accuracy - 0.02
 
 
+def test_integer_chips_train_through_brevitas_qat(digits):
+    """QAT at the chip's width and granularity: the saved float weights, stored by the chip, are the
+    integer weights the training forward passes used."""
+    from hwfault.formats import NumberFormat
+    from hwfault.quant import dequantized_state_dict, quantize_model
+
+    spec = load_chip("int8-sram-0.5v")
+    r = harden(load_model("digits-mlp"), digits, HardenConfig(method="noise", epochs=1), chip_spec=spec)
+    assert r.config.qat_bits == 8 and r.config.qat_per_channel
+    fmt = NumberFormat.parse("int8", per_channel=True)
+    deq = dequantized_state_dict(quantize_model(r.model, 8, per_channel=True))
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        w = dict(r.model.named_parameters())[name]
+        torch.testing.assert_close(fmt.quantize(w), deq[name], rtol=0, atol=1e-6)
+
+
 def test_config_errors():
     with pytest.raises(ConstraintError, match="did you mean 'crt-star'"):
         HardenConfig(method="crt_star")
@@ -160,7 +176,7 @@ def test_config_errors():
 
 def test_cli_harden_writes_a_loadable_checkpoint_and_report(tmp_path, capsys):
     out = tmp_path / "cnn-hard.safetensors"
-    code = main(["harden", "-m", "digits-mlp", "--method", "crt-star", "--chip", "int8-sram-0.55v", "--no-qat",
+    code = main(["harden", "-m", "digits-mlp", "--method", "crt-star", "--chip", "int8-sram-nominal", "--no-qat",
                  "--epochs", "1", "--trials", "5", "--out", str(out)])
     assert code == 0
     rep = json.loads(out.with_suffix(".hardening.json").read_text())
@@ -170,7 +186,7 @@ def test_cli_harden_writes_a_loadable_checkpoint_and_report(tmp_path, capsys):
     m = load_model(out)
     assert evaluate(m, load_data("digits")).accuracy == pytest.approx(rep["hardened"]["clean"]["accuracy"])
     capsys.readouterr()
-    assert main(["estimate", "-m", str(out), "-d", "digits", "--chip", "int8-sram-0.55v", "--trials", "3",
+    assert main(["estimate", "-m", str(out), "-d", "digits", "--chip", "int8-sram-nominal", "--trials", "3",
                  "--no-breakdown"]) == 0
 
 
