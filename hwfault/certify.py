@@ -28,7 +28,10 @@ evaluation of the network; the rounding of a float32 forward pass is not part of
 Supported layers: Linear, Conv1d/2d/3d (any stride, padding, dilation, groups), eval-mode
 BatchNorm1d/2d/3d, ReLU, LeakyReLU, Sigmoid, Tanh, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d,
 Flatten/view/reshape, Identity/Dropout (eval), residual additions and scalar affine maps; the model
-is read with ``torch.fx.symbolic_trace``. Anything else raises :class:`~hwfault.errors.ModelError`.
+is read with ``torch.fx.symbolic_trace``, and the same operations are read from the ATen graph of a
+``torch.export`` archive. Anything else (LayerNorm, attention, recurrent layers, products of two
+activations, ...) raises :class:`~hwfault.errors.ModelError` naming the layer and the graph node.
+The traced graph is checked against the model's own output before any bound is computed.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ METHODS = ("ibp", "crown", "auto")
 INTERMEDIATE = ("crown", "ibp")
 RELATIVE = (None, "tensor", "element")
 DTYPE = torch.float64
-_SLACK = 1e-8            # relative + absolute slack subtracted from every float64 bound
+_SLACK = 1e-12           # relative + absolute slack per float64 interval (n u for sums of ~1e4 terms)
+_FINAL_SLACK = 1e-9      # the same for a back-substituted bound
 _BUDGET = 2 ** 23        # elements of the largest coefficient tensor of one backward pass
 
 Progress = Callable[[int, int], None]
@@ -81,7 +85,8 @@ class ParamBound:
             if t is None:
                 continue
             if tuple(t.shape) != tuple(shape):
-                raise ConstraintError(f"certify: {what} of '{name}' has shape {tuple(t.shape)}, expected {tuple(shape)}")
+                raise ConstraintError(f"certify: {what} of '{name}' has shape {tuple(t.shape)}, "
+                                      f"expected {tuple(shape)}")
             if not bool(torch.isfinite(t).all()):
                 raise ConstraintError(f"certify: {what} of '{name}' is not finite")
         if self.radius is not None and bool((self.radius < 0).any()):
@@ -273,8 +278,8 @@ def _sshape_planes(l: torch.Tensor, u: torch.Tensor, kind: str):
     return k, h.min(0).values - slack, k, h.max(0).values + slack
 
 
-def _widen(v: torch.Tensor, sign: float) -> torch.Tensor:
-    return v + sign * _SLACK * (1 + v.abs())
+def _widen(v: torch.Tensor, sign: float, slack: float = _SLACK) -> torch.Tensor:
+    return v + sign * slack * (1 + v.abs())
 
 
 def _sum_rest(t: torch.Tensor, keep: int) -> torch.Tensor:
@@ -289,10 +294,14 @@ class _Weights:
     """The centre values (float64, offset applied) of every parameter the graph uses, and the
     box radii / L2 balls of the perturbed ones."""
 
-    def __init__(self, model: nn.Module, pset: PerturbationSet | None, used: Iterable[str]):
+    def __init__(self, model: nn.Module, pset: PerturbationSet | None, used: Iterable[str],
+                 buffers: Iterable[str] = ()):
         named = dict(model.named_parameters())
+        named_buffers = dict(model.named_buffers())
+        self.buffer = {n: named_buffers[n].detach().to(DTYPE) for n in buffers}
         self.centre: dict[str, torch.Tensor] = {}
         self.radius: dict[str, torch.Tensor] = {}
+        self.row_radius: dict[str, torch.Tensor] = {}   # radii constant within each output row: (O,)
         self.balls: dict[str, list[tuple[float, torch.Tensor]]] = {}
         bounds = dict(pset.bounds) if pset is not None else {}
         used = set(used)
@@ -303,14 +312,19 @@ class _Weights:
         if unused:
             raise ModelError(f"certify: perturbed parameter '{unused[0]}' is not used by a supported layer")
         for n in used:
-            w = named[n].detach().to(DTYPE)
+            w = (named[n] if n in named else named_buffers[n]).detach().to(DTYPE)
             b = bounds.get(n)
             if b is not None:
                 b.check(n, w.shape)
                 if b.offset is not None:
                     w = w + b.offset.to(DTYPE)
                 if b.radius is not None and bool((b.radius > 0).any()):
-                    self.radius[n] = b.radius.to(DTYPE)
+                    r = b.radius.to(DTYPE)
+                    self.radius[n] = r
+                    if r.ndim >= 2:
+                        row = r.reshape(r.shape[0], -1)
+                        if bool((row == row[:, :1]).all()):
+                            self.row_radius[n] = row[:, 0].clone()
                 balls = [(float(rho), (torch.ones_like(w) if s is None else s.to(DTYPE) ** 2))
                          for rho, s in b.balls if rho > 0]
                 if balls:
@@ -336,6 +350,7 @@ class _Op:
     lower bound on its output to coefficients on its inputs plus a constant (b, S)."""
 
     params: tuple[str, ...] = ()
+    buffers: tuple[str, ...] = ()
 
     def forward(self, xs: list[torch.Tensor], w: _Weights) -> torch.Tensor:
         raise NotImplementedError
@@ -355,6 +370,8 @@ def _chord_term(lam_in: torch.Tensor, g: torch.Tensor, l: torch.Tensor, u: torch
     """Subtract sum g |z| with z = scale * x + shift (per element) via the chord of |z|: returns
     (new lam_in, constant)."""
     if shift is None:
+        if bool((l >= 0).all()):       # e.g. after a ReLU: |x| = x
+            return lam_in - g, g.new_zeros(g.shape[:2])
         a, c = _abs_chord(l, u)
         return lam_in - g * a.unsqueeze(1), -_sum_rest(g * c.unsqueeze(1), 2)
     zl, zu = scale * l + shift, scale * u + shift
@@ -387,6 +404,10 @@ class _Affine(_Op):
         raise NotImplementedError
 
     def transpose(self, lam: torch.Tensor, weight: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def transpose_rows(self, lam_abs: torch.Tensor, r_row: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
+        """transpose(lam_abs, R) for R constant within each output row (R[o, ...] = r_row[o])."""
         raise NotImplementedError
 
     def kernel_sum(self, s2: torch.Tensor) -> torch.Tensor:
@@ -428,7 +449,9 @@ class _Affine(_Op):
         const = _zero_const(lam)
         R = w.radius.get(self.weight)
         if R is not None:
-            g = self.transpose(lam.abs(), R, in_shape)
+            r_row = w.row_radius.get(self.weight)
+            g = (self.transpose(lam.abs(), R, in_shape) if r_row is None
+                 else self.transpose_rows(lam.abs(), r_row, in_shape))
             lam_in, c = _chord_term(lam_in, g, l, u)
             const = const + c
         balls = w.balls.get(self.weight, ())
@@ -459,6 +482,9 @@ class _Linear(_Affine):
     def transpose(self, lam, weight, in_shape):
         return lam @ weight
 
+    def transpose_rows(self, lam_abs, r_row, in_shape):
+        return (lam_abs @ r_row).unsqueeze(-1).expand(*lam_abs.shape[:-1], in_shape[-1])
+
     def bias_view(self, b, ndim_out):
         return b
 
@@ -468,8 +494,9 @@ class _Linear(_Affine):
 
 
 class _Conv(_Affine):
-    def __init__(self, weight, bias, dims, stride, padding, dilation, groups):
+    def __init__(self, weight, bias, dims, kernel, stride, padding, dilation, groups):
         super().__init__(weight, bias)
+        self.kernel = kernel
         self.dims, self.stride, self.padding, self.dilation, self.groups = dims, stride, padding, dilation, groups
         self._f = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
         self._t = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}[dims]
@@ -483,6 +510,17 @@ class _Conv(_Affine):
         out = self._t((b * S, *in_shape), weight, flat, self.stride, self.padding, self.dilation, self.groups)
         return out.reshape(b, S, *in_shape)
 
+    def transpose_rows(self, lam_abs, r_row, in_shape):
+        # sum the weighted rows within each group, then one box filter per group, broadcast to its channels
+        b, S, O = lam_abs.shape[:3]
+        sp = lam_abs.shape[3:]
+        gsum = (lam_abs * r_row.reshape(O, *([1] * len(sp)))).reshape(b * S, self.groups, O // self.groups, *sp).sum(2)
+        ones = torch.ones((self.groups, 1, *self.kernel), dtype=lam_abs.dtype)
+        t = self._t((b * S, self.groups, *in_shape[1:]), ones, gsum, self.stride, self.padding, self.dilation,
+                    self.groups)
+        cg = in_shape[0] // self.groups
+        return t.unsqueeze(2).expand(b * S, self.groups, cg, *in_shape[1:]).reshape(b, S, *in_shape)
+
     def bias_view(self, b, ndim_out):
         return b.reshape(-1, *([1] * (ndim_out - 2)))
 
@@ -493,11 +531,16 @@ class _Conv(_Affine):
 class _BatchNorm(_Op):
     """Eval-mode batch norm: y = gamma (x - mu) / sqrt(var + eps) + beta, gamma and beta perturbable."""
 
-    def __init__(self, weight: str | None, bias: str | None, mean: torch.Tensor, var: torch.Tensor, eps: float):
+    def __init__(self, weight: str | None, bias: str | None, mean: str, var: str, eps: float):
         self.weight, self.bias = weight, bias
         self.params = tuple(p for p in (weight, bias) if p)
-        self.mean = mean.detach().to(DTYPE)
-        self.alpha = 1.0 / torch.sqrt(var.detach().to(DTYPE) + eps)
+        self.buffers = (mean, var)
+        self.eps = eps
+
+    def stats(self, w: _Weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1 / sqrt(var + eps)) from the model's current running statistics."""
+        mean, var = (w.buffer[b] for b in self.buffers)
+        return mean, 1.0 / torch.sqrt(var + self.eps)
 
     @staticmethod
     def _v(t: torch.Tensor, ndim: int, lead: int) -> torch.Tensor:
@@ -508,14 +551,16 @@ class _BatchNorm(_Op):
 
     def forward(self, xs, w):
         x = xs[0]
+        mean, alpha = self.stats(w)
         v = lambda t: self._v(t, x.ndim, 1)  # noqa: E731
-        y = v(self._gamma(w, x.shape[1]) * self.alpha) * (x - v(self.mean))
+        y = v(self._gamma(w, x.shape[1]) * alpha) * (x - v(mean))
         return y + v(w.centre[self.bias]) if self.bias else y
 
     def ibp(self, ins, w):
         l, u = ins[0]
+        mean, alpha = self.stats(w)
         v = lambda t: self._v(t, l.ndim, 1)  # noqa: E731
-        hl, hu = v(self.alpha) * (l - v(self.mean)), v(self.alpha) * (u - v(self.mean))
+        hl, hu = v(alpha) * (l - v(mean)), v(alpha) * (u - v(mean))
         hc, hr = (hu + hl) / 2, (hu - hl) / 2
         g = self._gamma(w, l.shape[1])
         yc, yr = v(g) * hc, v(g.abs()) * hr
@@ -532,26 +577,27 @@ class _BatchNorm(_Op):
 
     def backward(self, lam, ins, w):
         l, u = ins[0]
+        mean, alpha = self.stats(w)
         v = lambda t: self._v(t, lam.ndim, 2)  # noqa: E731
         vx = lambda t: self._v(t, l.ndim, 1)  # noqa: E731
         g = self._gamma(w, l.shape[1])
-        lam_in = lam * v(g * self.alpha)
-        const = -_sum_rest(lam * v(g * self.alpha * self.mean), 2)
+        lam_in = lam * v(g * alpha)
+        hb = lam.reshape(*lam.shape[:3], -1).sum(-1)                     # (b, S, C)
+        const = -(hb @ (g * alpha * mean))
         if self.weight:
             rg = w.radius.get(self.weight)
             if rg is not None:   # sum_c dg_c sum_p lam_cp xhat_cp >= -sum rg_c |lam_cp| |xhat_cp|
                 lam_in, c = _chord_term(lam_in, lam.abs() * v(rg), l, u,
-                                        shift=vx(-self.alpha * self.mean), scale=vx(self.alpha))
+                                        shift=vx(-alpha * mean), scale=vx(alpha))
                 const = const + c
             balls = w.balls.get(self.weight, ())
             if balls:   # |sum_p lam_cp xhat_cp| <= sum_p |lam_cp| max|xhat_cp|
-                mh = torch.maximum((vx(self.alpha) * (l - vx(self.mean))).abs(),
-                                   (vx(self.alpha) * (u - vx(self.mean))).abs())
+                mh = torch.maximum((vx(alpha) * (l - vx(mean))).abs(),
+                                   (vx(alpha) * (u - vx(mean))).abs())
                 h = (lam.abs() * mh.unsqueeze(1)).reshape(*lam.shape[:3], -1).sum(-1)
                 for rho, s2 in balls:
                     const = const - rho * (h * h * s2).sum(-1).clamp(min=0).sqrt()
         if self.bias:
-            hb = lam.reshape(*lam.shape[:3], -1).sum(-1)
             const = const + hb @ w.centre[self.bias]
             rb = w.radius.get(self.bias)
             if rb is not None:
@@ -583,10 +629,32 @@ class _Activation(_Op):
         return _relu_planes(l, u, self.leak) if self.kind == "relu" else _sshape_planes(l, u, self.kind)
 
     def backward(self, lam, ins, w):
+        if self.kind == "relu":
+            return self._backward_relu(lam, *ins[0])
         sl, il, su, iu = (t.unsqueeze(1) for t in self.planes(*ins[0]))
         pos, neg = lam.clamp(min=0), lam.clamp(max=0)
         const = _sum_rest(pos * il + neg * iu, 2)
         return [pos * sl + neg * su], const
+
+
+    def _backward_relu(self, lam: torch.Tensor, l: torch.Tensor, u: torch.Tensor):
+        """ReLU/LeakyReLU: stable neurons pass lam times their slope (dense); the few unstable ones are
+        gathered and get the lower plane for lam >= 0, the chord for lam < 0."""
+        b, S = lam.shape[:2]
+        lf, uf = l.reshape(b, -1), u.reshape(b, -1)
+        slope = torch.where(lf >= 0, 1.0, self.leak).to(lam.dtype)                  # stable slopes
+        flat = lam.reshape(b, S, -1)
+        out = flat * slope.unsqueeze(1)
+        const = _zero_const(lam)
+        unstable = (lf < 0) & (uf > 0)
+        if bool(unstable.any()):
+            bi, ji = torch.nonzero(unstable, as_tuple=True)
+            sl, _, su, iu = _relu_planes(lf[bi, ji], uf[bi, ji], self.leak)             # (n,)
+            lam_u = flat[bi, :, ji]                                                    # (n, S)
+            neg = lam_u.clamp(max=0)
+            out[bi, :, ji] = torch.where(lam_u >= 0, lam_u * sl.unsqueeze(1), lam_u * su.unsqueeze(1))
+            const = const.index_add(0, bi, neg * iu.unsqueeze(1))
+        return [out.reshape(lam.shape)], const
 
 
 class _MaxPool(_Op):
@@ -724,13 +792,15 @@ def _tuple(v, n: int) -> tuple[int, ...]:
 
 def _conv_padding(mod: nn.modules.conv._ConvNd, node_name: str) -> tuple[int, ...]:
     if mod.padding_mode != "zeros":
-        raise ModelError(f"certify: unsupported layer {type(mod).__name__} (padding_mode '{mod.padding_mode}') at {node_name}")
+        raise ModelError(f"certify: unsupported layer {type(mod).__name__} (padding_mode '{mod.padding_mode}') "
+                         f"at {node_name}")
     if isinstance(mod.padding, str):
         if mod.padding == "valid":
             return (0,) * len(mod.kernel_size)
         total = [d * (k - 1) for d, k in zip(mod.dilation, mod.kernel_size)]
         if any(t % 2 for t in total):
-            raise ModelError(f"certify: unsupported layer {type(mod).__name__} (asymmetric 'same' padding) at {node_name}")
+            raise ModelError(f"certify: unsupported layer {type(mod).__name__} (asymmetric 'same' padding) "
+                             f"at {node_name}")
         return tuple(t // 2 for t in total)
     return tuple(mod.padding)
 
@@ -756,6 +826,8 @@ class _Graph:
         modules = dict(gm.named_modules())
         batch = example.shape[0]
         self.nodes: list[_Node] = []
+        self.attrs: dict[str, str] = {}     # get_attr node -> parameter / buffer name
+        self.shapes = {n: t.shape for n, t in (*model.named_parameters(), *model.named_buffers())}
         index: dict[str, int] = {}
         output = None
         for node in gm.graph.nodes:
@@ -767,6 +839,9 @@ class _Graph:
                 output = index[out.name]
                 continue
             meta = node.meta.get("tensor_meta")
+            if node.op == "get_attr":          # parameters and buffers of torch.export graphs
+                self.attrs[node.name] = str(node.target)
+                continue
             if node.op == "placeholder":
                 if meta is None or not hasattr(meta, "shape"):
                     continue
@@ -791,6 +866,7 @@ class _Graph:
         self.nodes = self.nodes[:output + 1]
         self.output = output
         self.used = sorted({p for n in self.nodes if n.op is not None for p in n.op.params})
+        self.buffers = sorted({b for n in self.nodes if n.op is not None for b in n.op.buffers})
         consumers: dict[int, list[_Op]] = {}
         for n in self.nodes:
             for i in n.inputs:
@@ -808,6 +884,8 @@ class _Graph:
         if node.op == "call_module":
             return type(modules[node.target]).__name__
         if node.op == "call_function":
+            if isinstance(node.target, torch._ops.OpOverload):
+                return f"aten.{node.target.overloadpacket.__name__}"
             return getattr(node.target, "__name__", str(node.target))
         return str(node.target)
 
@@ -831,13 +909,13 @@ class _Graph:
                 return _Linear(*names(mod)), tensor_args
             if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 d = len(mod.kernel_size)
-                return _Conv(*names(mod), d, tuple(mod.stride), _conv_padding(mod, node.name), tuple(mod.dilation),
-                             mod.groups), tensor_args
+                return _Conv(*names(mod), d, tuple(mod.kernel_size), tuple(mod.stride), _conv_padding(mod, node.name),
+                             tuple(mod.dilation), mod.groups), tensor_args
             if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                 if mod.training or mod.running_mean is None:
                     raise ModelError(f"certify: {what} at {node.name} normalises with batch statistics "
                                      "(training mode or no running stats); call model.eval()")
-                return _BatchNorm(*names(mod), mod.running_mean, mod.running_var, mod.eps), tensor_args
+                return _BatchNorm(*names(mod), f"{pre}running_mean", f"{pre}running_var", mod.eps), tensor_args
             if isinstance(mod, nn.ReLU):
                 return _Activation("relu"), tensor_args
             if isinstance(mod, nn.LeakyReLU):
@@ -864,15 +942,17 @@ class _Graph:
                 return _Reshape(in_shape(), out_shape), tensor_args
             raise unsupported()
         target = node.target
+        if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
+            return self._convert_aten(node, index, unsupported)
         fname = target if isinstance(target, str) else getattr(target, "__name__", "")
         if node.op == "call_method" and fname in ("view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze") \
                 or node.op == "call_function" and target in (torch.flatten, torch.reshape):
             if len(tensor_args) != 1:
                 raise unsupported()
             return _Reshape(in_shape(), out_shape), tensor_args
-        if fname in ("relu", "sigmoid", "tanh") and (node.op == "call_method" or target in
-                                                      (torch.relu, F.relu, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh)):
-            if len(tensor_args) != 1 or node.kwargs.get("inplace", False) not in (False, True):
+        functions = (torch.relu, F.relu, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh)
+        if fname in ("relu", "sigmoid", "tanh") and (node.op == "call_method" or target in functions):
+            if len(tensor_args) != 1:
                 raise unsupported()
             return _Activation(fname), tensor_args
         arith = {operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub",
@@ -882,6 +962,69 @@ class _Graph:
             fname if fname in ("add", "sub", "mul", "div", "neg") else None)
         if kind is not None:
             return self._arith(kind, node, index, unsupported)
+        raise unsupported()
+
+    def _convert_aten(self, node, index, unsupported) -> tuple[_Op, list]:
+        """The core ATen operations of a torch.export graph (parameters come from get_attr nodes)."""
+        name = node.target.overloadpacket.__name__
+        args = list(node.args)
+
+        def arg(i: int, default=None):
+            return args[i] if len(args) > i else node.kwargs.get(
+                node.target._schema.arguments[i].name, default) if i < len(node.target._schema.arguments) else default
+
+        def attr(a) -> str | None:
+            if a is None:
+                return None
+            if not hasattr(a, "name") or a.name not in self.attrs:
+                raise unsupported(" (a weight computed in the graph)")
+            return self.attrs[a.name]
+
+        x = args[0] if args else None
+        if not (hasattr(x, "name") and x.name in index):
+            raise unsupported()
+        if name in ("conv1d", "conv2d", "conv3d"):
+            d = int(name[4])
+            w = attr(arg(1))
+            kernel = tuple(self.shapes[w][2:])
+            padding = arg(4, 0)
+            if isinstance(padding, str):
+                mod = type("Conv", (), {"padding_mode": "zeros", "padding": padding, "kernel_size": kernel,
+                                        "dilation": _tuple(arg(5, 1), d)})
+                padding = _conv_padding(mod, node.name)
+            return _Conv(w, attr(arg(2)), d, kernel, _tuple(arg(3, 1), d), _tuple(padding, d),
+                         _tuple(arg(5, 1), d), int(arg(6, 1))), [x]
+        if name == "linear":
+            return _Linear(attr(arg(1)), attr(arg(2))), [x]
+        if name == "batch_norm":
+            if arg(5, False):
+                raise ModelError(f"certify: aten.batch_norm at {node.name} normalises with batch statistics "
+                                 "(training mode); export the model in eval mode")
+            return _BatchNorm(attr(arg(1)), attr(arg(2)), attr(arg(3)), attr(arg(4)), float(arg(7, 1e-5))), [x]
+        if name in ("relu", "sigmoid", "tanh"):
+            return _Activation(name), [x]
+        if name == "leaky_relu":
+            slope = float(arg(1, 0.01))
+            if not 0 <= slope <= 1:
+                raise unsupported(f" (negative slope {slope})")
+            return _Activation("relu", slope), [x]
+        if name in ("max_pool1d", "max_pool2d"):
+            d = int(name[-2])
+            k = _tuple(arg(1), d)
+            st = arg(2, None)
+            st = k if not st else _tuple(st, d)
+            return _MaxPool(d, k, st, _tuple(arg(3, 0), d), _tuple(arg(4, 1), d), bool(arg(5, False)),
+                            self.nodes[index[x.name]].shape, tuple(node.meta["tensor_meta"].shape[1:])), [x]
+        if name in ("avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d"):
+            fn, rest = getattr(torch.ops.aten, name).default, tuple(args[1:])
+            return _PositiveLinear(lambda t: fn(t, *rest)), [x]
+        if name in ("flatten", "view", "reshape", "_unsafe_view", "clone", "contiguous", "alias", "squeeze",
+                    "unsqueeze", "dropout"):
+            if name == "dropout" and arg(2, False):
+                raise unsupported(" (training mode)")
+            return _Reshape(self.nodes[index[x.name]].shape, tuple(node.meta["tensor_meta"].shape[1:])), [x]
+        if name in ("add", "sub", "mul", "div", "neg"):
+            return self._arith(name, node, index, unsupported)
         raise unsupported()
 
     @staticmethod
@@ -915,7 +1058,7 @@ class _Graph:
 
     def _check(self, example: torch.Tensor) -> None:
         """The traced graph must reproduce the model (centre weights, float64 vs the model's dtype)."""
-        w = _Weights(self.model, None, self.used)
+        w = self.weights(None)
         got = self.forward(example.to(DTYPE), w)
         with torch.no_grad():
             want = self.model(example)
@@ -925,6 +1068,10 @@ class _Graph:
         if got.shape != want.shape or float((got - want).abs().max()) > tol:
             raise ModelError("certify: the traced graph does not reproduce the model's output "
                              "(an operation is used in a way certify does not model)")
+
+    def weights(self, pset: PerturbationSet | None) -> _Weights:
+        """The model's current parameters and buffers (float64) with ``pset`` resolved on them."""
+        return _Weights(self.model, pset, self.used, self.buffers)
 
     # ------------------------------------------------------------------ propagation
 
@@ -960,7 +1107,7 @@ class _Graph:
             const = const + c
             for j, lj in zip(n.inputs, lam_ins):
                 lams[j] = lj if j not in lams else lams[j] + lj
-        return _widen(const, -1)
+        return _widen(const, -1, _FINAL_SLACK)
 
     def _rows(self, start: int, b: int) -> int:
         biggest = max(math.prod(self.nodes[i].shape) for i in range(start + 1))
@@ -997,7 +1144,8 @@ class _Graph:
         uf.scatter_(1, order, torch.where(valid, torch.minimum(old_u, nu), old_u))
         bounds[k] = (lf.reshape(l.shape), uf.reshape(u.shape))
 
-    def lower(self, x: torch.Tensor, C: torch.Tensor, w: _Weights, method: str, intermediate: str = "crown") -> torch.Tensor:
+    def lower(self, x: torch.Tensor, C: torch.Tensor, w: _Weights, method: str,
+              intermediate: str = "crown") -> torch.Tensor:
         """Lower bounds (b, S) of C . f(x) over the perturbation set, for method 'ibp' or 'crown'."""
         bounds = self.ibp(x, w)
         if method == "ibp":
@@ -1043,22 +1191,40 @@ def _graph(model: nn.Module, x: torch.Tensor) -> _Graph:
     return g
 
 
+def _unstable_counts(graph: _Graph, w: _Weights, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per input, the number of pre-activation neurons that interval bounds leave unstable."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), 4 * batch_size):
+            bounds = graph.ibp(x[i:i + 4 * batch_size].to(DTYPE), w)
+            n = torch.zeros(len(bounds[0][0]), dtype=torch.long)
+            for k in graph.preact:
+                l, u = bounds[k]
+                n += ((l < 0) & (u > 0)).reshape(len(l), -1).sum(1)
+            out.append(n)
+    return torch.cat(out)
+
+
 def _lower_all(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, method: str, intermediate: str,
                batch_size: int, on_chunk: Callable[[int], None] | None = None,
                deadline: float | None = None) -> tuple[torch.Tensor, int]:
     """Lower bounds for all inputs in chunks; stops before a chunk once ``deadline`` has passed
-    (the rows not done stay -inf). Returns (bounds, inputs done)."""
+    (the rows not done stay -inf). Returns (bounds, inputs done). For CROWN the inputs are processed
+    in order of their number of unstable neurons, which keeps the padded row counts of a chunk small."""
     out = torch.full(C.shape[:2], -math.inf, dtype=DTYPE)
+    order = torch.arange(len(x))
+    if method == "crown" and intermediate == "crown" and graph.preact and len(x) > batch_size:
+        order = torch.argsort(_unstable_counts(graph, w, x, batch_size), descending=True, stable=True)
     done = 0
     for i in range(0, len(x), batch_size):
         if deadline is not None and time.perf_counter() > deadline:
             break
-        xb = x[i:i + batch_size].to(DTYPE)
+        idx = order[i:i + batch_size]
         with torch.no_grad():
-            out[i:i + len(xb)] = graph.lower(xb, C[i:i + len(xb)], w, method, intermediate)
-        done += len(xb)
+            out[idx] = graph.lower(x[idx].to(DTYPE), C[idx], w, method, intermediate)
+        done += len(idx)
         if on_chunk:
-            on_chunk(len(xb))
+            on_chunk(len(idx))
     return out, done
 
 
@@ -1068,7 +1234,7 @@ def margin_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pset: Pert
     of class y itself is +inf. ``method``: 'ibp', 'crown' or 'auto' (the larger of both)."""
     _check_method(method, intermediate)
     graph = _graph(model, x)
-    w = _Weights(model, pset, graph.used)
+    w = graph.weights(pset)
     K = graph.nodes[graph.output].shape[0]
     y = torch.as_tensor(y).long()
     C = _margin_spec(y, K)
@@ -1157,7 +1323,7 @@ def _certify_one(graph: _Graph, model: nn.Module, x, y, pred, pset: Perturbation
                  intermediate: str, batch_size: int, time_budget: float, eps: float | None,
                  on_progress: Progress | None) -> CertifyPoint:
     t0 = time.perf_counter()
-    w = _Weights(model, pset, graph.used)
+    w = graph.weights(pset)
     n = len(x)
     K = graph.nodes[graph.output].shape[0]
     C = torch.cat([_margin_spec(pred, K), _margin_spec(y, K)], dim=1)           # (n, 2K, K)
