@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench hardened clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/estimate_presets.py
 	$(BIN)/python bench/campaign_vs_pytorchfi.py
+	$(BIN)/python bench/seed_table2.py
+	$(BIN)/python bench/certify.py
+
+# retrains the shipped hardened checkpoints (models/*-hard-*.safetensors) and checks the targets (~20 min)
+hardened: $(STAMP)
+	$(BIN)/python bench/harden_zoo.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .constraints import Box, CandidateSet, ConstraintSet, Ellipsoid, LpBall, SumSet
-from .errors import ConstraintError, ModelError, did_you_mean
+from .errors import ConstraintError, DataError, ModelError, did_you_mean
 from .evaluate import as_tensors, logits
 from .params import Selection, select
 
@@ -308,9 +308,7 @@ class _Weights:
         unknown = [n for n in bounds if n not in named]
         if unknown:
             raise ConstraintError(f"certify: no parameter '{unknown[0]}' in the model{did_you_mean(unknown[0], named)}")
-        unused = [n for n in bounds if n not in used]
-        if unused:
-            raise ModelError(f"certify: perturbed parameter '{unused[0]}' is not used by a supported layer")
+        # a parameter the traced forward never reads cannot move the output: its perturbation is moot
         for n in used:
             w = (named[n] if n in named else named_buffers[n]).detach().to(DTYPE)
             b = bounds.get(n)
@@ -1316,6 +1314,8 @@ def _resolve(model, data):
 
         data = load_data(data, "test")
     x, y = as_tensors(data)
+    if len(x) == 0:
+        raise DataError("certify: expected at least one input, got an empty data set")
     return model, x, torch.as_tensor(y).long()
 
 

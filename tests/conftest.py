@@ -1,7 +1,14 @@
+import os
+
 import pytest
 import torch
 
 import hwfault as hw
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per xdist worker: two workers x two OpenMP threads on two cores spin against
+    # each other and make small kernels many times slower
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
