@@ -274,6 +274,12 @@ def harden(
     base = load_model(model)
     train, test = load_data(d, "train"), load_data(d, "test")
     base_eval = evaluate(base, test)  # also checks that the data fits the model
+    import torch
+
+    if spec is not None and spec.format.kind.startswith("int") and not no_qat and isinstance(base, torch.fx.GraphModule):
+        print("note: a torch.export model has no Linear/Conv modules for brevitas; training float weights (--no-qat)",
+              file=sys.stderr)
+        no_qat = True
     with progress.task(f"harden ({cfg.method})", cfg.epochs) as advance:
         result = run(base, train, cfg, chip_spec=spec, qat=not no_qat,
                      build=get_entry(arch).build if arch else None, on_epoch=lambda e, row: advance(1))

@@ -416,7 +416,7 @@ def save_hardened(model: nn.Module, out, *, arch: str | None, card: dict, exampl
         tmp = out.with_name(out.name + ".tmp")
         torch.export.save(ep, str(tmp))
         os.replace(tmp, out)
-    s = card.get("report", {}).get("summary")
+    s = (card.get("report") or {}).get("summary")
     lines = [f"# Hardened model: {out.stem}", "",
              f"{card['method']} hardening of `{card['base_model']}` on `{card['data']}`"
              + (f" for chip `{card['chip']}`" if card.get("chip") else "") + ".", "",

@@ -190,6 +190,23 @@ def test_cli_harden_writes_a_loadable_checkpoint_and_report(tmp_path, capsys):
                  "--no-breakdown"]) == 0
 
 
+def test_cli_harden_from_scratch_without_chip_and_pt2_models(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "s.safetensors"
+    assert main(["harden", "-m", "digits-mlp", "--method", "crt", "--from-scratch", "--epochs", "2", "--out", str(out)]) == 0
+    assert "skipped the hardening report" in capsys.readouterr().err and out.with_suffix(".md").is_file()
+    assert evaluate(load_model(out), load_data("digits")).accuracy > 0.5  # trained anew, 2 epochs
+    m = load_model("digits-mlp")
+    x = load_data("digits").tensors[0][:4]
+    ep = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("b", min=1)},))
+    torch.export.save(ep, str(tmp_path / "u.pt2"))
+    out2 = tmp_path / "u-hard.pt2"
+    assert main(["harden", "-m", str(tmp_path / "u.pt2"), "-d", "digits", "--method", "crt-star", "--epochs", "1",
+                 "--out", str(out2)]) == 0
+    assert evaluate(load_model(out2), load_data("digits")).accuracy > 0.9
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--method", "sam"], "unknown hardening method 'sam'"),
     (["--method", "noise"], "needs --chip"),
