@@ -375,7 +375,9 @@ def certify(
     eps: Optional[str] = typer.Option(None, "--eps", help="Comma-separated perturbation sizes."),
     relative: Optional[str] = typer.Option(None, "--relative", help="eps relative to each 'tensor' (max|w| or ||w||) or 'element' (|w|)."),
     params: Optional[str] = typer.Option(None, "--params", help="Comma-separated name globs of the perturbed parameters (default: all)."),
+    types: Optional[str] = TYPES,
     method: str = typer.Option("auto", "--method", help="ibp, crown or auto (IBP, then CROWN where IBP fails, in a time budget)."),
+    time_budget: float = typer.Option(30.0, "--time-budget", help="auto: seconds of CROWN per eps before falling back to IBP."),
     coverage: Optional[float] = typer.Option(None, "--coverage", help="Coverage of the chip's covering set (default: the spec's)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Certified accuracy vs eps figure."),
@@ -391,12 +393,18 @@ def certify(
     module = load_model(model)
     test = load_data(d, "test")
     globs = [g.strip() for g in params.split(",")] if params else "*"
+    if types:
+        from .params import select
+
+        globs = select(module, globs if params else None, types=[t.strip() for t in types.split(",")])
     if chip is None:
         if norm is None:
             raise ConstraintError("expected --norm inf or --norm 2 with --eps")
-        with progress.task("certify", 1) as advance:
-            res = run(module, test, eps=parse_eps(eps), norm=norm, relative=relative, params=globs, method=method)
-            advance(1)
+        eps_list = parse_eps(eps)
+        with progress.task("certify", len(eps_list)) as advance:
+            res = run(module, test, eps=eps_list, norm=norm, relative=relative, params=globs, method=method,
+                      time_budget=time_budget)
+            advance(len(eps_list))
         out = {"model": model, "data": d, **res.to_dict()}
         title = f"{model} on {d}: L{res.norm} weight perturbation of {res.k:,} parameters" + (
             f", relative to each {relative}" if relative else "")
