@@ -1211,8 +1211,10 @@ def _lower_all(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, met
     in order of their number of unstable neurons, which keeps the padded row counts of a chunk small."""
     out = torch.full(C.shape[:2], -math.inf, dtype=DTYPE)
     order = torch.arange(len(x))
+    if deadline is not None:  # under a time budget: small chunks, the inputs likeliest to certify first
+        batch_size = min(batch_size, 32)
     if method == "crown" and intermediate == "crown" and graph.preact and len(x) > batch_size:
-        order = torch.argsort(_unstable_counts(graph, w, x, batch_size), descending=True, stable=True)
+        order = torch.argsort(_unstable_counts(graph, w, x, batch_size), descending=deadline is None, stable=True)
     done = 0
     for i in range(0, len(x), batch_size):
         if deadline is not None and time.perf_counter() > deadline:
