@@ -269,8 +269,6 @@ def harden(
     arch = source_arch(model)
     d = _data_for(model, data)
     spec = load_chip(chip) if chip else None
-    if cfg.method == "noise" and spec is None:
-        raise ConstraintError("--method noise needs --chip: it trains with the chip's faults")
     base = load_model(model)
     train, test = load_data(d, "train"), load_data(d, "test")
     base_eval = evaluate(base, test)  # also checks that the data fits the model

@@ -27,6 +27,7 @@ model deploys with are those of its fault-free weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -110,23 +111,20 @@ class HardenResult:
 # ----------------------------------------------------------------------------- gradients
 
 
+@contextlib.contextmanager
 def _frozen_bn(model: nn.Module):
-    """Context: BatchNorm layers stop updating their running statistics (faulty forward passes)."""
-
-    class _Ctx:
-        def __enter__(self):
-            self.saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-                          for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-            for m, _, _ in self.saved:
-                m.momentum = 0.0
-
-        def __exit__(self, *exc):
-            for m, mom, tracked in self.saved:
-                m.momentum = mom
-                if tracked is not None:
-                    m.num_batches_tracked.copy_(tracked)
-
-    return _Ctx()
+    """BatchNorm layers stop updating their running statistics (for faulty forward passes)."""
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m, _, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom, tracked in saved:
+            m.momentum = mom
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def _grads(model, params, x, y, delta=None, sel: Selection | None = None, faulty: bool = False):
@@ -134,18 +132,10 @@ def _grads(model, params, x, y, delta=None, sel: Selection | None = None, faulty
     if delta is None:
         loss = F.cross_entropy(model(x), y)
         return loss.detach(), torch.autograd.grad(loss, params)
-    with perturbed(sel, delta), (_frozen_bn(model) if faulty else _nullctx()):
+    with perturbed(sel, delta), (_frozen_bn(model) if faulty else contextlib.nullcontext()):
         loss = F.cross_entropy(model(x), y)
         g = torch.autograd.grad(loss, params)
     return loss.detach(), g
-
-
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _flat(gs) -> torch.Tensor:
@@ -170,7 +160,6 @@ class Trainer:
         if cfg.method in NEEDS_CHIP and chip_spec is None:
             raise ConstraintError(f"--method {cfg.method} needs --chip: it trains with the chip's faults")
 
-    # each method returns (loss at w, list of (weight, grads))
     def step(self, x, y) -> float:
         m = self.cfg.method
         if m == "crt":
