@@ -54,7 +54,7 @@ from .params import Selection, select
 __all__ = ["ParamBound", "PerturbationSet", "CertifyPoint", "CertifyResult", "certify", "certify_set",
            "margin_bounds", "quantisation_set", "quantisation_safety", "METHODS"]
 
-METHODS = ("ibp", "crown", "auto")
+METHODS = ("ibp", "crown", "auto", "bab")
 INTERMEDIATE = ("crown", "ibp")
 RELATIVE = (None, "tensor", "element")
 DTYPE = torch.float64
@@ -1087,9 +1087,10 @@ class _Graph:
         return bounds
 
     def backward(self, start: int, C: torch.Tensor, bounds: list[Bounds], w: _Weights, *,
-                 interval_inputs: bool = False) -> torch.Tensor:
+                 interval_inputs: bool = False, record: dict | None = None) -> torch.Tensor:
         """Lower bound (b, S) of C . node[start], with C (b, S, *shape). ``interval_inputs``: stop after
-        the start node and concretise its inputs with their interval bounds (IBP with the spec merged)."""
+        the start node and concretise its inputs with their interval bounds (IBP with the spec merged).
+        ``record``: filled with the coefficients (b, S, *shape) reaching each activation node."""
         const = C.new_zeros(C.shape[:2])
         lams: dict[int, torch.Tensor] = {start: C}
         for i in range(start, -1, -1):
@@ -1097,6 +1098,8 @@ class _Graph:
             if lam is None:
                 continue
             n = self.nodes[i]
+            if record is not None and isinstance(n.op, _Activation):
+                record[i] = lam
             if n.op is None or (interval_inputs and i != start):
                 l, u = bounds[i]
                 const = const + _sum_rest(lam.clamp(min=0) * l.unsqueeze(1) + lam.clamp(max=0) * u.unsqueeze(1), 2)
@@ -1143,19 +1146,37 @@ class _Graph:
         bounds[k] = (lf.reshape(l.shape), uf.reshape(u.shape))
 
     def lower(self, x: torch.Tensor, C: torch.Tensor, w: _Weights, method: str,
-              intermediate: str = "crown") -> torch.Tensor:
-        """Lower bounds (b, S) of C . f(x) over the perturbation set, for method 'ibp' or 'crown'."""
+              intermediate: str = "crown", splits: Mapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+              record: dict | None = None) -> torch.Tensor:
+        """Lower bounds (b, S) of C . f(x) over the perturbation set, for method 'ibp' or 'crown'.
+
+        ``splits`` (CROWN only): ReLU pre-activation node -> (lo, hi) of shape (b, N), clamps on its
+        bounds (0 and +-inf: a branch of branch and bound). The bound then holds on the part of the
+        set where every clamp holds; a row whose clamps contradict its bounds is empty and gets +inf.
+        ``record`` receives the final pass's coefficients per activation node and the bounds ("bounds")."""
         bounds = self.ibp(x, w)
         if method == "ibp":
             return self.backward(self.output, C, bounds, w, interval_inputs=True)
+        empty = None
         if intermediate == "crown":
             for k in sorted(self.preact):
                 l, u = bounds[k]
                 b = l.shape[0]
                 need = ((l < 0) & (u > 0)) if self.preact[k] else (u > l)
                 self.tighten(k, need.reshape(b, -1), bounds, w)
+                if splits and k in splits:
+                    lo, hi = splits[k]
+                    l, u = bounds[k]
+                    l = torch.maximum(l.reshape(b, -1), lo).reshape(l.shape)
+                    u = torch.minimum(u.reshape(b, -1), hi).reshape(u.shape)
+                    bad = (l > u).reshape(b, -1).any(1)
+                    empty = bad if empty is None else empty | bad
+                    bounds[k] = (l, torch.maximum(u, l))     # keep empty rows well-formed; they are discarded
                 self.ibp(x, w, bounds, start=k + 1)
-        return self.backward(self.output, C, bounds, w)
+        lb = self.backward(self.output, C, bounds, w, record=record)
+        if record is not None:
+            record["bounds"] = bounds
+        return lb if empty is None else torch.where(empty.unsqueeze(1), math.inf, lb)
 
 
 # ============================================================================ public API
@@ -1228,11 +1249,99 @@ def _lower_all(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, met
     return out, done
 
 
+def _bab(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, skip: torch.Tensor, *,
+         deadline: float | None, max_domains: int = 64, batch_size: int = 256, patience: int | None = 20,
+         on_input: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Branch and bound on ReLU phases over CROWN (Wang et al. 2021 without the beta multipliers): an
+    input is certified when, on every branch, the lower bounds of C . f(x) are > 0, except the row
+    ``skip[i]`` of each input (its label's own zero row). Branches split the unstable neuron whose
+    relaxation costs the worst margin most (|lam| times the chord's intercept, as in BaBSR) into its
+    active (pre-activation >= 0) and inactive (<= 0) halves; the inputs are taken in order and each gets
+    at most ``max_domains`` branches. Give the inputs likeliest to certify first: the search stops at the
+    deadline, or once ``patience`` inputs in a row have failed. Returns a bool per input (False where
+    the search failed or stopped). ``on_input(k)`` is called with the number of inputs decided."""
+    n = len(x)
+    relu = [k for k, r in sorted(graph.preact.items()) if r]
+    acts = {k: [i for i, nd in enumerate(graph.nodes) if isinstance(nd.op, _Activation) and nd.inputs == (k,)]
+            for k in relu}
+    size = {k: math.prod(graph.nodes[k].shape) for k in relu}
+    certified = torch.zeros(n, dtype=torch.bool)
+    if not relu or n == 0:
+        return certified
+    inp = torch.arange(n)
+    lo = {k: torch.full((n, size[k]), -math.inf, dtype=DTYPE) for k in relu}
+    hi = {k: torch.full((n, size[k]), math.inf, dtype=DTYPE) for k in relu}
+    open_ = torch.ones(n, dtype=torch.bool)            # inputs still being decided
+    created = torch.ones(n, dtype=torch.long)
+    streak = 0
+    while len(inp) and not (deadline is not None and time.perf_counter() > deadline):
+        B = min(batch_size, len(inp))
+        bi = inp[:B]
+        rec: dict = {}
+        with torch.no_grad():
+            lb = graph.lower(x[bi].to(DTYPE), C[bi], w, "crown", splits={k: (lo[k][:B], hi[k][:B]) for k in relu},
+                             record=rec)
+        lb[torch.arange(B), skip[bi]] = math.inf
+        worst, row = lb.min(1)
+        todo = ~(worst > 0)
+        # the branching neuron of each unresolved branch
+        scores, where = [], []
+        for k in relu:
+            l, u = (t.reshape(B, -1) for t in rec["bounds"][k])
+            lam = sum(rec[a].reshape(B, lb.shape[1], -1) for a in acts[k])
+            lam_w = lam[torch.arange(B), row]                                        # (B, N)
+            unstable = (l < 0) & (u > 0)
+            gap = torch.where(unstable, -l * u / torch.where(unstable, u - l, 1.0), 0.0)
+            scores.append(torch.where(unstable, lam_w.abs() * gap + 1e-12 * gap, -1.0))
+            where.extend((k, j) for j in range(size[k]))
+        score = torch.cat(scores, 1)
+        best, pick = score.max(1)
+        stuck = todo & (best < 0)                                                    # nothing left to split
+        fail = torch.zeros(n, dtype=torch.bool)
+        fail[bi[stuck]] = True
+        split = todo & ~stuck
+        si = torch.nonzero(split).reshape(-1)
+        created += torch.bincount(bi[si], minlength=n)
+        fail |= (created > max_domains) & open_
+        # children: inactive (hi = 0) then active (lo = 0) copies of each split branch
+        c_inp = bi[si].repeat(2)
+        c_lo = {k: lo[k][:B][si].repeat(2, 1) for k in relu}
+        c_hi = {k: hi[k][:B][si].repeat(2, 1) for k in relu}
+        m = len(si)
+        for r, p in enumerate(pick[si].tolist()):
+            k, j = where[p]
+            c_hi[k][r, j] = 0.0
+            c_lo[k][m + r, j] = 0.0
+        inp = torch.cat([inp[B:], c_inp])
+        lo = {k: torch.cat([lo[k][B:], c_lo[k]]) for k in relu}
+        hi = {k: torch.cat([hi[k][B:], c_hi[k]]) for k in relu}
+        open_ &= ~fail
+        keep = open_[inp]
+        order = torch.argsort(inp[keep], stable=True)                                # inputs in order, depth-first
+        inp = inp[keep][order]
+        lo = {k: v[keep][order] for k, v in lo.items()}
+        hi = {k: v[keep][order] for k, v in hi.items()}
+        done = open_ & (torch.bincount(inp, minlength=n) == 0)
+        certified |= done
+        decided = torch.nonzero(done | fail).reshape(-1).tolist()
+        if on_input is not None and decided:
+            on_input(len(decided))
+        open_ &= ~done
+        for i in decided:                      # in input order: a run of failures ends the search
+            streak = 0 if certified[i] else streak + 1
+        if patience is not None and streak >= patience:
+            break
+    return certified
+
+
 def margin_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pset: PerturbationSet, method: str = "crown",
                   *, intermediate: str = "crown", batch_size: int = 128) -> torch.Tensor:
     """Lower bounds (N, K) float64 on f_y(x) - f_j(x) over every perturbation in ``pset``; the entry
     of class y itself is +inf. ``method``: 'ibp', 'crown' or 'auto' (the larger of both)."""
     _check_method(method, intermediate)
+    if method == "bab":
+        raise ConstraintError("margin_bounds: 'bab' decides each input by branching and gives no single bound "
+                              "per class; use certify(), or method 'crown'")
     graph = _graph(model, x)
     w = graph.weights(pset)
     K = graph.nodes[graph.output].shape[0]
@@ -1330,12 +1439,12 @@ def _certify_one(graph: _Graph, model: nn.Module, x, y, pred, pset: Perturbation
     K = graph.nodes[graph.output].shape[0]
     C = torch.cat([_margin_spec(pred, K), _margin_spec(y, K)], dim=1)           # (n, 2K, K)
     total = n * (2 if method == "auto" else 1)
-    state = {"done": 0}
+    state = {"done": 0, "total": total}
 
     def tick(m: int) -> None:
         state["done"] += m
         if on_progress:
-            on_progress(state["done"], total)
+            on_progress(state["done"], state["total"])
 
     def stable_of(lb):
         lp = lb[:, :K].clone()
@@ -1343,15 +1452,15 @@ def _certify_one(graph: _Graph, model: nn.Module, x, y, pred, pset: Perturbation
         return lp.min(1).values
 
     extra: dict = {}
-    if method in ("ibp", "crown"):
-        lb, _ = _lower_all(graph, w, x, C, method, intermediate, batch_size, tick)
+    deadline = t0 + time_budget if time_budget is not None else None
+    if method in ("ibp", "crown", "bab"):
+        lb, _ = _lower_all(graph, w, x, C, "crown" if method == "bab" else method, intermediate, batch_size, tick)
         label = method
     else:
         lb, _ = _lower_all(graph, w, x, C, "ibp", intermediate, batch_size, tick)
         ibp_stable = stable_of(lb) > 0
         extra["ibp_certified_accuracy"] = float(((ibp_stable) & (pred == y)).double().mean())
         todo = torch.nonzero(~ibp_stable).reshape(-1)
-        deadline = t0 + time_budget if time_budget is not None else None
         tick(n - len(todo))
         if len(todo):
             lc, done = _lower_all(graph, w, x[todo], C[todo], "crown", intermediate, batch_size, tick, deadline)
@@ -1366,6 +1475,23 @@ def _certify_one(graph: _Graph, model: nn.Module, x, y, pred, pset: Perturbation
     ll[torch.arange(n), y] = math.inf
     margin = ll.min(1).values
     correct = pred == y
+    if method == "bab" or (method == "auto" and extra["crown_inputs"] and not extra["crown_skipped"]):
+        # branch and bound for the correct inputs left, closest to certified first, in the budget
+        if method == "bab":
+            deadline = time.perf_counter() + time_budget if time_budget is not None else None
+        cand = torch.nonzero(correct & ~stable).reshape(-1)
+        cand = cand[torch.argsort(margin[cand], descending=True, stable=True)]
+        t1 = time.perf_counter()
+        state["total"] = total + len(cand)
+        before = state["done"]
+        got = _bab(graph, w, x[cand], C[cand, K:], y[cand], deadline=deadline, on_input=tick) if len(cand) \
+            else cand.bool()
+        tick(before + len(cand) - state["done"])                 # the inputs the search did not reach
+        won = cand[got]
+        stable[won] = True
+        margin[won] = margin[won].clamp(min=0.0)
+        extra.update(bab_inputs=len(cand), bab_certified=len(won), bab_seconds=round(time.perf_counter() - t1, 4))
+        label = "crown+bab" if method == "bab" else "auto(ibp+crown+bab)"
     return CertifyPoint(eps, label, float((stable & correct).double().mean()), float(stable.double().mean()),
                         float(correct.double().mean()), float(margin.mean()),
                         round(time.perf_counter() - t0, 4), n, extra)
