@@ -28,8 +28,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q -m ''
 
+# auto_LiRPA, the certification peer: 0.3 is its last PyPI release and pins torch < 1.13, so it goes in
+# without its dependencies (bench/_lirpa.py bridges the torch 2 / numpy 2 renames)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q --no-deps auto_LiRPA==0.3 appdirs tqdm
 	$(BIN)/python bench/seed_table1.py
 	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/estimate_presets.py

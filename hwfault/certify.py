@@ -1250,7 +1250,7 @@ def _lower_all(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, met
 
 
 def _bab(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, skip: torch.Tensor, *,
-         deadline: float | None, max_domains: int = 64, batch_size: int = 256, patience: int | None = 20,
+         deadline: float | None, max_domains: int = 64, batch_size: int = 128, patience: int | None = 20,
          on_input: Callable[[int], None] | None = None) -> torch.Tensor:
     """Branch and bound on ReLU phases over CROWN (Wang et al. 2021 without the beta multipliers): an
     input is certified when, on every branch, the lower bounds of C . f(x) are > 0, except the row
@@ -1274,8 +1274,10 @@ def _bab(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, skip: tor
     open_ = torch.ones(n, dtype=torch.bool)            # inputs still being decided
     created = torch.ones(n, dtype=torch.long)
     streak = 0
+    B = min(32, batch_size)
     while len(inp) and not (deadline is not None and time.perf_counter() > deadline):
-        B = min(batch_size, len(inp))
+        t_wave = time.perf_counter()
+        B = min(B, len(inp))
         bi = inp[:B]
         rec: dict = {}
         with torch.no_grad():
@@ -1327,6 +1329,8 @@ def _bab(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, skip: tor
         if on_input is not None and decided:
             on_input(len(decided))
         open_ &= ~done
+        # about a second per wave, so that the deadline is kept to within a wave
+        B = max(8, min(batch_size, int(B / max(time.perf_counter() - t_wave, 1e-3))))
         for i in decided:                      # in input order: a run of failures ends the search
             streak = 0 if certified[i] else streak + 1
         if patience is not None and streak >= patience:

@@ -5,6 +5,7 @@ Bad input of any kind ends in one line ``error: ...`` on stderr and exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -219,13 +220,13 @@ def estimate(
     no_breakdown: bool = typer.Option(False, "--no-breakdown", help="Skip the per-fault breakdown and severity curve."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     report_path: Optional[str] = typer.Option(None, "--report", help="Write an HTML (.html) or Markdown (.md) report with plots."),
-    certify_method: str = typer.Option("ibp", "--certify", help="Certified floor over the covering set: ibp, crown, auto or none."),
+    certify_method: str = typer.Option("ibp", "--certify", help="Certified floor over the covering set: ibp, crown, auto, bab or none."),
 ):
     """How a model fares on a chip: Monte-Carlo over its faults vs the worst case inside their covering set."""
     from .estimate import estimate as run
 
-    if certify_method not in ("ibp", "crown", "auto", "none"):
-        raise ConstraintError(f"expected --certify ibp, crown, auto or none, got '{certify_method}'")
+    if certify_method not in ("ibp", "crown", "auto", "bab", "none"):
+        raise ConstraintError(f"expected --certify ibp, crown, auto, bab or none, got '{certify_method}'")
     result = run(model, _data_for(model, data), chip, coverage=coverage, trials=trials, seed=seed, steps=steps,
                  probe=probe, per_fault=not no_breakdown, severities=() if no_breakdown else (0.25, 0.5, 1.0, 2.0, 4.0),
                  certified=None if certify_method == "none" else certify_method)
@@ -374,8 +375,8 @@ def certify(
     relative: Optional[str] = typer.Option(None, "--relative", help="eps relative to each 'tensor' (max|w| or ||w||) or 'element' (|w|)."),
     params: Optional[str] = typer.Option(None, "--params", help="Comma-separated name globs of the perturbed parameters (default: all)."),
     types: Optional[str] = TYPES,
-    method: str = typer.Option("auto", "--method", help="ibp, crown or auto (IBP, then CROWN where IBP fails, in a time budget)."),
-    time_budget: float = typer.Option(30.0, "--time-budget", help="auto: seconds of CROWN per eps before falling back to IBP."),
+    method: str = typer.Option("auto", "--method", help="ibp, crown, bab (CROWN + branch and bound) or auto (IBP, then CROWN where IBP fails, then branch and bound, in a time budget)."),
+    time_budget: float = typer.Option(30.0, "--time-budget", help="auto and bab: seconds per eps; what is not reached keeps the looser bound."),
     coverage: Optional[float] = typer.Option(None, "--coverage", help="Coverage of the chip's covering set (default: the spec's)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Certified accuracy vs eps figure."),
@@ -399,10 +400,13 @@ def certify(
         if norm is None:
             raise ConstraintError("expected --norm inf or --norm 2 with --eps")
         eps_list = parse_eps(eps)
-        with progress.task("certify", len(eps_list)) as advance:
-            res = run(module, test, eps=eps_list, norm=norm, relative=relative, params=globs, method=method,
-                      time_budget=time_budget)
-            advance(len(eps_list))
+        parts = []
+        with progress.task("certify (eps)", len(eps_list)) as advance:
+            for e in eps_list:
+                parts.append(run(module, test, eps=e, norm=norm, relative=relative, params=globs, method=method,
+                                 time_budget=time_budget))
+                advance(1)
+        res = dataclasses.replace(parts[0], points=tuple(p for r in parts for p in r.points))
         out = {"model": model, "data": d, **res.to_dict()}
         title = f"{model} on {d}: L{res.norm} weight perturbation of {res.k:,} parameters" + (
             f", relative to each {relative}" if relative else "")
@@ -415,13 +419,14 @@ def certify(
         cov = spec.coverage if coverage is None else coverage
         points = []
         try:
-            pt = certify_set(module, test, dev.constraint(cov), selection=dev.selection, method=method)
+            pt = certify_set(module, test, dev.constraint(cov), selection=dev.selection, method=method,
+                             time_budget=time_budget)
             points.append({**pt.to_dict(), "label": f"covering set ({cov})"})
         except HwfaultError as e:
             print(f"note: {e}", file=sys.stderr)
         if dev.view.fmt.is_int:
             q = quantisation_safety(module, test, dev.view.fmt.bits, per_channel=spec.format.scale == "per-channel",
-                                    params=list(dev.selection.names), method=method)
+                                    params=list(dev.selection.names), method=method, time_budget=time_budget)
             points.append({**q.to_dict(), "label": f"{dev.view.fmt.name} rounding"})
         if not points:
             raise HwfaultError(f"chip '{spec.name}': nothing to certify (its faults are discrete and it stores floats)")

@@ -195,8 +195,8 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
 def certified_floor(model, data, chip: Chip, coverage: float, method: str = "ibp") -> dict:
     """The certified accuracy over the chip's covering set (the floor of the bracket), or why there is none.
 
-    ``method``: ``ibp`` (default: interval bounds, a second or two), ``crown`` or ``auto`` (tighter,
-    slower on large sets); see :mod:`hwfault.certify`."""
+    ``method``: ``ibp`` (default: interval bounds, a second or two), ``crown``, ``auto`` or ``bab``
+    (tighter, slower on large sets; auto and bab stop at 30 s); see :mod:`hwfault.certify`."""
     from .errors import HwfaultError
 
     if getattr(model, "differentiable", True) is False:

@@ -93,9 +93,22 @@ def test_certify_cli(tmp_path, capsys):
     assert code == 0 and png.stat().st_size > 0
     accs = [p["certified_accuracy"] for p in d["points"]]
     assert accs[0] >= accs[1] and all(0 <= a <= p["clean_accuracy"] for a, p in zip(accs, d["points"]))
-    code, _, _ = run(capsys, "certify", "-m", "digits-cnn", "--chip", "int8-sram-nominal", "--json", js)
+    code, _, _ = run(capsys, "certify", "-m", "digits-cnn", "--chip", "int8-sram-nominal", "--json", js,
+                     "--time-budget", "5")
     d = json.loads(js.read_text())
     assert code == 0 and any("rounding" in p["label"] for p in d["points"])
+    assert all(p["seconds"] < 20 for p in d["points"])
+
+
+def test_certify_cli_branch_and_bound_beats_crown(tmp_path, capsys):
+    js = tmp_path / "b.json"
+    for method in ("crown", "bab"):
+        code, _, _ = run(capsys, "certify", "-m", "digits-mlp", "--norm", "inf", "--eps", "3e-3", "--types", "linear",
+                         "--params", "*weight", "--method", method, "--json", tmp_path / f"{method}.json")
+        assert code == 0
+    crown, bab = (json.loads((tmp_path / f"{m}.json").read_text())["points"][0] for m in ("crown", "bab"))
+    assert bab["method"] == "crown+bab" and bab["bab_certified"] > 0
+    assert bab["certified_accuracy"] > 0.5 > crown["certified_accuracy"]
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -103,6 +116,7 @@ def test_certify_cli(tmp_path, capsys):
     (["-m", "digits-mlp", "--norm", "inf", "--eps", "-1"], "eps"),
     (["-m", "digits-mlp"], "--chip"),
     (["-m", "mnist1d-lstm", "--norm", "inf", "--eps", "0.01"], "LSTM"),
+    (["-m", "digits-mlp", "--norm", "inf", "--eps", "0.01", "--method", "bub"], "did you mean 'bab'"),
 ])
 def test_certify_bad_input(capsys, args, needle):
     code, _, err = run(capsys, "certify", *args)
