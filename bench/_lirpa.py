@@ -100,3 +100,23 @@ def certify_mlp(lirpa, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
                                "seconds": round(time.perf_counter() - t, 2),
                                "mean_margin_lower": float(lb.min(1).values.double().mean())}
     return out
+
+
+def try_weights(lirpa, model: nn.Module, x: torch.Tensor, eps: float) -> str | None:
+    """Ask auto_LiRPA for CROWN bounds with every Linear and Conv weight of ``model`` perturbed (L-inf,
+    eps); returns None if it can, else its error (e.g. for Conv weights: not implemented)."""
+    import copy
+
+    from auto_LiRPA import BoundedModule, BoundedParameter
+    from auto_LiRPA.perturbations import PerturbationLpNorm
+
+    net = copy.deepcopy(model).eval()
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            m.weight = BoundedParameter(m.weight.data, PerturbationLpNorm(norm=float("inf"), eps=eps))
+    try:
+        bm = BoundedModule(net, x[:1], bound_opts={"sparse_intermediate_bounds": False})
+        bm.compute_bounds(x=(x[:2],), method="CROWN", bound_upper=False)
+    except Exception as e:  # noqa: BLE001  (the peer's own error is the result)
+        return f"{type(e).__name__}: {e}".strip()
+    return None
