@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .constraints import Box, CandidateSet, ConstraintSet, Ellipsoid, LpBall, SumSet
+from .corruption import ByEps
 from .errors import ConstraintError, DataError, ModelError, did_you_mean
 from .evaluate import as_tensors, logits
 from .params import Selection, select
@@ -1391,7 +1392,7 @@ class CertifyPoint:
 
 
 @dataclass(frozen=True)
-class CertifyResult:
+class CertifyResult(ByEps):
     """Certified accuracy indexed by eps (``result[eps]``), in the order the epsilons were given."""
 
     norm: str
@@ -1400,19 +1401,6 @@ class CertifyResult:
     k: int
     method: str
     points: tuple[CertifyPoint, ...]
-
-    def __getitem__(self, eps: float) -> CertifyPoint:
-        for p in self.points:
-            if p.eps == eps or (p.eps is not None and math.isclose(p.eps, eps, rel_tol=1e-12)):
-                return p
-        raise KeyError(eps)
-
-    def __iter__(self):
-        return iter(self.points)
-
-    @property
-    def epsilons(self) -> list[float]:
-        return [p.eps for p in self.points]
 
     def to_dict(self) -> dict:
         return {"norm": self.norm, "relative": self.relative, "params": list(self.params), "k": self.k,

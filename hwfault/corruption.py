@@ -47,16 +47,15 @@ class CorruptionPoint:
                 "loss_change": self.loss_change, **self.extra}
 
 
-@dataclass(frozen=True)
-class CorruptionResult:
-    """A method's results indexed by eps (``result[eps]``), in the order the epsilons were given."""
+class ByEps:
+    """Results held in ``points`` (each with an ``eps``), indexed by eps: ``result[eps]``, iteration in
+    the order the epsilons were given, and ``epsilons``."""
 
-    method: str
-    points: tuple[CorruptionPoint, ...]
+    points: tuple
 
-    def __getitem__(self, eps: float) -> CorruptionPoint:
+    def __getitem__(self, eps: float):
         for pt in self.points:
-            if math.isclose(pt.eps, eps, rel_tol=1e-12, abs_tol=0.0) or pt.eps == eps:
+            if pt.eps == eps or (pt.eps is not None and math.isclose(pt.eps, eps, rel_tol=1e-12, abs_tol=0.0)):
                 return pt
         raise KeyError(eps)
 
@@ -66,6 +65,14 @@ class CorruptionResult:
     @property
     def epsilons(self) -> list[float]:
         return [p.eps for p in self.points]
+
+
+@dataclass(frozen=True)
+class CorruptionResult(ByEps):
+    """A method's results indexed by eps (``result[eps]``), in the order the epsilons were given."""
+
+    method: str
+    points: tuple[CorruptionPoint, ...]
 
     def to_dict(self) -> list[dict]:
         return [p.to_dict() for p in self.points]
