@@ -665,7 +665,9 @@ def test_bab_certifies_at_least_crown_and_only_what_attacks_cannot_break(model_n
     res = {m: cert.certify(model, (x, y), eps=eps, method=m, time_budget=60)[eps] for m in ("crown", "bab")}
     crown, bab = res["crown"], res["bab"]
     assert bab.certified_accuracy >= crown.certified_accuracy
-    assert bab.extra["bab_inputs"] == round((1 - crown.certified_accuracy) * len(x))
+    left = round((1 - crown.certified_accuracy) * len(x))
+    assert bab.extra["bab_inputs"] + bab.extra["falsified"] == left
+    assert crown.certified_accuracy <= bab.certified_accuracy <= bab.extra["attack_upper_accuracy"]
     # the inputs branch and bound certifies survive sampled and attacked perturbations
     pset = PerturbationSet.ball(model, eps)
     lb = margin_bounds(model, x, y, pset, "crown")
@@ -716,3 +718,21 @@ def test_margin_bounds_refuses_bab():
     x = _inputs((6,))
     with pytest.raises(ConstraintError, match="bab"):
         margin_bounds(model, x, _labels(model, x), PerturbationSet.ball(model, 0.01), "bab")
+
+
+def test_falsify_is_exact_where_the_margin_is_linear_in_the_weights():
+    """With only the last layer perturbed, each margin is linear in the weights: its minimum is at a box
+    vertex (enumerated here), and the sign attack must find a counterexample exactly where it is < 0."""
+    model = _net_232()
+    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(3))
+    y = _labels(model, x)
+    mixed = 0
+    for eps in (0.01, 0.05, 0.1, 0.2):
+        pset = PerturbationSet.ball(model, eps, params="fc2.*")
+        exact = _vertex_min(model, x, y, pset)
+        exact[torch.arange(len(y)), y] = math.inf
+        want = exact.min(1).values < 0
+        got = cert._falsify(model, x, y, pset)
+        assert torch.equal(got, want), eps
+        mixed += 0 < int(want.sum()) < len(x)
+    assert mixed >= 3
