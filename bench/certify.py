@@ -98,6 +98,7 @@ def run_model(name: str, grid: list[float], limit: int | None, bab_budget: float
                         "seconds": round(r.seconds - bab_s, 4), "mean_margin_lower": r.mean_margin_lower}
         row["bab"] = {"certified_accuracy": r.certified_accuracy, "seconds": r.seconds, "bab_seconds": bab_s,
                       "bab_inputs": r.extra["bab_inputs"], "bab_certified": r.extra["bab_certified"],
+                      "falsified": r.extra["falsified"], "attack_upper_accuracy": r.extra["attack_upper_accuracy"],
                       "budget_seconds": bab_budget}
         t = time.perf_counter()
         row["per_input_attack"] = per_input_attack(model, x, y, sel, e)

@@ -439,12 +439,19 @@ def certify_table(d: dict, title: str):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("set", "method", "certified acc %", "certified stable %", "clean %", "mean margin bound", "s"):
+    upper = any(p.get("attack_upper_accuracy") is not None for p in d["points"])
+    cols = ("set", "method", "certified acc %") + (("attack upper %",) if upper else ()) + (
+        "certified stable %", "clean %", "mean margin bound", "s")
+    for col in cols:
         t.add_column(col, justify="left" if col in ("set", "method") else "right")
     for p in d["points"]:
-        t.add_row(str(p.get("label") or f"eps={p['eps']:g}"), p["method"], _pct(p["certified_accuracy"]),
+        up = (_pct(p.get("attack_upper_accuracy")) if p.get("attack_upper_accuracy") is not None else "",) \
+            if upper else ()
+        t.add_row(str(p.get("label") or f"eps={p['eps']:g}"), p["method"], _pct(p["certified_accuracy"]), *up,
                   _pct(p["certified_stable"]), _pct(p["clean_accuracy"]), _num(p["mean_margin_lower"]),
                   f"{p['seconds']:.1f}")
+    if upper:
+        t.caption = "attack upper: correct inputs no attack broke; the robust accuracy lies between it and certified"
     return t
 
 
@@ -457,6 +464,13 @@ def plot_certify(d: dict, path: str | Path) -> None:
         xs = [p["eps"] for p in pts]
         ax.plot(xs, [100 * p["certified_accuracy"] for p in pts], "o-", color="tab:green",
                 label=f"certified ({pts[0]['method']})")
+        up = [(p["eps"], 100 * p["attack_upper_accuracy"]) for p in pts if p.get("attack_upper_accuracy") is not None]
+        if up:
+            ax.plot(*zip(*up), "v--", color="tab:red", label="attack upper bound")
+            both = [(p["eps"], 100 * p["certified_accuracy"], 100 * p["attack_upper_accuracy"]) for p in pts
+                    if p.get("attack_upper_accuracy") is not None]
+            ex, lo, hi = zip(*both)
+            ax.fill_between(ex, lo, hi, color="tab:orange", alpha=0.2, label="robust accuracy lies here")
         ax.axhline(100 * pts[0]["clean_accuracy"], color="gray", ls="--", lw=1, label="clean")
         ax.set_xscale("log")
     for p in d["points"]:
