@@ -1350,7 +1350,7 @@ def _bab(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, skip: tor
     open_ = torch.ones(n, dtype=torch.bool)            # inputs still being decided
     created = torch.ones(n, dtype=torch.long)
     streak = 0
-    B = min(32, batch_size)
+    B = min(4, batch_size)                            # grows to about a second per wave
     while len(inp) and not (deadline is not None and time.perf_counter() > deadline):
         t_wave = time.perf_counter()
         B = min(B, len(inp))
@@ -1404,7 +1404,7 @@ def _bab(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, skip: tor
             on_input(len(decided))
         open_ &= ~done
         # about a second per wave, so that the deadline is kept to within a wave
-        B = max(8, min(batch_size, int(B / max(time.perf_counter() - t_wave, 1e-3))))
+        B = max(1, min(batch_size, 2 * B, int(B / max(time.perf_counter() - t_wave, 1e-3))))
         for i in decided:                      # in input order: a run of failures ends the search
             streak = 0 if certified[i] else streak + 1
         if patience is not None and streak >= patience:
