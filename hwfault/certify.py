@@ -1261,66 +1261,92 @@ def _lower_all(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, met
 
 def _falsify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pset: PerturbationSet, *, steps: int = 20,
              deadline: float | None = None) -> torch.Tensor:
-    """Per input: True where a perturbation inside ``pset`` makes the float64 model misclassify it (a
+    """Per input: True where a perturbation inside ``pset`` makes the model misclassify it (a
     counterexample: the input cannot be certified). Projected sign-gradient descent on each input's
-    own margin f_y - max_j f_j, from the centre and from a random box vertex; box coordinates step by
-    sign, ball coordinates by the normalised gradient. Every iterate lies in the set, so every
-    misclassification seen is real."""
+    own margin f_y - max_j f_j in the model's dtype, from the centre and from a random box vertex
+    (box coordinates step by sign, ball coordinates by the normalised gradient); each input's lowest
+    point is then re-evaluated in float64, the arithmetic the bounds are about, and counts only if
+    its margin is < 0 there too."""
     from torch.func import functional_call, grad, vmap
 
-    broken = torch.zeros(len(x), dtype=torch.bool)
-    m64 = copy.deepcopy(model).to(DTYPE).eval()
-    params = {k: v.detach() for k, v in m64.named_parameters()}
-    buffers = {k: v.detach() for k, v in m64.named_buffers()}
-    names = [n for n in pset.bounds if n in params]
-    if not names or len(x) == 0:
+    n = len(x)
+    broken = torch.zeros(n, dtype=torch.bool)
+    named = dict(model.named_parameters())
+    names = [nm for nm in pset.bounds if nm in named]
+    if not names or n == 0:
         return broken
-    pb = {n: pset.bounds[n] for n in names}
+    pb = {nm: pset.bounds[nm] for nm in names}
 
-    def delta(t, v, n):
-        b, d = pb[n], 0.0
-        if b.offset is not None:
-            d = d + b.offset.to(DTYPE)
-        if b.radius is not None:
-            d = d + b.radius.to(DTYPE) * t[n]
-        for i, (rho, sig) in enumerate(b.balls):
-            d = d + rho * (v[n][i] if sig is None else sig.to(DTYPE) * v[n][i])
-        return d
+    def margin_fn(mdl: nn.Module):
+        params = {k: v.detach() for k, v in mdl.named_parameters()}
+        buffers = {k: v.detach() for k, v in mdl.named_buffers()}
+        dt = params[names[0]].dtype
 
-    def margin(t, v, xi, yi):
-        p = {**params, **{n: params[n] + delta(t, v, n) for n in names}}
-        out = functional_call(m64, (p, buffers), (xi.unsqueeze(0),))[0]
-        own = torch.arange(out.shape[0]) == yi
-        return (out * own).sum() - torch.where(own, -math.inf, out).max()
+        def delta(t, v, nm):
+            b, d = pb[nm], 0.0
+            if b.offset is not None:
+                d = d + b.offset.to(dt)
+            if b.radius is not None:
+                d = d + b.radius.to(dt) * t[nm].to(dt)
+            for i, (rho, sig) in enumerate(b.balls):
+                d = d + rho * (v[nm][i].to(dt) if sig is None else sig.to(dt) * v[nm][i].to(dt))
+            return d
 
+        def margin(t, v, xi, yi):
+            p = {**params, **{nm: params[nm] + delta(t, v, nm) for nm in names}}
+            out = functional_call(mdl, (p, buffers), (xi.unsqueeze(0).to(dt),))[0]
+            own = torch.arange(out.shape[0]) == yi
+            return (out * own).sum() - torch.where(own, -math.inf, out).max()
+
+        return margin, dt
+
+    margin, dt = margin_fn(model)
     m_fn, g_fn = vmap(margin), vmap(grad(margin, argnums=(0, 1)))
-    k = sum(params[n].numel() for n in names)
-    chunk = max(1, 2 ** 24 // max(1, 4 * k))
+    margin64, _ = margin_fn(copy.deepcopy(model).to(DTYPE).eval())
+    m64_fn = vmap(margin64)
+    k = sum(named[nm].numel() for nm in names)
+    chunk = max(1, 2 ** 24 // max(1, 6 * k))
     gen = torch.Generator().manual_seed(0)
+    shape = {nm: tuple(named[nm].shape) for nm in names}
     with torch.enable_grad():
-        for s in range(0, len(x), chunk):
-            xs, ys = x[s:s + chunk].to(DTYPE), y[s:s + chunk]
+        for s in range(0, n, chunk):
+            xs, ys = x[s:s + chunk], y[s:s + chunk]
             b = len(xs)
+            low = torch.full((b,), math.inf, dtype=dt)
+            best_t = {nm: torch.zeros(b, *shape[nm], dtype=dt) for nm in names}
+            best_v = {nm: [torch.zeros(b, *shape[nm], dtype=dt) for _ in pb[nm].balls] for nm in names}
             for start in ("centre", "vertex"):
                 if deadline is not None and time.perf_counter() > deadline:
-                    return broken
-                t = {n: (torch.zeros(b, *params[n].shape, dtype=DTYPE) if start == "centre" else
-                         torch.randint(0, 2, (b, *params[n].shape), generator=gen).to(DTYPE) * 2 - 1) for n in names}
-                v = {n: [torch.zeros(b, *params[n].shape, dtype=DTYPE) for _ in pb[n].balls] for n in names}
+                    break
+                t = {nm: (torch.zeros(b, *shape[nm], dtype=dt) if start == "centre" else
+                          torch.randint(0, 2, (b, *shape[nm]), generator=gen).to(dt) * 2 - 1) for nm in names}
+                v = {nm: [torch.zeros(b, *shape[nm], dtype=dt) for _ in pb[nm].balls] for nm in names}
                 for it in range(steps + 1):
-                    broken[s:s + b] |= m_fn(t, v, xs, ys) < 0
-                    if it == steps or bool(broken[s:s + b].all()):
+                    mv = m_fn(t, v, xs, ys).detach()
+                    better = mv < low
+                    low = torch.where(better, mv, low)
+                    for nm in names:
+                        best_t[nm][better] = t[nm][better]
+                        for i in range(len(v[nm])):
+                            best_v[nm][i][better] = v[nm][i][better]
+                    if it == steps or bool((low < 0).all()):
                         break
                     gt, gv = g_fn(t, v, xs, ys)
                     step = 0.5 if it < steps // 2 else 0.125
-                    t = {n: (t[n] - step * gt[n].sign()).clamp(-1, 1) for n in names}
-                    for n in names:
-                        for i in range(len(v[n])):
-                            g = gv[n][i]
-                            g = g / g.flatten(1).norm(dim=1).clamp(min=1e-300).reshape(-1, *[1] * (g.ndim - 1))
-                            z = v[n][i] - step * g
-                            nz = z.flatten(1).norm(dim=1).clamp(min=1.0).reshape(-1, *[1] * (z.ndim - 1))
-                            v[n][i] = z / nz
+                    t = {nm: (t[nm] - step * gt[nm].sign()).clamp(-1, 1) for nm in names}
+                    for nm in names:
+                        for i in range(len(v[nm])):
+                            g = gv[nm][i]
+                            g = g / g.flatten(1).norm(dim=1).clamp(min=1e-30).reshape(-1, *[1] * (g.ndim - 1))
+                            z = v[nm][i] - step * g
+                            v[nm][i] = z / z.flatten(1).norm(dim=1).clamp(min=1.0).reshape(-1, *[1] * (z.ndim - 1))
+            cand = torch.nonzero(low < 0).reshape(-1)
+            if len(cand):    # the lowest points, in float64 (ball coordinates renormalised there)
+                bt = {nm: best_t[nm][cand].to(DTYPE) for nm in names}
+                bv = {nm: [u[cand].to(DTYPE) / u[cand].to(DTYPE).flatten(1).norm(dim=1).clamp(min=1.0).reshape(
+                    -1, *[1] * (u.ndim - 1)) for u in best_v[nm]] for nm in names}
+                with torch.no_grad():
+                    broken[s + cand] = m64_fn(bt, bv, xs[cand].to(DTYPE), ys[cand]) < 0
     return broken
 
 

@@ -656,7 +656,8 @@ def test_contradicting_clamps_make_an_empty_branch():
     assert torch.equal(lb[1:], base[1:])                        # no clamp, no change
 
 
-@pytest.mark.parametrize("model_name, eps", [("mlp", 0.08), ("cnn-bn-maxpool", 0.06), ("resnet1d", 0.1)])
+@pytest.mark.parametrize("model_name, eps", [("cnn-bn-maxpool", 0.002), ("resnet1d", 0.001),
+                                             ("grouped-depthwise", 0.003)])
 def test_bab_certifies_at_least_crown_and_only_what_attacks_cannot_break(model_name, eps):
     build, shape = MODELS[model_name]
     model = build()
@@ -667,6 +668,7 @@ def test_bab_certifies_at_least_crown_and_only_what_attacks_cannot_break(model_n
     assert bab.certified_accuracy >= crown.certified_accuracy
     left = round((1 - crown.certified_accuracy) * len(x))
     assert bab.extra["bab_inputs"] + bab.extra["falsified"] == left
+    assert bab.extra["bab_inputs"] > 0 and bab.extra["falsified"] > 0     # both stages have work here
     assert crown.certified_accuracy <= bab.certified_accuracy <= bab.extra["attack_upper_accuracy"]
     # the inputs branch and bound certifies survive sampled and attacked perturbations
     pset = PerturbationSet.ball(model, eps)
@@ -687,27 +689,29 @@ def test_bab_certifies_at_least_crown_and_only_what_attacks_cannot_break(model_n
 
 
 def test_zoo_mlp_bab_certifies_most_inputs_where_ibp_certifies_under_ten_percent(mlp, digits, mlp_weights):
-    """The issue's target at eps 3e-3 (L-inf, all Linear weights): IBP < 10%, CROWN below half,
-    CROWN + branch and bound more than half, in seconds; the inputs it adds survive a per-input attack."""
+    """The issue's target at eps 3e-3 (L-inf, all Linear weights): IBP < 10%, CROWN below half, CROWN +
+    attack + branch and bound (the stages of method 'bab', run here one by one to see which inputs
+    each decides) more than half; the inputs branching adds survive a 40-step per-input attack, and
+    those the attack breaks are never certified."""
     eps = 3e-3
-    res = {m: cert.certify(mlp, digits, eps=eps, params=mlp_weights, method=m, time_budget=60)[eps]
-           for m in ("ibp", "crown", "bab")}
-    assert res["ibp"].certified_accuracy < 0.10
-    assert res["crown"].certified_accuracy < res["bab"].certified_accuracy
-    assert res["bab"].certified_accuracy > 0.5
+    res = {m: cert.certify(mlp, digits, eps=eps, params=mlp_weights, method=m)[eps] for m in ("ibp", "crown")}
+    assert res["ibp"].certified_accuracy < 0.10 and res["crown"].certified_accuracy < 0.5
     x, y = digits.tensors
+    n = len(x)
     pset = PerturbationSet.ball(mlp, eps, params=mlp_weights)
     lb = margin_bounds(mlp, x, y, pset, "crown")
     lb[torch.arange(len(y)), y] = math.inf
-    pred = _labels(mlp, x)
-    added = torch.nonzero(~(lb > 0).all(1) & (pred == y)).reshape(-1)
-    added = added[torch.argsort(lb[added].min(1).values, descending=True)][:60]
-    # which inputs does BaB add? rerun it on the closest candidates directly, then attack exactly those
+    crown_ok = (lb > 0).all(1) & (_labels(mlp, x) == y)
+    assert int(crown_ok.sum()) == round(res["crown"].certified_accuracy * n)
+    left = torch.nonzero(~(lb > 0).all(1) & (_labels(mlp, x) == y)).reshape(-1)
+    broken = cert._falsify(mlp, x[left], y[left], pset)
+    assert int(broken.sum()) > 0 and not bool(crown_ok[left[broken]].any())
+    cand = left[~broken]
     graph = cert._graph(mlp, x)
-    got = cert._bab(graph, graph.weights(pset), x[added], cert._margin_spec(y[added], 10), y[added],
+    got = cert._bab(graph, graph.weights(pset), x[cand], cert._margin_spec(y[cand], 10), y[cand],
                     deadline=None, patience=None)
-    won = added[got]
-    assert len(won) >= 10
+    won = cand[got]
+    assert (int(crown_ok.sum()) + len(won)) / n > 0.5
     worst = _pgd(_double(mlp), x[won], y[won], pset, steps=40)
     worst[torch.arange(len(won)), y[won]] = math.inf
     assert bool((worst.min(1).values > 0).all())
