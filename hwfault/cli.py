@@ -5,6 +5,7 @@ Bad input of any kind ends in one line ``error: ...`` on stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -365,6 +366,20 @@ def export(
         raise typer.Exit(1)
 
 
+@contextlib.contextmanager
+def _input_bar(description: str, n: int):
+    """A progress bar over inputs fed by certify's ``on_progress(done, total)`` (the total grows when
+    branch and bound starts)."""
+    with progress.task(description, n) as advance:
+        seen = {"done": 0}
+
+        def on_progress(done: int, total: int) -> None:
+            advance(done - seen["done"], total=total)
+            seen["done"] = done
+
+        yield on_progress
+
+
 @app.command()
 def certify(
     model: str = MODEL,
@@ -401,11 +416,10 @@ def certify(
             raise ConstraintError("expected --norm inf or --norm 2 with --eps")
         eps_list = parse_eps(eps)
         parts = []
-        with progress.task("certify (eps)", len(eps_list)) as advance:
-            for e in eps_list:
+        for i, e in enumerate(eps_list):     # a bar per eps, over inputs (it grows when branching starts)
+            with _input_bar(f"certify eps={e:g} ({i + 1}/{len(eps_list)})", len(test)) as on_progress:
                 parts.append(run(module, test, eps=e, norm=norm, relative=relative, params=globs, method=method,
-                                 time_budget=time_budget))
-                advance(1)
+                                 time_budget=time_budget, on_progress=on_progress))
         res = dataclasses.replace(parts[0], points=tuple(p for r in parts for p in r.points))
         out = {"model": model, "data": d, **res.to_dict()}
         title = f"{model} on {d}: L{res.norm} weight perturbation of {res.k:,} parameters" + (
@@ -419,14 +433,18 @@ def certify(
         cov = spec.coverage if coverage is None else coverage
         points = []
         try:
-            pt = certify_set(module, test, dev.constraint(cov), selection=dev.selection, method=method,
-                             time_budget=time_budget)
+            with _input_bar("certify covering set", len(test)) as on_progress:
+                pt = certify_set(module, test, dev.constraint(cov), selection=dev.selection, method=method,
+                                 time_budget=time_budget, on_progress=on_progress)
             points.append({**pt.to_dict(), "label": f"covering set ({cov})"})
         except HwfaultError as e:
             print(f"note: {e}", file=sys.stderr)
         if dev.view.fmt.is_int:
-            q = quantisation_safety(module, test, dev.view.fmt.bits, per_channel=spec.format.scale == "per-channel",
-                                    params=list(dev.selection.names), method=method, time_budget=time_budget)
+            with _input_bar(f"certify {dev.view.fmt.name} rounding", len(test)) as on_progress:
+                q = quantisation_safety(module, test, dev.view.fmt.bits,
+                                        per_channel=spec.format.scale == "per-channel",
+                                        params=list(dev.selection.names), method=method, time_budget=time_budget,
+                                        on_progress=on_progress)
             points.append({**q.to_dict(), "label": f"{dev.view.fmt.name} rounding"})
         if not points:
             raise HwfaultError(f"chip '{spec.name}': nothing to certify (its faults are discrete and it stores floats)")

@@ -15,10 +15,11 @@ def enable(on: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def task(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n=1)``; draws a bar with rate and ETA while progress is enabled."""
+def task(description: str, total: int) -> Iterator[Callable[..., None]]:
+    """Yield ``advance(n=1, total=None)`` (``total``: a new total, for work that grows as it goes);
+    draws a bar with rate and ETA while progress is enabled."""
     if not _enabled or total <= 0:
-        yield lambda n=1: None
+        yield lambda n=1, total=None: None
         return
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -28,4 +29,10 @@ def task(description: str, total: int) -> Iterator[Callable[[int], None]]:
                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                   console=Console(stderr=True), transient=True) as bar:
         tid = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(tid, n)
+
+        def advance(n: int = 1, total: int | None = None) -> None:
+            if total is not None:
+                bar.update(tid, total=total)
+            bar.advance(tid, n)
+
+        yield advance
