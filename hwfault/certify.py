@@ -1198,9 +1198,12 @@ def _margin_spec(target: torch.Tensor, classes: int) -> torch.Tensor:
     return eye[target].unsqueeze(1) - eye.unsqueeze(0)
 
 
-def _check_method(method: str, intermediate: str) -> None:
+def _check_method(method: str, intermediate: str, time_budget: float | None = None) -> None:
     if method not in METHODS:
         raise ConstraintError(f"certify: unknown method '{method}'{did_you_mean(str(method), METHODS)}")
+    if time_budget is not None and not (isinstance(time_budget, (int, float)) and math.isfinite(time_budget)
+                                        and time_budget >= 0):
+        raise ConstraintError(f"certify: expected a time budget >= 0 seconds, got {time_budget}")
     if intermediate not in INTERMEDIATE:
         raise ConstraintError(f"certify: unknown intermediate bounds '{intermediate}' (choose from: crown, ibp)")
 
@@ -1615,7 +1618,7 @@ def certify(model: nn.Module | str, data, *, eps: float | Sequence[float], norm:
     p = _parse_norm(norm)
     if relative not in RELATIVE:
         raise ConstraintError(f"certify: expected relative None, 'tensor' or 'element', got '{relative}'")
-    _check_method(method, intermediate)
+    _check_method(method, intermediate, time_budget)
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ConstraintError(f"certify: expected batch_size >= 1, got {batch_size}")
     model, x, y = _resolve(model, data)
@@ -1636,7 +1639,7 @@ def certify_set(model: nn.Module | str, data, perturbation: PerturbationSet | Co
                 on_progress: Progress | None = None) -> CertifyPoint:
     """Certify one perturbation set: a :class:`PerturbationSet`, or an hwfault constraint set (a chip's
     covering set, a Box, an Ellipsoid, an LpBall) over ``selection``."""
-    _check_method(method, intermediate)
+    _check_method(method, intermediate, time_budget)
     model, x, y = _resolve(model, data)
     if not isinstance(perturbation, PerturbationSet):
         if selection is None:

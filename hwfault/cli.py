@@ -397,10 +397,11 @@ def certify(
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Certified accuracy vs eps figure."),
 ):
     """Certified accuracy: inputs whose prediction provably survives every weight perturbation in the set."""
-    from .certify import certify as run, certify_set, quantisation_safety
+    from .certify import _check_method, certify as run, certify_set, quantisation_safety
     from .data import load_data
     from .zoo import load_model
 
+    _check_method(method, "crown", time_budget)      # before any work, for every kind of set
     if (chip is None) == (eps is None):
         raise ConstraintError("expected either --chip C or --norm inf|2 --eps E[,E...]")
     d = _data_for(model, data)

@@ -490,6 +490,8 @@ def test_training_mode_batchnorm_is_refused():
     ({"eps": 0.1, "norm": "1"}, "norm"),
     ({"eps": 0.1, "relative": "layer"}, "relative"),
     ({"eps": 0.1, "method": "crwn"}, "did you mean 'crown'"),
+    ({"eps": 0.1, "time_budget": -1.0}, "time budget"),
+    ({"eps": 0.1, "time_budget": float("nan")}, "time budget"),
 ])
 def test_bad_arguments_raise_constraint_errors(kwargs, match):
     model = tiny_mlp()

@@ -117,6 +117,7 @@ def test_certify_cli_branch_and_bound_beats_crown(tmp_path, capsys):
     (["-m", "digits-mlp"], "--chip"),
     (["-m", "mnist1d-lstm", "--norm", "inf", "--eps", "0.01"], "LSTM"),
     (["-m", "digits-mlp", "--norm", "inf", "--eps", "0.01", "--method", "bub"], "did you mean 'bab'"),
+    (["-m", "digits-mlp", "--norm", "inf", "--eps", "0.01", "--time-budget", "-5"], "time budget"),
 ])
 def test_certify_bad_input(capsys, args, needle):
     code, _, err = run(capsys, "certify", *args)
