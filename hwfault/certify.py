@@ -1160,10 +1160,12 @@ class _Graph:
               record: dict | None = None) -> torch.Tensor:
         """Lower bounds (b, S) of C . f(x) over the perturbation set, for method 'ibp' or 'crown'.
 
-        ``splits`` (CROWN only): ReLU pre-activation node -> (lo, hi) of shape (b, N), clamps on its
-        bounds (0 and +-inf: a branch of branch and bound). The bound then holds on the part of the
-        set where every clamp holds; a row whose clamps contradict its bounds is empty and gets +inf.
-        ``record`` receives the final pass's coefficients per activation node and the bounds ("bounds")."""
+        ``splits`` (CROWN only): ReLU pre-activation node -> (lo, hi) of shape (b, N), bounds known to
+        hold on the part of the set a row stands for (a branch of branch and bound: its parent's
+        bounds, with 0 as lo or hi of the split neurons). They are intersected with the computed
+        ones before CROWN tightens what is left unstable; the bound then holds on that part of the set.
+        A row whose bounds contradict each other is empty and gets +inf. ``record`` receives the final
+        pass's coefficients per activation node and the bounds ("bounds")."""
         bounds = self.ibp(x, w)
         if method == "ibp":
             return self.backward(self.output, C, bounds, w, interval_inputs=True)
@@ -1172,16 +1174,16 @@ class _Graph:
             for k in sorted(self.preact):
                 l, u = bounds[k]
                 b = l.shape[0]
-                need = ((l < 0) & (u > 0)) if self.preact[k] else (u > l)
-                self.tighten(k, need.reshape(b, -1), bounds, w)
                 if splits and k in splits:
                     lo, hi = splits[k]
-                    l, u = bounds[k]
                     l = torch.maximum(l.reshape(b, -1), lo).reshape(l.shape)
                     u = torch.minimum(u.reshape(b, -1), hi).reshape(u.shape)
                     bad = (l > u).reshape(b, -1).any(1)
                     empty = bad if empty is None else empty | bad
-                    bounds[k] = (l, torch.maximum(u, l))     # keep empty rows well-formed; they are discarded
+                    u = torch.maximum(u, l)                  # keep empty rows well-formed; they are discarded
+                    bounds[k] = (l, u)
+                need = ((l < 0) & (u > 0)) if self.preact[k] else (u > l)
+                self.tighten(k, need.reshape(b, -1), bounds, w)
                 self.ibp(x, w, bounds, start=k + 1)
         lb = self.backward(self.output, C, bounds, w, record=record)
         if record is not None:
@@ -1408,10 +1410,11 @@ def _bab(graph: _Graph, w: _Weights, x: torch.Tensor, C: torch.Tensor, skip: tor
         si = torch.nonzero(split).reshape(-1)
         created += torch.bincount(bi[si], minlength=n)
         fail |= (created > max_domains) & open_
-        # children: inactive (hi = 0) then active (lo = 0) copies of each split branch
+        # children: inactive (hi = 0) then active (lo = 0) copies of each split branch, starting from the
+        # bounds computed for it (valid on the parent, so on both halves: the children only get tighter)
         c_inp = bi[si].repeat(2)
-        c_lo = {k: lo[k][:B][si].repeat(2, 1) for k in relu}
-        c_hi = {k: hi[k][:B][si].repeat(2, 1) for k in relu}
+        c_lo = {k: rec["bounds"][k][0].reshape(B, -1)[si].repeat(2, 1) for k in relu}
+        c_hi = {k: rec["bounds"][k][1].reshape(B, -1)[si].repeat(2, 1) for k in relu}
         m = len(si)
         for r, p in enumerate(pick[si].tolist()):
             k, j = where[p]
