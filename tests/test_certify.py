@@ -746,3 +746,70 @@ def test_falsify_is_exact_where_the_margin_is_linear_in_the_weights():
         assert torch.equal(got, want), eps
         mixed += 0 < int(want.sum()) < len(x)
     assert mixed >= 3
+
+
+def _net_2332() -> nn.Module:
+    torch.manual_seed(11)
+    return nn.Sequential(OrderedDict(fc1=nn.Linear(2, 3), relu1=nn.ReLU(), fc2=nn.Linear(3, 3), relu2=nn.ReLU(),
+                                     fc3=nn.Linear(3, 2))).eval()
+
+
+def _exact_min_margin(model, x, y, eps: float) -> torch.Tensor:
+    """Exact minimum of f_y - f_other for the 2-3-3-2 net over the L-inf box of radius eps on fc1 (weights
+    and bias) and the biases of fc2 and fc3: one linear program per pattern of its six ReLUs (with the
+    pattern fixed, every pre-activation and the margin are affine in the change d, and the pattern
+    is a set of linear constraints on d)."""
+    from scipy.optimize import linprog
+
+    W1, b1, W2, b2, W3, b3 = (t.detach().double() for t in (model.fc1.weight, model.fc1.bias, model.fc2.weight,
+                                                            model.fc2.bias, model.fc3.weight, model.fc3.bias))
+    nv = 6 + 3 + 3 + 2                                       # d = (dW1 row-major, db1, db2, db3)
+    out = []
+    for xi, yi in zip(x.double(), y.tolist()):
+        j = 1 - yi
+        A1 = torch.zeros(3, nv, dtype=torch.float64)         # z1 = A1 d + a1
+        for i in range(3):
+            A1[i, 2 * i:2 * i + 2] = xi
+            A1[i, 6 + i] = 1.0
+        a1 = W1 @ xi + b1
+        E2 = torch.zeros(3, nv, dtype=torch.float64)
+        E2[:, 9:12] = torch.eye(3, dtype=torch.float64)
+        e3 = torch.zeros(nv, dtype=torch.float64)
+        e3[12 + yi], e3[12 + j] = 1.0, -1.0
+        best = math.inf
+        for pattern in itertools.product((0.0, 1.0), repeat=6):
+            s1, s2 = torch.tensor(pattern[:3], dtype=torch.float64), torch.tensor(pattern[3:], dtype=torch.float64)
+            A2, a2 = W2 @ (s1[:, None] * A1) + E2, W2 @ (s1 * a1) + b2
+            rows, rhs = [], []
+            for A, a, sg in ((A1, a1, s1), (A2, a2, s2)):
+                for i in range(3):     # on: A d + a >= 0 <=> -A d <= a; off: A d <= -a
+                    rows.append((-A[i] if sg[i] else A[i]).tolist())
+                    rhs.append(float(a[i]) if sg[i] else -float(a[i]))
+            c = (W3[yi] - W3[j]) * s2
+            res = linprog((c @ A2 + e3).numpy(), A_ub=rows, b_ub=rhs, bounds=[(-eps, eps)] * nv, method="highs")
+            if res.status == 0:
+                best = min(best, res.fun + float(c @ a2) + float(b3[yi] - b3[j]))
+        out.append(best)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_crown_and_bab_never_certify_what_the_exact_minimum_refutes():
+    """On a 2-3-3-2 net with fc1 and the later biases perturbed, the exact worst margin comes from
+    linear programs over the ReLU patterns: every input CROWN or branch and bound certifies must have
+    a positive exact minimum (here CROWN already finds every robust input)."""
+    model = _net_2332()
+    x = torch.randn(60, 2, generator=torch.Generator().manual_seed(5))
+    y = _labels(model, x)
+    eps = 0.1
+    pset = PerturbationSet.ball(model, eps, params=["fc1.*", "fc2.bias", "fc3.bias"])
+    exact = _exact_min_margin(model, x, y, eps)
+    assert 0 < int((exact > 0).sum()) < len(x)                      # robust and non-robust inputs
+    lb = margin_bounds(model, x, y, pset, "crown")
+    lb[torch.arange(len(y)), y] = math.inf
+    assert bool((lb.min(1).values <= exact + TOL).all())            # the bound is below the exact minimum
+    crown_ok = (lb > 0).all(1)
+    graph = cert._graph(model, x)
+    left = torch.nonzero(~crown_ok).reshape(-1)
+    got = cert._bab(graph, graph.weights(pset), x[left], cert._margin_spec(y[left], 2), y[left],
+                    deadline=None, patience=None)
+    assert bool((exact[crown_ok] > 0).all()) and bool((exact[left[got]] > 0).all())
