@@ -12,7 +12,8 @@ import sys as _sys
 
 if "torch" not in _sys.modules:
     # OpenMP threads that spin while they wait take the core another process needs: on a shared
-    # 2-core machine that made CROWN on the zoo MLP 0.2 s -> 4.8 s; sleeping instead costs ~10% when
+    # 2-core machine that made CROWN on the zoo MLP about 20x slower (0.2 s -> 4.6-4.8 s in one-off
+    # runs beside a torch process); sleeping instead costs ~10% when
     # the machine is idle. Set before torch loads its OpenMP runtime; a user's own setting wins.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -62,7 +62,7 @@ from .evaluate import as_tensors, logits
 from .params import Selection, select
 
 __all__ = ["ParamBound", "PerturbationSet", "CertifyPoint", "CertifyResult", "certify", "certify_set",
-           "margin_bounds", "quantisation_set", "quantisation_safety", "METHODS"]
+           "margin_bounds", "quantisation_set", "quantisation_safety", "check_method", "METHODS"]
 
 METHODS = ("ibp", "crown", "auto", "bab")
 INTERMEDIATE = ("crown", "ibp")
@@ -1200,7 +1200,9 @@ def _margin_spec(target: torch.Tensor, classes: int) -> torch.Tensor:
     return eye[target].unsqueeze(1) - eye.unsqueeze(0)
 
 
-def _check_method(method: str, intermediate: str, time_budget: float | None = None) -> None:
+def check_method(method: str, intermediate: str = "crown", time_budget: float | None = None) -> None:
+    """Raise a one-line :class:`ConstraintError` for an unknown method or intermediate-bound method,
+    or a time budget that is not a finite number of seconds >= 0."""
     if method not in METHODS:
         raise ConstraintError(f"certify: unknown method '{method}'{did_you_mean(str(method), METHODS)}")
     if time_budget is not None and not (isinstance(time_budget, (int, float)) and math.isfinite(time_budget)
@@ -1448,7 +1450,7 @@ def margin_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pset: Pert
                   *, intermediate: str = "crown", batch_size: int = 128) -> torch.Tensor:
     """Lower bounds (N, K) float64 on f_y(x) - f_j(x) over every perturbation in ``pset``; the entry
     of class y itself is +inf. ``method``: 'ibp', 'crown' or 'auto' (the larger of both)."""
-    _check_method(method, intermediate)
+    check_method(method, intermediate)
     if method == "bab":
         raise ConstraintError("margin_bounds: 'bab' decides each input by branching and gives no single bound "
                               "per class; use certify(), or method 'crown'")
@@ -1621,7 +1623,7 @@ def certify(model: nn.Module | str, data, *, eps: float | Sequence[float], norm:
     p = _parse_norm(norm)
     if relative not in RELATIVE:
         raise ConstraintError(f"certify: expected relative None, 'tensor' or 'element', got '{relative}'")
-    _check_method(method, intermediate, time_budget)
+    check_method(method, intermediate, time_budget)
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ConstraintError(f"certify: expected batch_size >= 1, got {batch_size}")
     model, x, y = _resolve(model, data)
@@ -1642,7 +1644,7 @@ def certify_set(model: nn.Module | str, data, perturbation: PerturbationSet | Co
                 on_progress: Progress | None = None) -> CertifyPoint:
     """Certify one perturbation set: a :class:`PerturbationSet`, or an hwfault constraint set (a chip's
     covering set, a Box, an Ellipsoid, an LpBall) over ``selection``."""
-    _check_method(method, intermediate, time_budget)
+    check_method(method, intermediate, time_budget)
     model, x, y = _resolve(model, data)
     if not isinstance(perturbation, PerturbationSet):
         if selection is None:

@@ -224,10 +224,11 @@ def estimate(
     certify_method: str = typer.Option("ibp", "--certify", help="Certified floor over the covering set: ibp, crown, auto, bab or none."),
 ):
     """How a model fares on a chip: Monte-Carlo over its faults vs the worst case inside their covering set."""
+    from .certify import METHODS
     from .estimate import estimate as run
 
-    if certify_method not in ("ibp", "crown", "auto", "bab", "none"):
-        raise ConstraintError(f"expected --certify ibp, crown, auto, bab or none, got '{certify_method}'")
+    if certify_method not in METHODS + ("none",):
+        raise ConstraintError(f"expected --certify {', '.join(METHODS)} or none, got '{certify_method}'")
     result = run(model, _data_for(model, data), chip, coverage=coverage, trials=trials, seed=seed, steps=steps,
                  probe=probe, per_fault=not no_breakdown, severities=() if no_breakdown else (0.25, 0.5, 1.0, 2.0, 4.0),
                  certified=None if certify_method == "none" else certify_method)
@@ -397,11 +398,11 @@ def certify(
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Certified accuracy vs eps figure."),
 ):
     """Certified accuracy: inputs whose prediction provably survives every weight perturbation in the set."""
-    from .certify import _check_method, certify as run, certify_set, quantisation_safety
+    from .certify import check_method, certify as run, certify_set, quantisation_safety
     from .data import load_data
     from .zoo import load_model
 
-    _check_method(method, "crown", time_budget)      # before any work, for every kind of set
+    check_method(method, time_budget=time_budget)      # before any work, for every kind of set
     if (chip is None) == (eps is None):
         raise ConstraintError("expected either --chip C or --norm inf|2 --eps E[,E...]")
     d = _data_for(model, data)
