@@ -35,7 +35,7 @@ from torch import nn
 from hwfault import load_data, load_model
 from hwfault.campaign.incremental import ForwardCache
 from hwfault.campaign.run import Recipe, context, make_plan, run_campaign
-from hwfault.campaign.stats import wilson
+from hwfault.stats import wilson
 from hwfault.faults import Chip
 from hwfault.runtime import tune_allocator
 from hwfault.spec import load_chip, parse_chip

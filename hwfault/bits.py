@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import progress
+from . import progress, validate
 from .constraints import CandidateSet, SumSet
 from .corruption import trial_seed
 from .errors import ConstraintError
@@ -90,6 +90,9 @@ def bits(model, data, *, format: str = "int8", per_channel: bool = False, until:
         raise ConstraintError(f"expected --until as an accuracy in [0, 1], got {until}")
     if max_flips < 1:
         raise ConstraintError(f"expected max flips >= 1, got {max_flips}")
+    validate.trials("--runs", random_runs)
+    validate.seed(seed)
+    validate.integer("--max-flips", max_flips, lo=1, hi=10_000_000)
     fmt = NumberFormat.parse(format, per_channel=per_channel)
     module, mlabel = resolve_model(model)
     dset, dlabel = resolve_data(data)

@@ -58,7 +58,7 @@ from torch import nn
 from .constraints import Box, CandidateSet, ConstraintSet, Ellipsoid, LpBall, SumSet
 from .corruption import ByEps
 from .errors import ConstraintError, DataError, ModelError, did_you_mean
-from .evaluate import as_tensors, logits
+from .evaluate import as_tensors, logits, check_labels
 from .params import Selection, select
 
 __all__ = ["ParamBound", "PerturbationSet", "CertifyPoint", "CertifyResult", "certify", "certify_set",
@@ -1513,7 +1513,7 @@ def _model(model: nn.Module | str) -> nn.Module:
     if isinstance(model, str):
         from .zoo import load_model
 
-        return load_model(model)
+        return load_model(model, requires_grad=False)
     return model
 
 
@@ -1629,7 +1629,9 @@ def certify(model: nn.Module | str, data, *, eps: float | Sequence[float], norm:
     model, x, y = _resolve(model, data)
     sel = _selection(model, params)
     graph = _graph(model, x)
-    pred = logits(model, (x, y)).argmax(1)
+    out = logits(model, (x, y))
+    check_labels(out, y)
+    pred = out.argmax(1)
     points = []
     for e in eps_list:
         pset = PerturbationSet.ball(model, e, norm=p, relative=relative, params=sel)
@@ -1651,7 +1653,9 @@ def certify_set(model: nn.Module | str, data, perturbation: PerturbationSet | Co
             raise ConstraintError("certify: a constraint set needs the selection it is laid out over")
         perturbation = PerturbationSet.from_constraint(selection, perturbation)
     graph = _graph(model, x)
-    pred = logits(model, (x, y)).argmax(1)
+    out = logits(model, (x, y))
+    check_labels(out, y)
+    pred = out.argmax(1)
     pt = _certify_one(graph, model, x, y, pred, perturbation, method, intermediate=intermediate,
                       batch_size=batch_size, time_budget=time_budget, eps=perturbation.description.get("eps"),
                       on_progress=on_progress)

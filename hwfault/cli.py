@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 from typer.exceptions import TyperException
 
-from . import __version__, progress, report
+from . import __version__, files, progress, report, validate
 from .errors import ConstraintError, HwfaultError
 from .runtime import tune_allocator
 
@@ -37,25 +37,23 @@ def _version(value: bool):
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")):
+                                       help="Print the version and exit."),
+          debug: bool = typer.Option(False, "--debug", help="On an internal error, print the full traceback.")):
     """Hardware-fault simulation for neural-network accelerators."""
 
 
 # ----------------------------------------------------------------------------- parsing helpers
 
 
-def parse_eps(text: str) -> list[float]:
-    vals = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            v = float(part)
-        except ValueError:
-            raise ConstraintError(f"expected --eps as comma-separated numbers, got '{part}'") from None
-        if not math.isfinite(v) or v <= 0:
-            raise ConstraintError(f"expected eps > 0, got {part}")
-        vals.append(v)
-    return vals
+parse_eps = validate.parse_eps
+
+
+def _outs(json_path: Optional[str] = None, plot: Optional[str] = None, *, report_path: Optional[str] = None,
+          json_what: str = "--json", plot_what: str = "--plot") -> None:
+    """Check the output paths of a command before its work starts."""
+    files.check_output(json_path, what=json_what, allow_stdout=True)
+    files.check_output(plot, what=plot_what, suffixes=files.FIGURE_SUFFIXES)
+    files.check_output(report_path, what="--report", suffixes=files.REPORT_SUFFIXES)
 
 
 def parse_n(text: str) -> Optional[int]:
@@ -129,8 +127,10 @@ def sweep(
     """Accuracy under random vs gradient-based vs multi-step parameter corruption, over eps."""
     from .sweep import sweep as run
 
-    if trials < 1:
-        raise ConstraintError(f"expected --trials >= 1, got {trials}")
+    validate.trials("--trials", trials)
+    validate.seed(seed)
+    validate.integer("--steps", steps, lo=1)
+    _outs(json_path, plot)
     result = run(model, _data_for(model, data), epsilons=parse_eps(eps), norm=norm, n=parse_n(n), params=params,
                  types=types, layers=layers, methods=methods, trials=trials, seed=seed, probe=probe, steps=steps,
                  step_size=step_size, antithetic=antithetic, float64=float64)
@@ -157,6 +157,7 @@ def probe_cmd(
 
     if by not in ("component", "layer"):
         raise HwfaultError(f"expected --by component or layer, got '{by}'")
+    _outs(json_path, plot)
     result = run(model, _data_for(model, data), epsilons=parse_eps(eps), by=by, norm=norm, n=parse_n(n),
                  params=params, types=types, layers=layers, probe=probe)
     _outputs(result, report.probe_table(result), json_path, plot, report.plot_probe)
@@ -229,6 +230,12 @@ def estimate(
 
     if certify_method not in METHODS + ("none",):
         raise ConstraintError(f"expected --certify {', '.join(METHODS)} or none, got '{certify_method}'")
+    validate.trials("--trials", trials)
+    validate.seed(seed)
+    validate.integer("--steps", steps, lo=1)
+    if coverage is not None:
+        validate.probability("--coverage", coverage)
+    _outs(json_path, report_path=report_path)
     result = run(model, _data_for(model, data), chip, coverage=coverage, trials=trials, seed=seed, steps=steps,
                  probe=probe, per_fault=not no_breakdown, severities=() if no_breakdown else (0.25, 0.5, 1.0, 2.0, 4.0),
                  certified=None if certify_method == "none" else certify_method)
@@ -257,6 +264,7 @@ def harden(
     out: str = typer.Option(..., "--out", "-o", help="Hardened checkpoint (.safetensors; .pt2 for torch.export models)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Hardening report JSON (default: beside --out, .hardening.json)."),
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Hardening figure (default: beside --out, .hardening.png)."),
+    train_on_eval: bool = typer.Option(False, "--train-on-eval", help="Train on the evaluation data when the data have no train split (the report says so)."),
 ):
     """Train a corruption-resistant model, then compare it with the base model on the chip."""
     import shlex
@@ -267,12 +275,24 @@ def harden(
     from .spec import load_chip
     from .zoo import get_entry, load_model
 
+    from .data import has_split
+
     cfg = HardenConfig(method=method, epochs=epochs, eps=eps, lam=lam, alpha=alpha, steps=steps, ber=ber, clip=clip,
                        lr=lr, batch_size=batch_size, seed=seed, from_scratch=from_scratch)
+    validate.trials("--trials", trials)
+    validate.seed(seed)
     arch = source_arch(model)
+    files.check_output(out, what="--out", suffixes=(".safetensors",) if arch is not None else (".pt2",))
+    _outs(json_path, plot_path)
     d = _data_for(model, data)
     spec = load_chip(chip) if chip else None
-    base = load_model(model)
+    base = load_model(model, requires_grad=False)
+    if not has_split(d, "train"):
+        if not train_on_eval:
+            raise HwfaultError(f"{d} has no train split (arrays x_train and y_train): hardening would train on the "
+                               f"evaluation data; add them, or pass --train-on-eval to do so knowingly")
+        print(f"note: {d} has no train split: training on the evaluation data (--train-on-eval); the test "
+              f"accuracy below is on data the model trained on", file=sys.stderr)
     train, test = load_data(d, "train"), load_data(d, "test")
     base_eval = evaluate(base, test)  # also checks that the data fits the model
     import torch
@@ -293,6 +313,7 @@ def harden(
     card = {"method": cfg.method, "base_model": model, "data": d, "chip": spec.name if spec else None,
             "config": result.config.to_dict(), "test_accuracy": hard_eval.accuracy,
             "base_test_accuracy": base_eval.accuracy, "train_seconds": round(result.seconds, 1),
+            "trained_on_evaluation_data": not has_split(d, "train"),
             "history": result.history, "command": "hwfault " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             if sys.argv and sys.argv[0].endswith("hwfault") else f"hwfault harden --model {model} --method {method}",
             "report": {"summary": rep["summary"]} if rep else None}
@@ -328,8 +349,11 @@ def export(
     from .export import export_onnx
     from .zoo import load_model
 
+    validate.trials("--trials", trials)
+    files.check_output(out, what="--out", suffixes=(".onnx",))
+    _outs(json_path)
     d = _data_for(model, data)
-    module = load_model(model)
+    module = load_model(model, requires_grad=False)
     if getattr(module, "differentiable", True) is False:
         raise HwfaultError(f"{model}: already an ONNX file; export takes a torch model")
     test = load_data(d, "test")
@@ -405,8 +429,11 @@ def certify(
     check_method(method, time_budget=time_budget)      # before any work, for every kind of set
     if (chip is None) == (eps is None):
         raise ConstraintError("expected either --chip C or --norm inf|2 --eps E[,E...]")
+    if coverage is not None:
+        validate.probability("--coverage", coverage)
+    _outs(json_path, plot_path)
     d = _data_for(model, data)
-    module = load_model(model)
+    module = load_model(model, requires_grad=False)
     test = load_data(d, "test")
     globs = [g.strip() for g in params.split(",")] if params else "*"
     if types:
@@ -479,6 +506,9 @@ def bits_cmd(
     """Worst-case bit flips (progressive bit search) vs random flips needed to reach a target accuracy."""
     from .bits import bits as run
 
+    validate.trials("--runs", runs)
+    validate.seed(seed)
+    _outs(json_path)
     r = run(model, _data_for(model, data), format=format, per_channel=per_channel, until=until, max_flips=max_flips,
             random_runs=runs, seed=seed, params=params)
     d = r.to_dict()
@@ -552,7 +582,7 @@ def campaign(
     plot: Optional[str] = typer.Option(None, "--plot", help="With --by layer: draw the per-layer heatmap here."),
 ):
     """A statistically sized, resumable fault-injection campaign on a chip's fault model."""
-    from .campaign.run import Recipe, make_plan, run_campaign
+    from .campaign.run import Recipe, check_plan, make_plan, measure_trials, run_campaign
     from .faults import Chip
     from .spec import load_chip
     from .zoo import load_model
@@ -563,17 +593,33 @@ def campaign(
         raise ConstraintError(f"expected --workers >= 1, got {workers}")
     if resume and not db:
         raise HwfaultError("--resume needs --db")
+    validate.seed(seed)
+    validate.probability("--confidence", confidence)
+    if trials is not None:
+        validate.integer("--trials", trials, lo=1)
+    if db is not None:
+        files.check_output(db, what="--db")
+    _outs(json_path, plot)
     spec = load_chip(chip)
     data_name = _data_for(model, data)
-    dev = Chip.build(spec, load_model(model))
+    dev = Chip.build(spec, load_model(model, requires_grad=False))
     plan = make_plan(dev, trials=trials, margin=margin, confidence=confidence, by=by)
-    if dry_run:
-        report.print_table(report.plan_table(plan))
-        if json_path:
-            report.write_json(plan.to_dict(), json_path)
-        return
     recipe = Recipe(model, data_name, spec.to_dict(), seed, params, by)
-    result = run_campaign(recipe, plan, db=db, resume=resume, workers=workers, scheduler=scheduler)
+    if dry_run:
+        est = measure_trials(recipe, plan)
+        d = {**plan.to_dict(), "estimate": {**est, "workers": workers or 1,
+                                             "within_ceiling": plan.planned_trials <= validate.MAX_CAMPAIGN_TRIALS}}
+        report.print_table(report.plan_table(plan, est, workers or 1))
+        if json_path:
+            report.write_json(d, json_path)
+        return
+    check_plan(plan)
+    try:
+        result = run_campaign(recipe, plan, db=db, resume=resume, workers=workers, scheduler=scheduler)
+    except KeyboardInterrupt:
+        if db and Path(db).is_file():
+            print(f"note: trials done so far are in {db}; rerun with --resume to continue", file=sys.stderr)
+        raise
     _outputs(result, report.campaign_table(result.to_dict()), json_path, plot if by == "layer" else None,
              lambda r, p: report.plot_layers(r.to_dict(), p))
 
@@ -585,10 +631,11 @@ def results_show(db: str = typer.Option(..., "--db", help="Campaign journal."),
     from .campaign.journal import open_existing
     from .campaign.run import summarize
 
+    _outs(json_path)
     with open_existing(db) as j:
-        ident, rows, golden = j.identity(), j.rows(), j.meta("golden_accuracy")
-    d = {"campaign": ident, "plan": ident.get("plan"), "golden_accuracy": golden, **summarize(rows, golden or 0.0),
-         "trials_done": len(rows)}
+        ident, golden = j.identity(), j.meta("golden_accuracy")
+        d = {"campaign": ident, "plan": ident.get("plan"), "golden_accuracy": golden,
+             **summarize(j.iter_rows(), golden or 0.0), "trials_done": j.count()}
     report.print_table(report.campaign_table(d))
     if json_path:
         report.write_json(d, json_path)
@@ -603,28 +650,58 @@ def results_export(db: str = typer.Option(..., "--db", help="Campaign journal.")
 
     if not csv and not parquet:
         raise HwfaultError("give --csv FILE and/or --parquet FILE")
+    files.check_output(csv, what="--csv", allow_stdout=True)
+    files.check_output(parquet, what="--parquet")
     with open_existing(db) as j:
-        rows = j.rows()
-    if csv:
-        report.write_csv(rows, csv)
-    if parquet:
-        report.write_parquet(rows, parquet)
-    print(f"exported {len(rows)} trials", file=sys.stderr)
+        if csv:
+            report.write_csv(j.iter_rows(), csv)
+        if parquet:
+            report.write_parquet(j.iter_rows(), parquet)
+        n = j.count()
+    print(f"exported {n} trials", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised as an exception so that every ``finally`` (temporary files, journals) runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _internal_error(e: BaseException, debug: bool) -> None:
+    import traceback
+
+    text = " ".join(str(e).split())[:200]
+    if debug:
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    print(f"error: internal error ({type(e).__name__}{': ' + text if text else ''})"
+          + ("" if debug else "; rerun with --debug for the traceback"), file=sys.stderr)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    """Console entry point: one-line errors and exit code 2 for bad input, never a traceback for it."""
+    """Console entry point: one line and exit code 2 for bad input (any HwfaultError), one line
+    ``error: internal error (...)`` and exit code 1 for anything else (``--debug`` prints the
+    traceback), 130 for Ctrl-C and 143 for SIGTERM; never a traceback otherwise."""
+    import signal
+    import threading
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args[: args.index("--") if "--" in args else len(args)]
     progress.enable(True)
     tune_allocator()
     cmd = typer.main.get_command(app)
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        rv = cmd.main(args=argv, prog_name="hwfault", standalone_mode=False)
+        rv = cmd.main(args=args, prog_name="hwfault", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except HwfaultError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         code = e.exit_code
     except typer.Exit as e:
         code = e.exit_code
@@ -638,6 +715,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        code = 143
+    except Exception as e:  # a bug: one line, and the traceback on request
+        _internal_error(e, debug)
+        code = 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     if argv is None:
         sys.exit(code)
     return code

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import progress
+from . import progress, validate
 from .constraints import LpBall
 from .errors import ConstraintError
-from .evaluate import EvalResult, evaluate, loss_and_grad
+from .evaluate import EvalResult, evaluate, finite_gradient, loss_and_grad
 from .params import Selection, perturbed, select
 
 
@@ -80,6 +80,7 @@ class CorruptionResult(ByEps):
 
 def trial_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed derived from (seed, *keys): independent streams, reproducible per trial."""
+    validate.seed(seed)
     return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
@@ -115,37 +116,37 @@ def random(model: nn.Module, data, constraint: LpBall, *, epsilons: Sequence[flo
     its negation, which cancels the first-order term of the loss change exactly in the mean
     (a variance reduction for measuring the second-order behaviour of Theorem 1).
     """
-    if trials < 1:
-        raise ConstraintError(f"expected trials >= 1, got {trials}")
+    trials = validate.trials("--trials", trials)
+    seed = validate.seed(seed)
     eps_list = _check_epsilons(epsilons)
     sel, base = _setup(model, data, constraint, selection, clean)
     k, dtype = sel.numel, sel.params[0].dtype
-    dirs = []
-    for t in range(trials):
-        j, sign = (t // 2, -1.0 if t % 2 else 1.0) if antithetic else (t, 1.0)
-        gen = torch.Generator().manual_seed(trial_seed(seed, j))
-        dirs.append(sign * constraint.with_eps(1.0).random(k, gen, dtype=torch.float64))
-    points = []
+    unit = constraint.with_eps(1.0)
+    accs: list[list[float]] = [[] for _ in eps_list]
+    losses: list[list[float]] = [[] for _ in eps_list]
     with progress.task("random corruption", trials * len(eps_list)) as advance:
-        for e in eps_list:
-            c = constraint.with_eps(e)
-            accs, losses = [], []
-            for d in dirs:
+        for t in range(trials):  # one direction at a time (drawn from (seed, t)), never all of them at once
+            j, sign = (t // 2, -1.0 if t % 2 else 1.0) if antithetic else (t, 1.0)
+            gen = torch.Generator().manual_seed(trial_seed(seed, j))
+            d = sign * unit.random(k, gen, dtype=torch.float64)
+            for i, e in enumerate(eps_list):
                 a = (d * e).to(dtype)
-                _verify(c, a)
+                _verify(constraint.with_eps(e), a)
                 with perturbed(sel, a):
                     r = evaluate(model, data)
-                accs.append(r.accuracy)
-                losses.append(r.loss)
+                accs[i].append(r.accuracy)
+                losses[i].append(r.loss)
                 advance(1)
-            acc, loss = np.asarray(accs), np.asarray(losses)
-            change = loss - base.loss
-            points.append(CorruptionPoint("random", e, float(acc.mean()), float(loss.mean()), float(change.mean()), {
-                "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
-                "accuracy_std": float(acc.std(ddof=1)) if trials > 1 else 0.0,
-                "loss_change_std": float(change.std(ddof=1)) if trials > 1 else 0.0,
-                "trials": trials, "antithetic": antithetic, "trial_accuracies": [float(v) for v in acc],
-            }))
+    points = []
+    for i, e in enumerate(eps_list):
+        acc, loss = np.asarray(accs[i]), np.asarray(losses[i])
+        change = loss - base.loss
+        points.append(CorruptionPoint("random", e, float(acc.mean()), float(loss.mean()), float(change.mean()), {
+            "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
+            "accuracy_std": float(acc.std(ddof=1)) if trials > 1 else 0.0,
+            "loss_change_std": float(change.std(ddof=1)) if trials > 1 else 0.0,
+            "trials": trials, "antithetic": antithetic, "trial_accuracies": [float(v) for v in acc],
+        }))
     return CorruptionResult("random", tuple(points))
 
 
@@ -165,7 +166,7 @@ def gradient(model: nn.Module, data, constraint: LpBall, *, epsilons: Sequence[f
     pdata = _probe_data(data, probe)
     with progress.task("gradient corruption", len(eps_list) + 1) as advance:
         _, grads = loss_and_grad(model, pdata, sel.params)
-        g = sel.flatten(grads)
+        g, nonfinite = finite_gradient(sel.flatten(grads))
         advance(1)
         points = []
         for e in eps_list:
@@ -174,9 +175,11 @@ def gradient(model: nn.Module, data, constraint: LpBall, *, epsilons: Sequence[f
             _verify(c, a)
             with perturbed(sel, a):
                 r = evaluate(model, data)
-            points.append(CorruptionPoint("gradient", e, r.accuracy, r.loss, r.loss - base.loss, {
-                "first_order": float(torch.dot(a.double(), g.double())), "grad_norm_q": c.first_order(g) / e if e else 0.0,
-            }))
+            extra = {"first_order": float(torch.dot(a.double(), g.double())),
+                     "grad_norm_q": c.first_order(g) / e if e else 0.0}
+            if nonfinite:
+                extra["gradient_nonfinite"] = nonfinite
+            points.append(CorruptionPoint("gradient", e, r.accuracy, r.loss, r.loss - base.loss, extra))
             advance(1)
     return CorruptionResult("gradient", tuple(points))
 
@@ -209,7 +212,7 @@ def multistep(model: nn.Module, data, constraint: LpBall, *, epsilons: Sequence[
     points = []
     with progress.task("multi-step corruption", len(eps_list) * (steps + 1) + 1) as advance:
         _, grads0 = loss_and_grad(model, pdata, sel.params)
-        g0 = sel.flatten(grads0)
+        g0, _ = finite_gradient(sel.flatten(grads0))
         advance(1)
         for e in eps_list:
             c = constraint.with_eps(e)

@@ -15,6 +15,7 @@ and ``y`` int64 class labels; the tensors are ``dataset.tensors``. Shapes:
 from __future__ import annotations
 
 import functools
+import math
 import zipfile
 from pathlib import Path
 
@@ -66,38 +67,83 @@ def list_datasets() -> list[str]:
     return sorted(_BUILTIN)
 
 
+def _npy_header(zf: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data bytes available) of one array of an .npz, read from its header alone."""
+    info = zf.getinfo(member)
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            shape, _, dtype = np.lib.format._read_array_header(fh, version)
+        return tuple(int(d) for d in shape), dtype, info.file_size - fh.tell()
+
+
 def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory; expected an .npz file")
         raise DataError(f"data file not found: {path}")
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a readable .npz file (expected a zip archive written by numpy.savez)")
     try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+            kx, ky = (f"x_{split}", f"y_{split}") if f"x_{split}" in names else ("x", "y")
+            missing = [k for k in (kx, ky) if k not in names]
+            if missing:
+                raise DataError(f"{path}: expected arrays 'x' and 'y', missing {missing} (found {sorted(names) or 'none'})")
+            for key in (kx, ky):
+                shape, dtype, available = _npy_header(zf, key + ".npy")
+                if dtype.hasobject:
+                    raise DataError(f"{path}: '{key}' is an object array (a pickle), which hwfault refuses to load")
+                need = math.prod(shape) * dtype.itemsize
+                if need > available:
+                    raise DataError(f"{path}: '{key}' claims shape {shape} of {dtype} ({need:,} bytes) but the file "
+                                    f"holds {max(available, 0):,} bytes for it (truncated or corrupt)")
         with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    kx, ky = (f"x_{split}", f"y_{split}") if f"x_{split}" in arrays else ("x", "y")
-    missing = [k for k in (kx, ky) if k not in arrays]
-    if missing:
-        raise DataError(
-            f"{path}: expected arrays 'x' and 'y', missing {missing} (found {sorted(arrays) or 'none'})"
-        )
-    x, y = arrays[kx], arrays[ky]
+            x, y = f[kx], f[ky]
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: its arrays do not fit in memory") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {str(e).strip()[:160]})") from None
     if x.dtype.kind not in "fiub" or x.ndim < 2:
         raise DataError(f"{path}: expected '{kx}' numeric with shape (N, ...), got {x.dtype} {x.shape}")
-    if y.ndim != 1 or (y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(y == np.round(y)))):
+    if y.ndim != 1 or (y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.isfinite(y))
+                                                          and np.all(y == np.round(y)))):
         raise DataError(f"{path}: expected '{ky}' integer labels of shape (N,), got {y.dtype} {y.shape}")
     if len(x) != len(y):
         raise DataError(f"{path}: '{kx}' has {len(x)} samples but '{ky}' has {len(y)}")
     if len(x) == 0:
         raise DataError(f"{path}: no samples")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise DataError(f"{path}: '{kx}' contains NaN or Inf")
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
-        raise DataError(f"{path}: '{kx}' contains NaN or Inf")
+        raise DataError(f"{path}: '{kx}' has values beyond float32's range")
+    if y.dtype.kind == "u" and y.dtype.itemsize >= 8 and int(y.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"{path}: '{ky}' has labels beyond int64")
     y = y.astype(np.int64)
     if y.min() < 0:
         raise DataError(f"{path}: '{ky}' has negative labels")
     return x, y
+
+
+def has_split(name: str | Path, split: str) -> bool:
+    """Whether a data set has its own ``split`` (the shipped sets do; an .npz needs ``x_<split>``)."""
+    key = str(name)
+    if key in _BUILTIN:
+        return True
+    path = Path(key)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return f"x_{split}.npy" in zf.namelist() and f"y_{split}.npy" in zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def load_data(name: str | Path, split: str = "test") -> TensorDataset:

@@ -40,6 +40,14 @@ class ExportError(HwfaultError):
     """An export that cannot be done or fails its own parity check."""
 
 
+class OutputError(HwfaultError):
+    """An output path that cannot be written (a directory, under a file, a full disk, a bad suffix)."""
+
+
+class LimitError(HwfaultError):
+    """A request beyond a resource ceiling (trials, memory) that would otherwise allocate without bound."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or a list of choices when none is close."""
     choices = sorted(set(choices))

@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import stats
 
-from . import progress
+from . import progress, stats, validate
 from .constraints import CandidateSet
 from .corruption import trial_seed
-from .errors import ConstraintError
 from .evaluate import DEFAULT_BATCH, EvalResult, as_tensors, logits, score
 from .faults import Chip
 from .params import perturbed
@@ -66,10 +64,7 @@ def monte_carlo(chip: Chip, model, data, *, trials: int, seed: int, label: str =
             advance(1)
     a = np.asarray(accs)
     mean = float(a.mean())
-    if trials > 1 and a.std(ddof=1) > 0:
-        lo, hi = stats.t.interval(0.95, trials - 1, loc=mean, scale=stats.sem(a))
-    else:
-        lo = hi = mean
+    lo, hi = stats.t_interval(a, 0.95, domain=(0.0, 1.0))
     finite = [v for v in losses if math.isfinite(v)]
     return {"trials": trials, "accuracy_mean": mean, "accuracy_ci95": [float(lo), float(hi)],
             "accuracy_p01": float(np.percentile(a, 1, method="lower")), "accuracy_min": float(a.min()),
@@ -122,12 +117,13 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
     from .sweep import _probe, resolve_data, resolve_model
 
     t0 = time.perf_counter()
-    if trials < 1:
-        raise ConstraintError(f"expected trials >= 1, got {trials}")
+    trials = validate.trials("--trials", trials)
+    seed = validate.seed(seed)
+    steps = validate.integer("--steps", steps, lo=1)
+    if severity_trials is not None:
+        validate.trials("severity_trials", severity_trials)
     spec = chip if isinstance(chip, ChipSpec) else load_chip(chip)
-    cov = spec.coverage if coverage is None else float(coverage)
-    if not 0 < cov < 1:
-        raise ConstraintError(f"expected coverage in (0, 1), got {cov}")
+    cov = spec.coverage if coverage is None else validate.probability("--coverage", coverage)
     module, mlabel = resolve_model(model)
     dset, dlabel = resolve_data(data)
     pdata, plabel = _probe(data, dset, probe)

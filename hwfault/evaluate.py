@@ -48,11 +48,35 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"model cannot run on data of shape {tuple(x.shape[1:])}: {msg[:200]}") from None
+    return as_logits(out)
+
+
+def as_logits(out) -> torch.Tensor:
+    """The logits in a model's output: a tensor, the first element of a tuple/list, or the ``logits``
+    entry of a dict (as Hugging Face models return); a one-line ModelError for anything else."""
+    if isinstance(out, dict) or hasattr(out, "keys") and hasattr(out, "__getitem__") and not isinstance(out, torch.Tensor):
+        keys = list(out.keys())
+        if "logits" not in keys:
+            raise ModelError(f"expected the model to return logits, got a dict with keys {keys[:8]} (no 'logits')")
+        out = out["logits"]
     if isinstance(out, (tuple, list)):
+        if not out:
+            raise ModelError("expected the model to return logits, got an empty sequence")
         out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"expected the model to return a logits tensor, got {type(out).__name__}")
+    if not out.is_floating_point():
+        raise ModelError(f"expected the model to return floating-point logits, got {str(out.dtype).replace('torch.', '')} "
+                         f"{tuple(out.shape)} (class indices, e.g. an argmax, cannot be scored or differentiated)")
     if out.ndim != 2:
         raise ModelError(f"expected the model to return logits of shape (batch, classes), got {tuple(out.shape)}")
     return out
+
+
+def check_labels(out: torch.Tensor, y: torch.Tensor) -> None:
+    """A one-line ModelError when a label is beyond the model's outputs."""
+    if y.numel() and out.shape[1] <= int(y.max()):
+        raise ModelError(f"model has {out.shape[1]} outputs but the data have label {int(y.max())}")
 
 
 @torch.no_grad()
@@ -64,8 +88,7 @@ def logits(model: nn.Module, data, *, batch_size: int = DEFAULT_BATCH) -> torch.
 
 def score(out: torch.Tensor, y: torch.Tensor) -> EvalResult:
     """Accuracy and loss from precomputed logits."""
-    if out.shape[1] <= int(y.max()):
-        raise ModelError(f"model has {out.shape[1]} outputs but the data have label {int(y.max())}")
+    check_labels(out, y)
     finite = torch.isfinite(out).all(dim=1)
     correct = (out.argmax(dim=1) == y) & finite
     loss = F.cross_entropy(out.double(), y).item()
@@ -97,6 +120,7 @@ def loss_and_grad(model: nn.Module, data, params: Sequence[torch.Tensor], *,
             for i in range(0, len(x), batch_size):
                 xb, yb = x[i:i + batch_size], y[i:i + batch_size]
                 out = _forward(model, xb)
+                check_labels(out, yb)
                 loss = F.cross_entropy(out, yb, reduction="sum")
                 gs = torch.autograd.grad(loss, list(params), allow_unused=True)
                 for acc, g in zip(grads, gs):
@@ -108,3 +132,14 @@ def loss_and_grad(model: nn.Module, data, params: Sequence[torch.Tensor], *,
             p.requires_grad_(f)
     n = len(x)
     return score(torch.cat(outs), y), [g / n for g in grads]
+
+
+def finite_gradient(g: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The gradient with its non-finite entries made finite (NaN -> 0, +-Inf -> +-largest float) and
+    their count: where the loss is NaN for some inputs, a corruption is still built from the rest
+    (and the result records how many entries were replaced)."""
+    bad = int((~torch.isfinite(g)).sum())
+    if not bad:
+        return g, 0
+    big = torch.finfo(g.dtype).max
+    return torch.nan_to_num(g, nan=0.0, posinf=big, neginf=-big), bad

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 import time
 import warnings
@@ -42,7 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ExportError, HwfaultError, ModelError
+from .errors import ExportError, HwfaultError, ModelError, OutputError
+from .files import atomic_write, check_output
 
 __all__ = ["export_onnx", "ExportReport", "read_metadata", "ort_session", "FORMATS", "FP32_MAX_DELTA",
            "INT_MIN_AGREEMENT", "INT_MAX_ACCURACY_DIFF"]
@@ -233,6 +233,20 @@ def _initializer_types(proto) -> dict[str, int]:
 # ----------------------------------------------------------------------------- exporters
 
 
+@contextlib.contextmanager
+def _scratch(out_path: Path):
+    """A temporary directory for the exporters' own files (removed afterwards, also on failure)."""
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix=f".{out_path.name}.")
+    except OSError as e:
+        raise OutputError(f"cannot export {out_path}: no room for temporary files ({e.strerror or e})") from None
+    try:
+        yield tmp.name
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.cleanup()
+
+
 def _example(sample: torch.Tensor) -> torch.Tensor:
     """An example batch of at least 2 inputs (a batch of 1 would let exporters fix the batch size)."""
     sample = sample.detach().float()
@@ -344,6 +358,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     out_path = Path(out_path)
     if out_path.is_dir():
         raise ExportError(f"{out_path}: is a directory; expected an .onnx file path")
+    check_output(out_path, what="--out")
     x = y = None
     if data is not None:
         x, y = as_tensors(data)
@@ -378,8 +393,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
             if exporter == "brevitas-qcdq" and any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
                 opset = 14  # attention traces to scaled_dot_product_attention: ONNX ops from opset 14
         opset = int(opset)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as tmp:
+        with _scratch(out_path) as tmp:
             raw = Path(tmp) / "export.onnx"
             try:
                 if exporter == "torchscript":
@@ -444,10 +458,9 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
             parity = {"reference": ref_label, "data": label, "max_abs_delta": delta, "agreement": agree,
                       "reference_accuracy": acc_ref, "onnx_accuracy": acc_onnx, "passed": not failures}
             _set_props(proto, _meta_props({**entries, "parity": parity}))
-            final = Path(tmp) / "final.onnx"
-            onnx.save_model(proto, str(final), save_as_external_data=False)
-            size = final.stat().st_size
-            os.replace(final, out_path)
+            atomic_write(out_path, lambda t: onnx.save_model(proto, str(t), save_as_external_data=False),
+                         what="--out")
+            size = out_path.stat().st_size
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         with contextlib.suppress(NotImplementedError, RuntimeError):

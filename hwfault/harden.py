@@ -93,8 +93,12 @@ class HardenConfig:
             raise ConstraintError(f"expected --steps >= 1, got {self.steps}")
         if self.ber is not None and self.ber > 0.5:
             raise ConstraintError(f"expected a bit error rate <= 0.5, got {self.ber}")
-        if self.lr <= 0 or self.batch_size < 1:
-            raise ConstraintError("expected a positive learning rate and batch size")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConstraintError(f"expected --lr > 0 and finite, got {self.lr}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ConstraintError(f"expected --batch-size >= 1, got {self.batch_size}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            raise ConstraintError(f"expected --seed >= 0, got {self.seed}")
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -278,10 +282,13 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
     for ``cfg.epochs`` instead. For integer chips training runs through brevitas fake-quantised
     weights (unless ``qat`` is False). Returns the float model (eval mode) with the hardened weights.
     """
-    from .evaluate import as_tensors
+    from .evaluate import as_tensors, check_labels, logits
     from .zoo import deterministic
 
     x, y = as_tensors(data)
+    if len(x) == 0:
+        raise ModelError("harden: expected training data, got an empty data set")
+    check_labels(logits(model, (x[:2], y[:2])), y)  # every training label must be one of the model's outputs
     bits, per_channel = _qat_bits(chip_spec) if qat else (None, False)
     cfg = HardenConfig(**{**cfg.to_dict(), "qat_bits": bits, "qat_per_channel": per_channel})
     t0 = time.perf_counter()
@@ -386,9 +393,9 @@ def save_hardened(model: nn.Module, out, *, arch: str | None, card: dict, exampl
     """Write the hardened model: an hwfault safetensors checkpoint (zoo architectures) or a
     torch.export ``.pt2`` archive (user models), plus a Markdown card beside it."""
     import json
-    import os
     from pathlib import Path
 
+    from .files import atomic_write, write_text
     from .zoo import save_checkpoint
 
     out = Path(out)
@@ -401,10 +408,7 @@ def save_hardened(model: nn.Module, out, *, arch: str | None, card: dict, exampl
             raise ConstraintError(f"--out {out}: expected a .pt2 path for a torch.export model")
         batch = torch.export.Dim("batch", min=1)
         ep = torch.export.export(model, (example[:2],), dynamic_shapes=({0: batch},))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        torch.export.save(ep, str(tmp))
-        os.replace(tmp, out)
+        atomic_write(out, lambda t: torch.export.save(ep, str(t)), what="--out")
     s = (card.get("report") or {}).get("summary")
     lines = [f"# Hardened model: {out.stem}", "",
              f"{card['method']} hardening of `{card['base_model']}` on `{card['data']}`"
@@ -413,10 +417,13 @@ def save_hardened(model: nn.Module, out, *, arch: str | None, card: dict, exampl
              f"| test accuracy | {100 * card['test_accuracy']:.2f}% (base {100 * card['base_test_accuracy']:.2f}%) |",
              f"| settings | `{json.dumps(card['config'], sort_keys=True)}` |",
              f"| training time | {card['train_seconds']} s |", f"| command | `{card['command']}` |", ""]
+    if card.get("trained_on_evaluation_data"):
+        lines += ["**Trained on the evaluation data** (`--train-on-eval`: the data have no train split), so the "
+                  "test accuracy above is on data the model has seen.", ""]
     if s:
         lines += ["| on the chip (accuracy %) | base | hardened |", "|---|--:|--:|"]
         lines += [f"| {label} | {100 * s['base'][k]:.1f} | {100 * s['hardened'][k]:.1f} |" for k, label in REPORT_KEYS]
         lines.append("")
     lines.append(f'Load: `hwfault.load_model("{out.name}")`; every command takes it as `--model {out.name}`.')
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n", what="model card")
     return out

@@ -32,7 +32,7 @@ def resolve_model(model: str | Path | nn.Module) -> tuple[nn.Module, str]:
         return model[0], str(model[1])
     if isinstance(model, nn.Module):
         return model, type(model).__name__
-    return load_model(model), str(model)
+    return load_model(model, requires_grad=False), str(model)
 
 
 def resolve_data(data, split: str = "test"):

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import progress
 from .constraints import CandidateSet, SumSet
-from .evaluate import EvalResult, evaluate, loss_and_grad
+from .evaluate import EvalResult, evaluate, finite_gradient, loss_and_grad
 from .params import Selection, perturbed
 
 
@@ -70,7 +70,7 @@ def one_step(model: nn.Module, data, cset: SumSet, *, selection: Selection, clea
     """Linear maximisation over the composite set at the fault-free weights."""
     pdata = data if probe is None else probe
     _, grads = loss_and_grad(model, pdata, selection.params)
-    g = selection.flatten(grads)
+    g, _ = finite_gradient(selection.flatten(grads))
     parts = [p.to(torch.float64) for p in cset.maximize_parts(g.double())]
     _check(cset, parts)
     r = _eval(model, data, selection, parts)

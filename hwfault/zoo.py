@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelError, did_you_mean
+from .errors import ModelError, OutputError, did_you_mean
+from .files import atomic_write, check_output, write_text
 
 CHECKPOINT_FORMAT = "hwfault-checkpoint/1"
 
@@ -196,12 +197,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, arch: str, meta: dict
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     header = {"format": CHECKPOINT_FORMAT, "arch": arch, "meta": json.dumps(meta or {}, sort_keys=True)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=header)
-    os.replace(tmp, path)
+    atomic_write(path, lambda t: save_file(state, str(t), metadata=header), what="checkpoint")
     return path
 
 
@@ -213,35 +211,66 @@ def checkpoint_metadata(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for malformed headers
-        raise ModelError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+        raise ModelError(f"{path}: not a readable safetensors checkpoint ({str(e).strip()[:160]})") from None
     if header.get("format") != CHECKPOINT_FORMAT or "arch" not in header:
         raise ModelError(f"{path}: not an hwfault checkpoint (no '{CHECKPOINT_FORMAT}' header)")
-    return {"arch": header["arch"], "meta": json.loads(header.get("meta", "{}"))}
+    try:
+        meta = json.loads(header.get("meta", "{}"))
+    except (json.JSONDecodeError, RecursionError):
+        raise ModelError(f"{path}: the hwfault header's 'meta' is not JSON") from None
+    return {"arch": header["arch"], "meta": meta if isinstance(meta, dict) else {}}
 
 
 def _load_safetensors(path: Path) -> nn.Module:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     info = checkpoint_metadata(path)
     model = get_entry(info["arch"]).build()
     try:
-        model.load_state_dict(load_file(str(path)), strict=True)
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: "
+                         f"{str(e).strip()[:120]})") from None
+    want = model.state_dict()
+    for name, t in state.items():
+        if name in want and want[name].is_floating_point() and not t.is_floating_point():
+            raise ModelError(f"{path}: tensor '{name}' is {str(t.dtype).replace('torch.', '')}, but architecture "
+                             f"'{info['arch']}' stores it as {str(want[name].dtype).replace('torch.', '')}")
+        if name in want and tuple(t.shape) != tuple(want[name].shape):
+            raise ModelError(f"{path}: tensor '{name}' has shape {tuple(t.shape)}, but architecture "
+                             f"'{info['arch']}' expects {tuple(want[name].shape)}")
+    try:
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ModelError(f"{path}: state dict does not fit architecture '{info['arch']}': {first}") from None
     return model
 
 
-def _load_pt2(path: Path) -> nn.Module:
-    try:
-        ep = torch.export.load(str(path))
-    except Exception as e:  # torch.export raises a variety of errors for a bad archive
-        raise ModelError(f"{path}: not a readable torch.export archive ({type(e).__name__})") from None
-    return ep.module()
+def check_finite(model: nn.Module, label: str) -> None:
+    """Refuse a model whose parameters hold NaN or Inf, or whose buffers hold NaN (an Inf buffer is
+    legitimate: attention masks use -inf)."""
+    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in items:
+            if not t.is_floating_point() or t.numel() == 0:
+                continue
+            bad = int(torch.isnan(t).sum()) + (int(torch.isinf(t).sum()) if kind == "parameter" else 0)
+            if bad:
+                what = "NaN or Inf" if kind == "parameter" else "NaN"
+                raise ModelError(f"{label}: {kind} '{name}' holds {bad:,} {what} value{'s' if bad > 1 else ''} "
+                                 f"(of {t.numel():,}); a model with non-finite weights cannot be analysed")
 
 
-def load_model(name_or_path: str | Path) -> nn.Module:
-    """Return an eval-mode model from a zoo name, an hwfault ``.safetensors`` checkpoint or a ``.pt2`` archive."""
+def load_model(name_or_path: str | Path, *, requires_grad: bool = True) -> nn.Module:
+    """Return an eval-mode model from a zoo name, an hwfault ``.safetensors`` checkpoint, a ``.pt2``
+    archive or an ``.onnx`` file.
+
+    Parameters keep PyTorch's default ``requires_grad=True``, so ``loss.backward()`` works on the
+    returned model; ``requires_grad=False`` freezes them (what the analyses use internally). An ONNX
+    file's injectable initializers never require gradients (onnxruntime computes none). A model whose
+    parameters hold NaN or Inf is refused. What each loader trusts: see the README ("Loading models").
+    """
     key = str(name_or_path)
     if key in _REGISTRY:
         path = models_dir() / f"{key}.safetensors"
@@ -256,20 +285,30 @@ def load_model(name_or_path: str | Path) -> nn.Module:
             if path.suffix in (".safetensors", ".pt2", ".onnx"):
                 raise ModelError(f"model file not found: {path}")
             raise ModelError(f"unknown model '{key}'{did_you_mean(key, _REGISTRY)}; or give a .safetensors, .pt2 or .onnx path")
+        if path.is_dir():
+            raise ModelError(f"{path}: is a directory; expected a .safetensors, .pt2 or .onnx file")
         if path.suffix == ".onnx":
             from .onnxmodel import load_onnx
 
-            return load_onnx(path)  # runs in onnxruntime: parameters are the file's injectable initializers
+            model = load_onnx(path)  # runs in onnxruntime: parameters are the file's injectable initializers
+            check_finite(model, str(path))
+            return model
         if path.suffix == ".pt2":
-            model = _load_pt2(path)
+            from .pt2 import load_pt2
+
+            model = load_pt2(path)
         elif path.suffix == ".safetensors":
             model = _load_safetensors(path)
+        elif path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"):
+            raise ModelError(f"{path}: refused: '{path.suffix}' files are pickles, which run code when loaded; "
+                             f"give a .safetensors checkpoint, a torch.export .pt2 archive or an .onnx file")
         else:
             raise ModelError(f"{path}: unsupported model file type '{path.suffix}' (expected .safetensors, .pt2 or .onnx)")
+    check_finite(model, key)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         model.eval()  # GraphModules from torch.export reject train()/eval() toggling in some versions
     for p in model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(requires_grad)
     return model
 
 
@@ -361,6 +400,9 @@ def train(name: str, *, out_dir: str | Path | None = None, seed: int | None = No
     if epochs < 1:
         raise ModelError(f"expected epochs >= 1, got {epochs}")
     out_dir = Path(out_dir) if out_dir is not None else models_dir()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir}: is a file; expected a directory for the checkpoint and its card")
+    check_output(out_dir / f"{name}.safetensors", what="--out")
     x, y = load_data(entry.data, "train").tensors
     t0 = time.perf_counter()
     with deterministic():
@@ -387,7 +429,7 @@ def train(name: str, *, out_dir: str | Path | None = None, seed: int | None = No
     }
     path = save_checkpoint(model, out_dir / f"{name}.safetensors", arch=name, meta=card)
     card["sha256"] = _sha256(path)
-    (out_dir / f"{name}.md").write_text(_card_markdown(card))
+    write_text(out_dir / f"{name}.md", _card_markdown(card), what="model card")
     return card
 
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from hwfault.campaign.plan import proportional_allocation, sample_size
-from hwfault.campaign.stats import bootstrap_interval, clopper_pearson, t_interval, wilson
+from hwfault.stats import bootstrap_interval, clopper_pearson, t_interval, wilson
 from hwfault.errors import ConstraintError
 
 

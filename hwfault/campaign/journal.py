@@ -9,9 +9,10 @@ are missing. Trial results are a pure function of (campaign seed, trial id), so 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import HwfaultError
@@ -33,21 +34,63 @@ class JournalError(HwfaultError):
     """A journal that cannot be opened, or belongs to another campaign."""
 
 
-class Journal:
-    """An open campaign journal."""
+_SIDE_FILES = ("-wal", "-shm", "-journal")
 
-    def __init__(self, path: str | Path):
+
+def _sqlite_error(path: Path, e: sqlite3.Error, doing: str) -> JournalError:
+    """One line for an SQLite failure: a full disk and an unopenable path are not 'not a journal'."""
+    text = str(e)
+    low = text.lower()
+    if "full" in low:
+        return JournalError(f"cannot {doing} journal {path}: disk full")
+    if "unable to open" in low or "readonly" in low or "read-only" in low or "disk i/o" in low:
+        return JournalError(f"cannot {doing} journal {path}: {text}")
+    if "not a database" in low or "malformed" in low or "no such table" in low or "no such column" in low:
+        return JournalError(f"{path}: not a campaign journal ({text})")
+    return JournalError(f"cannot {doing} journal {path}: {text}")
+
+
+class Journal:
+    """An open campaign journal. ``created`` tells whether opening it created the file."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
+        memory = str(path) == ":memory:"
+        if not memory and self.path.exists() and not self.path.is_file():
+            raise JournalError(f"--db {self.path}: is not a regular file")
+        self.created = not memory and not readonly and not self.path.exists()
         try:
+            if readonly:
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+                self.db.execute("SELECT COUNT(*) FROM meta").fetchone()
+                self.db.execute("SELECT COUNT(*) FROM trials").fetchone()
+                return
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise JournalError(f"{self.path}: not a campaign journal ({e})") from None
+        except sqlite3.Error as e:
+            err = _sqlite_error(self.path, e, "create" if self.created else "open")
+            with contextlib.suppress(Exception):
+                self.db.close()
+            if self.created:
+                self._remove_files()
+            raise err from None
+
+    def _remove_files(self) -> None:
+        for suffix in ("",) + _SIDE_FILES:
+            with contextlib.suppress(OSError):
+                Path(str(self.path) + suffix).unlink()
 
     def close(self) -> None:
-        self.db.close()
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+
+    def discard(self) -> None:
+        """Close and remove a journal this process created (a campaign that failed before any trial)."""
+        self.close()
+        if self.created:
+            self._remove_files()
 
     def __enter__(self) -> Journal:
         return self
@@ -57,16 +100,30 @@ class Journal:
 
     # -- identity
     def identity(self) -> dict | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
-        return json.loads(row[0]) if row else None
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+        except sqlite3.Error as e:
+            raise _sqlite_error(self.path, e, "read") from None
+        if not row:
+            return None
+        try:
+            ident = json.loads(row[0])
+        except (json.JSONDecodeError, TypeError, RecursionError):
+            raise JournalError(f"{self.path}: not a campaign journal (its identity is not valid JSON)") from None
+        if not isinstance(ident, dict):
+            raise JournalError(f"{self.path}: not a campaign journal (its identity is not a JSON object)")
+        return ident
 
     def bind(self, identity: dict, *, resume: bool) -> None:
         """Claim the journal for a campaign: a new journal takes ``identity``; an existing one must hold
         the same identity and ``resume`` must be set."""
         have = self.identity()
         if have is None:
-            with self.db:
-                self.db.execute("INSERT INTO meta VALUES ('identity', ?)", (json.dumps(identity, sort_keys=True),))
+            try:
+                with self.db:
+                    self.db.execute("INSERT INTO meta VALUES ('identity', ?)", (json.dumps(identity, sort_keys=True),))
+            except sqlite3.Error as e:
+                raise _sqlite_error(self.path, e, "write") from None
             return
         if have != json.loads(json.dumps(identity, sort_keys=True)):
             diff = sorted(k for k in set(have) | set(identity) if have.get(k) != identity.get(k))
@@ -77,39 +134,83 @@ class Journal:
                                f"pass --resume to continue it or use a new --db")
 
     def set_meta(self, key: str, value) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        try:
+            with self.db:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        except sqlite3.Error as e:
+            raise _sqlite_error(self.path, e, "write") from None
 
     def meta(self, key: str, default=None):
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return json.loads(row[0]) if row else default
+        except sqlite3.Error as e:
+            raise _sqlite_error(self.path, e, "read") from None
+        except (json.JSONDecodeError, TypeError):
+            raise JournalError(f"{self.path}: not a campaign journal (meta '{key}' is not valid JSON)") from None
 
     # -- trials
+    def done_ranges(self) -> list[tuple[int, int]]:
+        """The trial ids already in the journal as sorted, merged half-open ranges [a, b): constant
+        memory per contiguous run, however many trials a resumed campaign holds."""
+        out: list[tuple[int, int]] = []
+        try:
+            cur = self.db.execute("SELECT trial FROM trials ORDER BY trial")
+            while batch := cur.fetchmany(65536):
+                for (t,) in batch:
+                    if out and out[-1][1] == t:
+                        out[-1] = (out[-1][0], t + 1)
+                    else:
+                        out.append((t, t + 1))
+        except sqlite3.Error as e:
+            raise _sqlite_error(self.path, e, "read") from None
+        return out
+
     def done(self) -> set[int]:
-        return {r[0] for r in self.db.execute("SELECT trial FROM trials")}
+        return {t for a, b in self.done_ranges() for t in range(a, b)}
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        try:
+            return self.db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        except sqlite3.Error as e:
+            raise _sqlite_error(self.path, e, "read") from None
 
     def write(self, rows: Iterable[dict]) -> None:
         """Write a chunk of trial rows in one transaction."""
-        with self.db:
-            self.db.executemany(f"INSERT OR IGNORE INTO trials ({', '.join(COLUMNS)}) VALUES "
-                                f"({', '.join('?' * len(COLUMNS))})",
-                                [tuple(r[c] for c in COLUMNS) for r in rows])
+        try:
+            with self.db:
+                self.db.executemany(f"INSERT OR IGNORE INTO trials ({', '.join(COLUMNS)}) VALUES "
+                                    f"({', '.join('?' * len(COLUMNS))})",
+                                    [tuple(r[c] for c in COLUMNS) for r in rows])
+        except sqlite3.Error as e:
+            raise _sqlite_error(self.path, e, "write") from None
+
+    def iter_rows(self, batch: int = 4096) -> Iterator[dict]:
+        """The trial rows in trial order, streamed from the database (constant memory)."""
+        try:
+            cur = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM trials ORDER BY trial")
+            while chunk := cur.fetchmany(batch):
+                for r in chunk:
+                    yield dict(zip(COLUMNS, r))
+        except sqlite3.Error as e:
+            raise _sqlite_error(self.path, e, "read") from None
 
     def rows(self) -> list[dict]:
-        cur = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM trials ORDER BY trial")
-        return [dict(zip(COLUMNS, r)) for r in cur]
+        return list(self.iter_rows())
 
 
 def open_existing(path: str | Path) -> Journal:
     """Open a journal that must exist (for ``hwfault results``)."""
     p = Path(path)
     if not p.is_file():
-        raise JournalError(f"journal not found: {p}")
-    j = Journal(p)
-    if j.identity() is None:
+        raise JournalError(f"journal not found: {p}" if not p.exists() else f"{p}: is not a regular file")
+    j = Journal(p, readonly=True)
+    try:
+        ident = j.identity()
+    except JournalError:
+        j.close()
+        raise
+    if ident is None:
         j.close()
         raise JournalError(f"{p}: not a campaign journal (no campaign identity)")
     return j

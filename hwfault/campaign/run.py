@@ -15,11 +15,13 @@ accuracy fell by more than ``critical`` (default 1 point); ``due``, whether any 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,12 +30,13 @@ import torch.nn.functional as F
 
 from .. import progress
 from ..corruption import trial_seed
-from ..errors import ConstraintError, HwfaultError
-from ..evaluate import as_tensors, logits as run_logits
+from ..errors import ConstraintError, HwfaultError, LimitError
+from ..evaluate import as_tensors, check_labels, logits as run_logits
+from ..validate import MAX_CAMPAIGN_TRIALS
 from ..faults import Chip
 from ..faults.base import DeviceView
 from ..params import perturbed
-from . import stats
+from .. import stats
 from .incremental import SPARSE_MAX, try_cache
 from .journal import Journal
 from .plan import sample_size
@@ -142,6 +145,17 @@ def make_plan(chip: Chip, *, trials: int | None = None, margin: float | None = N
                 margin, confidence if margin is not None else None)
 
 
+def check_plan(plan: Plan) -> None:
+    """A one-line LimitError for a plan beyond :data:`~hwfault.validate.MAX_CAMPAIGN_TRIALS`, before any
+    work (trial ids are generated lazily, so anything below it starts in constant memory)."""
+    if plan.planned_trials > MAX_CAMPAIGN_TRIALS:
+        how = (f"--margin {plan.margin:g} at {plan.confidence:g} confidence" if plan.margin is not None
+               else "--trials")
+        raise LimitError(f"the plan needs {plan.planned_trials:,} trials ({how}), beyond the ceiling of "
+                         f"{MAX_CAMPAIGN_TRIALS:,}; widen --margin or lower --trials "
+                         f"(--dry-run shows the plan and its estimated time)")
+
+
 # ----------------------------------------------------------------------------- trials
 
 
@@ -156,7 +170,7 @@ class Context:
 
         tune_allocator()  # trials reuse freed activation buffers instead of mapping fresh pages
         self.recipe = recipe
-        self.model = load_model(recipe.model)
+        self.model = load_model(recipe.model, requires_grad=False)
         self.x, self.y = as_tensors(load_data(recipe.data))
         spec = ChipSpec.model_validate(recipe.chip)
         self.chip = Chip.build(spec, self.model)
@@ -174,6 +188,7 @@ class Context:
         self._base = base if bool(torch.any(base)) else None  # float32 chips store the weights exactly
         with single_thread(), perturbed(self.chip.selection, base):
             self.golden = run_logits(self.model, (self.x, self.y))
+            check_labels(self.golden, self.y)
             self.cache = None if self.chip.transient else try_cache(self.model, self.x)
         self.golden_pred = self.golden.argmax(1)
         self.golden_ok = self.golden_pred == self.y
@@ -313,6 +328,10 @@ def run_chunk(recipe: Recipe, plan: Plan, trials: list[int]) -> list[dict]:
 # ----------------------------------------------------------------------------- the campaign
 
 
+#: a finished campaign keeps its rows in memory up to this many trials (beyond, read them from the journal)
+ROWS_IN_MEMORY = 200_000
+
+
 @dataclass(frozen=True)
 class CampaignResult:
     identity: dict
@@ -321,9 +340,10 @@ class CampaignResult:
     golden_accuracy: float
     seconds: float
     trials_per_second: float
+    totals: dict = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
-        return summarize(self.rows, self.golden_accuracy)
+        return self.totals or summarize(self.rows, self.golden_accuracy)
 
     def to_dict(self) -> dict:
         return {"campaign": self.identity, "plan": self.plan, "golden_accuracy": self.golden_accuracy,
@@ -331,44 +351,98 @@ class CampaignResult:
                 "trials_per_second": round(self.trials_per_second, 2)}
 
 
-def summarize(rows: Iterable[dict], golden_accuracy: float, confidence: float = 0.95) -> dict:
-    """Aggregates with intervals, overall and per stratum."""
-    rows = list(rows)
+class _Agg:
+    """Streaming aggregates of trial rows (Welford's mean and variance): constant memory per stratum."""
 
-    def agg(rs: list[dict]) -> dict:
-        n = len(rs)
-        acc = [r["accuracy"] for r in rs]
-        out = {"trials": n, "accuracy_mean": float(np.mean(acc)) if n else None,
-               "accuracy_ci95": list(stats.t_interval(acc, confidence)) if n else None,
-               "accuracy_min": float(np.min(acc)) if n else None}
-        for k in ("sdc", "critical_sdc", "due"):
-            hits = sum(r[k] for r in rs)
+    def __init__(self):
+        self.n, self.mean, self.m2, self.min = 0, 0.0, 0.0, math.inf
+        self.hits = {"sdc": 0, "critical_sdc": 0, "due": 0}
+        self.sdc_inputs, self.first = 0.0, None
+
+    def add(self, r: dict) -> None:
+        self.n += 1
+        a = float(r["accuracy"])
+        d = a - self.mean
+        self.mean += d / self.n
+        self.m2 += d * (a - self.mean)
+        self.min = min(self.min, a)
+        for k in self.hits:
+            self.hits[k] += int(r[k])
+        self.sdc_inputs += float(r["sdc_rate"])
+        if self.first is None:
+            self.first = r["trial"]
+
+    def to_dict(self, confidence: float) -> dict:
+        n = self.n
+        out = {"trials": n, "accuracy_mean": self.mean if n else None,
+               "accuracy_ci95": list(stats.t_interval_from(self.mean, math.sqrt(self.m2 / (n - 1)) if n > 1 else 0.0,
+                                                           n, confidence, domain=(0.0, 1.0))) if n else None,
+               "accuracy_min": self.min if n else None}
+        for k, hits in self.hits.items():
             out[f"{k}_rate"] = hits / n if n else None
             out[f"{k}_ci95"] = list(stats.wilson(hits, n, confidence)) if n else None
-        out["sdc_inputs_mean"] = float(np.mean([r["sdc_rate"] for r in rs])) if n else None
+        out["sdc_inputs_mean"] = self.sdc_inputs / n if n else None
         return out
 
-    strata = sorted({r["stratum"] for r in rows}, key=lambda s: min(r["trial"] for r in rows if r["stratum"] == s))
-    return {"overall": agg(rows), "strata": {s: agg([r for r in rows if r["stratum"] == s]) for s in strata}}
+
+def summarize(rows: Iterable[dict], golden_accuracy: float, confidence: float = 0.95) -> dict:
+    """Aggregates with intervals, overall and per stratum, in one streaming pass over ``rows``
+    (rows may come straight from a journal cursor: nothing is held per trial). The accuracy
+    interval is clipped to [0, 1]."""
+    overall, strata = _Agg(), {}
+    for r in rows:
+        overall.add(r)
+        strata.setdefault(r["stratum"], _Agg()).add(r)
+    order = sorted(strata, key=lambda s: strata[s].first)
+    return {"overall": overall.to_dict(confidence), "strata": {s: strata[s].to_dict(confidence) for s in order}}
+
+
+def _missing(planned: int, done: list[tuple[int, int]]) -> Iterator[int]:
+    """The trial ids in [0, planned) outside the sorted ranges ``done``, lazily."""
+    t = 0
+    for a, b in done:
+        yield from range(t, min(a, planned))
+        t = max(t, b)
+    yield from range(t, planned)
+
+
+def _chunks(ids: Iterator[int], size: int) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    for t in ids:
+        chunk.append(t)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def run_campaign(recipe: Recipe, plan: Plan, *, db: str | None = None, resume: bool = False, workers: int | None = None,
                  scheduler: str | None = None, chunk: int | None = None,
                  on_rows: Callable[[list[dict]], None] | None = None) -> CampaignResult:
-    """Run (or resume) a campaign; every chunk is committed to the journal before the next is counted."""
+    """Run (or resume) a campaign; every chunk is committed to the journal before the next is counted.
+
+    Trial ids are generated lazily and rows stream into the journal, so a campaign of any planned
+    size (up to :data:`~hwfault.validate.MAX_CAMPAIGN_TRIALS`) runs in constant memory until it ends or
+    is stopped; ``--resume`` continues it. A journal this call created is removed again if the
+    campaign fails before its first trial is committed."""
     t0 = time.perf_counter()
+    check_plan(plan)
     identity = {**recipe.identity(), "plan": plan.to_dict()}
+    ctx = context(recipe)  # validates the recipe (model, data, chip) before any journal exists
     journal = Journal(db if db else ":memory:")
+    ok = False
     try:
         journal.bind(identity, resume=resume)
-        done = journal.done()
-        todo = [t for t in range(plan.planned_trials) if t not in done]
-        size = chunk or max(1, min(64, math.ceil(len(todo) / (8 * (workers or 1)))))
-        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-        ctx = context(recipe)  # validates the recipe here, before any worker starts
+        done = journal.done_ranges()
+        n_done = sum(b - a for a, b in done)
+        todo = plan.planned_trials - n_done
+        size = chunk or max(1, min(64, math.ceil(todo / (8 * (workers or 1)))))
+        chunks = _chunks(_missing(plan.planned_trials, done), size)
         journal.set_meta("golden_accuracy", ctx.golden_acc)
+        ok = True
         with progress.task("campaign", plan.planned_trials) as advance:
-            advance(len(done))
+            advance(n_done)
             if workers or scheduler:
                 _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_rows)
             else:
@@ -378,12 +452,32 @@ def run_campaign(recipe: Recipe, plan: Plan, *, db: str | None = None, resume: b
                     advance(len(rows))
                     if on_rows:
                         on_rows(rows)
-        rows = tuple(journal.rows())
+        count = journal.count()
+        totals = summarize(journal.iter_rows(), ctx.golden_acc)
+        rows = tuple(journal.iter_rows()) if count <= ROWS_IN_MEMORY else ()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if not ok or journal.count() == 0:
+                journal.discard()
+        raise
     finally:
         journal.close()
     seconds = time.perf_counter() - t0
-    ran = len(todo)
-    return CampaignResult(identity, plan.to_dict(), rows, ctx.golden_acc, seconds, ran / seconds if seconds else 0.0)
+    return CampaignResult(identity, plan.to_dict(), rows, ctx.golden_acc, seconds,
+                          todo / seconds if seconds else 0.0, totals)
+
+
+def measure_trials(recipe: Recipe, plan: Plan, *, seconds: float = 1.0, max_trials: int = 20) -> dict:
+    """Time a few trials of the plan (for ``--dry-run``): ``{"seconds_per_trial", "measured_trials",
+    "estimated_seconds"}`` (the estimate for one process)."""
+    ctx = context(recipe)
+    n, t0 = 0, time.perf_counter()
+    with single_thread():
+        while n < min(max_trials, plan.planned_trials) and (n == 0 or time.perf_counter() - t0 < seconds):
+            ctx.trial(n, plan.stratum_of(n))
+            n += 1
+    per = (time.perf_counter() - t0) / max(n, 1)
+    return {"seconds_per_trial": per, "measured_trials": n, "estimated_seconds": per * plan.planned_trials}
 
 
 def _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_rows) -> None:
@@ -392,8 +486,9 @@ def _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_row
     if scheduler:
         try:
             client = Client(scheduler, timeout="5s")
-        except (OSError, TimeoutError, ValueError) as e:
-            raise HwfaultError(f"cannot reach the Dask scheduler at {scheduler}: {type(e).__name__}") from None
+        except Exception as e:  # a refused or garbled connection raises anything from OSError to MemoryError
+            raise HwfaultError(f"cannot reach the Dask scheduler at {scheduler}: {type(e).__name__}"
+                               + (f" ({str(e).strip().splitlines()[0][:100]})" if str(e).strip() else "")) from None
         cluster = None
     else:
         if workers < 1:
@@ -401,9 +496,16 @@ def _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_row
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, processes=True)
         client = Client(cluster)
     try:
-        futures = [client.submit(run_chunk, recipe, plan, c, pure=False, retries=3) for c in chunks]
-        for fut in as_completed(futures):
+        # a bounded window of chunks in flight: the chunk list is never materialised
+        window = 4 * max(1, workers or len(client.scheduler_info().get("workers", {})) or 1)
+        pending = as_completed()
+        for c in itertools.islice(chunks, window):
+            pending.add(client.submit(run_chunk, recipe, plan, c, pure=False, retries=3))
+        for fut in pending:
             rows = fut.result()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                pending.add(client.submit(run_chunk, recipe, plan, nxt, pure=False, retries=3))
             journal.write(rows)
             advance(len(rows))
             if on_rows:

@@ -1,4 +1,4 @@
-"""Intervals for campaign aggregates: Wilson and Clopper-Pearson for rates, t and bootstrap for means."""
+"""Intervals for Monte-Carlo aggregates: Wilson and Clopper-Pearson for rates, t and bootstrap for means."""
 
 from __future__ import annotations
 
@@ -35,14 +35,26 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return (lo, hi)
 
 
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Student t interval for the mean."""
+def t_interval_from(mean: float, std: float, n: int, confidence: float = 0.95,
+                    domain: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Student t interval for a mean from its sample mean, sample std (ddof 1) and size, clipped to
+    ``domain`` (e.g. (0, 1) for an accuracy) where given."""
+    if n < 2 or not std > 0:
+        lo = hi = mean
+    else:
+        h = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+        lo, hi = mean - h, mean + h
+    if domain is not None:
+        lo, hi = min(max(lo, domain[0]), domain[1]), min(max(hi, domain[0]), domain[1])
+    return (lo, hi)
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95,
+               domain: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Student t interval for the mean, clipped to ``domain`` where given."""
     v = np.asarray(values, dtype=float)
     m = float(v.mean()) if v.size else math.nan
-    if v.size < 2 or v.std(ddof=1) == 0:
-        return (m, m)
-    h = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
-    return (m - h, m + h)
+    return t_interval_from(m, float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size), confidence, domain)
 
 
 def bootstrap_interval(values: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
