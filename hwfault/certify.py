@@ -1221,7 +1221,9 @@ def _graph(model: nn.Module, x: torch.Tensor) -> _Graph:
     hit = _CACHE.get(id(model))
     if hit is not None and hit[0] is model and hit[1] == key:
         return hit[2]
-    g = _Graph(model, x[:2] if len(x) >= 2 else torch.cat([x, x])[:2])
+    example = x[:2] if len(x) >= 2 else torch.cat([x, x])[:2]
+    logits(model, (example, None))  # a model that cannot run on these inputs says so in its own words
+    g = _Graph(model, example)
     _CACHE.clear()
     _CACHE[id(model)] = (model, key, g)
     return g

@@ -130,6 +130,8 @@ def sweep(
     validate.trials("--trials", trials)
     validate.seed(seed)
     validate.integer("--steps", steps, lo=1)
+    if step_size is not None:
+        validate.positive("--step-size", step_size)
     _outs(json_path, plot)
     result = run(model, _data_for(model, data), epsilons=parse_eps(eps), norm=norm, n=parse_n(n), params=params,
                  types=types, layers=layers, methods=methods, trials=trials, seed=seed, probe=probe, steps=steps,
@@ -287,14 +289,15 @@ def harden(
     d = _data_for(model, data)
     spec = load_chip(chip) if chip else None
     base = load_model(model, requires_grad=False)
+    test = load_data(d, "test")  # a data file that is bad says so before anything about its splits
+    base_eval = evaluate(base, test)  # and data that do not fit the model too
     if not has_split(d, "train"):
         if not train_on_eval:
             raise HwfaultError(f"{d} has no train split (arrays x_train and y_train): hardening would train on the "
                                f"evaluation data; add them, or pass --train-on-eval to do so knowingly")
         print(f"note: {d} has no train split: training on the evaluation data (--train-on-eval); the test "
               f"accuracy below is on data the model trained on", file=sys.stderr)
-    train, test = load_data(d, "train"), load_data(d, "test")
-    base_eval = evaluate(base, test)  # also checks that the data fits the model
+    train = load_data(d, "train")
     import torch
 
     if spec is not None and spec.format.kind.startswith("int") and not no_qat and isinstance(base, torch.fx.GraphModule):

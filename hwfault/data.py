@@ -122,7 +122,8 @@ def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: no samples")
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         raise DataError(f"{path}: '{kx}' contains NaN or Inf")
-    x = x.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise DataError(f"{path}: '{kx}' has values beyond float32's range")
     if y.dtype.kind == "u" and y.dtype.itemsize >= 8 and int(y.max()) > np.iinfo(np.int64).max:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -233,6 +234,47 @@ def _initializer_types(proto) -> dict[str, int]:
 # ----------------------------------------------------------------------------- exporters
 
 
+#: the opsets each exporter writes (torch.onnx's TorchScript exporter: 7-20; QCDQ needs QuantizeLinear
+#: with per-axis scales, opset 13; the dynamo exporter starts at 18)
+OPSETS = {"torchscript": (7, 20), "dynamo": (18, None), "brevitas-qcdq": (13, 20)}
+
+
+def _check_opset(opset, exporter: str) -> int:
+    import onnx
+
+    lo, hi = OPSETS[exporter]
+    hi = hi or onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not lo <= int(opset) <= hi:
+        raise ExportError(f"expected --opset in {lo}..{hi} for the {exporter} exporter, got {opset}")
+    return int(opset)
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    """Exporters print to the process's stdout/stderr from C++ (graph dumps on failure): send those
+    bytes to a scratch file for the duration, so the CLI's output stays its own."""
+    import sys
+
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 @contextlib.contextmanager
 def _scratch(out_path: Path):
     """A temporary directory for the exporters' own files (removed afterwards, also on failure)."""
@@ -345,7 +387,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     import onnx
 
     from . import __version__
-    from .evaluate import as_tensors, logits
+    from .evaluate import as_tensors, check_labels, logits
 
     t0 = time.perf_counter()
     if not getattr(model, "differentiable", True):  # an OnnxModule: already a file, run by onnxruntime
@@ -379,6 +421,8 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     try:
         with torch.no_grad():
             logits(model, (sample, None))  # a model that cannot run on this input shape fails here, in its own words
+            if y is not None:
+                check_labels(logits(model, (x[:1], None)), y)  # labels beyond the model's outputs: not its data
         if bits is None:
             exporter = "dynamo" if isinstance(model, torch.fx.GraphModule) else "torchscript"
             reference, ref_label = model, "torch model"
@@ -392,16 +436,17 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
             opset = DEFAULT_OPSET[exporter]
             if exporter == "brevitas-qcdq" and any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
                 opset = 14  # attention traces to scaled_dot_product_attention: ONNX ops from opset 14
-        opset = int(opset)
+        opset = _check_opset(opset, exporter)
         with _scratch(out_path) as tmp:
             raw = Path(tmp) / "export.onnx"
             try:
-                if exporter == "torchscript":
-                    proto = _export_torchscript(model, sample, raw, opset)
-                elif exporter == "dynamo":
-                    proto = _export_dynamo(model, sample, opset)
-                else:
-                    proto = _export_qcdq(reference, sample, raw, opset)
+                with _quiet_fds():
+                    if exporter == "torchscript":
+                        proto = _export_torchscript(model, sample, raw, opset)
+                    elif exporter == "dynamo":
+                        proto = _export_dynamo(model, sample, opset)
+                    else:
+                        proto = _export_qcdq(reference, sample, raw, opset)
             except HwfaultError:
                 raise
             except Exception as e:  # exporters raise many types (torch.onnx errors, brevitas, onnx)

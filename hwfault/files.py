@@ -90,22 +90,30 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, what: str =
         except OSError as e:
             raise OutputError(f"cannot write {p}: {_why(e)}") from None
         return p
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot write {p}: cannot create its directory ({_why(e)})") from None
+    created = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
+    ok = False
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
-        with contextlib.suppress(OSError):  # keep the mode of the file being replaced
-            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
-        os.replace(tmp, target)
-    except OSError as e:
-        raise OutputError(f"cannot write {p}: {_why(e)}") from None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot write {p}: cannot create its directory ({_why(e)})") from None
+        try:
+            write(tmp)
+            with contextlib.suppress(OSError):  # keep the mode of the file being replaced
+                os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+            os.replace(tmp, target)
+            ok = True
+        except OSError as e:
+            raise OutputError(f"cannot write {p}: {_why(e)}") from None
     finally:
         with contextlib.suppress(OSError):
             if tmp.exists() or tmp.is_symlink():
                 tmp.unlink()
+        if not ok:  # folders made for a file that never came: gone again (deepest first, only if empty)
+            for d in created:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
     return p
 
 

@@ -75,8 +75,7 @@ class HardenConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ConstraintError(f"unknown hardening method '{self.method}'{did_you_mean(self.method, METHODS)}"
-                                  f" (expected one of {', '.join(METHODS)})")
+            raise ConstraintError(f"unknown hardening method '{self.method}'{did_you_mean(self.method, METHODS)}")
         d = DEFAULTS[self.method]
         for k, v in d.items():
             if getattr(self, k) is None:
@@ -381,6 +380,10 @@ def source_arch(model_ref: str) -> str | None:
     if model_ref in list_models():
         return model_ref
     p = Path(model_ref)
+    if p.suffix not in (".safetensors", ".pt2", ".onnx"):
+        from .zoo import load_model
+
+        load_model(p)  # a missing file, a pickle or an unknown type: load_model's own one-line error
     if p.suffix == ".safetensors":
         return checkpoint_metadata(p)["arch"]
     if p.suffix == ".pt2":

@@ -450,6 +450,11 @@ class OnnxModule(nn.Module):
         self._input_dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                                  for d in tt.shape.dim)
         self.output_name = graph.output[0].name
+        out_type = graph.output[0].type.tensor_type.elem_type
+        if out_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, 0):
+            raise ModelError(f"{self.path}: output '{self.output_name}' is "
+                             f"{onnx.helper.tensor_dtype_to_np_dtype(out_type).name}: expected floating-point "
+                             f"logits (class indices, e.g. an ArgMax output, cannot be scored or differentiated)")
         self.metadata = metadata_of(proto)
 
         bindings = _find_bindings(graph, self.path)
@@ -609,6 +614,40 @@ class OnnxModule(nn.Module):
         return f"path='{self.path}', input {self._shape_text()}, {len(self.bindings)} injectable tensors"
 
 
+def _check_external_data(path: Path) -> None:
+    """External tensor data must be a regular file inside the model's folder (no absolute path, no
+    '..', no symbolic link): an ONNX file cannot make hwfault read what lies elsewhere. onnx checks
+    this too in recent versions; this holds whatever onnx the user has."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ModelError(f"{path}: not an ONNX model ({type(e).__name__}: {_first_line(e)})") from None
+    folder = path.resolve().parent
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("g"):
+                    yield from tensors(a.g)
+                for g in a.graphs:
+                    yield from tensors(g)
+
+    for t in tensors(proto.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = folder / loc
+        if (not loc or Path(loc).is_absolute() or ".." in Path(loc).parts or target.is_symlink()
+                or not target.resolve().is_relative_to(folder) or not target.is_file()):
+            raise ModelError(f"{path}: refused: external data of tensor '{t.name}' at '{loc}' is not a regular file "
+                             f"inside the model's folder")
+
+
 def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModule:
     """Load an ONNX file as an :class:`OnnxModule` (eval mode, parameters without gradients).
 
@@ -620,6 +659,7 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModule:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
+    _check_external_data(path)
     try:
         proto = onnx.load(str(path))
     except OSError as e:

@@ -164,11 +164,14 @@ class Selection:
         return {k: self.subset(ix) for k, ix in keyed.items()}
 
 
-def _as_list(v: str | Iterable | None) -> list:
+def _as_list(v: str | Iterable | None, what: str = "filter") -> list:
     if v is None:
         return []
     if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
+        items = [s.strip() for s in v.split(",") if s.strip()]
+        if not items:
+            raise SelectionError(f"expected at least one name in --{what}, got '{v}'")
+        return items
     if isinstance(v, int):
         return [v]
     return list(v)
@@ -184,12 +187,12 @@ def select(model: nn.Module, params: str | Iterable[str] | None = None, *,
     named = dict(model.named_parameters())
     if not infos:
         raise SelectionError("the model has no parameters")
-    globs, tys = _as_list(params), _as_list(types)
+    globs, tys = _as_list(params, "params"), _as_list(types, "types")
     for t in tys:
         if t not in TAGS:
             raise SelectionError(f"unknown component type '{t}'{did_you_mean(t, TAGS)}")
     try:
-        pos = [int(v) for v in _as_list(layers)]
+        pos = [int(v) for v in _as_list(layers, "layers")]
     except ValueError:
         raise SelectionError(f"expected integer layer positions, got '{layers}'") from None
     n_layers = infos[-1].position + 1

@@ -484,6 +484,8 @@ def load_chip(name_or_path: str | Path) -> ChipSpec:
     if not isinstance(name_or_path, (str, Path)):
         raise SpecError(f"expected a chip preset name or a path to a .toml file, got {type(name_or_path).__name__}")
     key = str(name_or_path)
+    if not key.strip():
+        raise SpecError("expected a chip preset name (hwfault chips list) or a path to a .toml file, got ''")
     looks_like_path = isinstance(name_or_path, Path) or key.endswith(".toml") or "/" in key or "\\" in key
     if not looks_like_path and key in list_chips():
         preset = CHIPS_DIR / f"{key}.toml"

@@ -10,6 +10,7 @@ of a model whose source hwfault does not have; it always returns an eval-mode ``
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -199,7 +200,17 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, arch: str, meta: dict
     path = Path(path)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     header = {"format": CHECKPOINT_FORMAT, "arch": arch, "meta": json.dumps(meta or {}, sort_keys=True)}
-    atomic_write(path, lambda t: save_file(state, str(t), metadata=header), what="checkpoint")
+    def write(t: Path) -> None:
+        from safetensors import SafetensorError
+
+        try:
+            save_file(state, str(t), metadata=header)
+        except SafetensorError as e:  # its I/O errors (a full disk) come wrapped: unwrap them for the writer
+            text = str(e)
+            code = errno.ENOSPC if "No space left" in text else errno.EIO
+            raise OSError(code, os.strerror(code)) from None
+
+    atomic_write(path, write, what="checkpoint")
     return path
 
 

@@ -38,3 +38,33 @@ def snapshot():
         return all(torch.equal(now[k], v) and now[k].dtype == v.dtype for k, v in snap.items())
 
     return take, same
+
+
+# ----------------------------------------------------------------------------- the fuzz suite's tally
+
+_FUZZ: dict = {"cases": {}, "problems": {}}
+
+
+def pytest_runtest_logreport(report):
+    """Collect what the fuzz tests recorded (``record_property("fuzz", ...)``), also from xdist workers."""
+    import json
+
+    if report.when != "call":
+        return
+    for key, value in getattr(report, "user_properties", ()):
+        if key == "fuzz":
+            d = json.loads(value)
+            _FUZZ["cases"][d["category"]] = _FUZZ["cases"].get(d["category"], 0) + d["cases"]
+            for k, n in d["problems"].items():
+                _FUZZ["problems"][k] = _FUZZ["problems"].get(k, 0) + n
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FUZZ["cases"]:
+        return
+    total = sum(_FUZZ["cases"].values())
+    cats = ", ".join(f"{k} {v}" for k, v in sorted(_FUZZ["cases"].items()))
+    kinds = ("tracebacks", "wrong exit codes", "code executed", "half-written or left-behind files",
+             "unbounded allocations or hangs", "other (error message)")
+    probs = ", ".join(f"{_FUZZ['problems'].get(k, 0)} {k}" for k in kinds)
+    terminalreporter.write_line(f"fuzz suite: {total} cases ({cats}): {probs}")
