@@ -233,6 +233,8 @@ def cli_cases() -> list[Case]:
         "unknown-command": ("frobnicate",),
     }
     c += [Case(f"cli/{k}", CLI, v) for k, v in combos.items()]
+    c += [Case(f"cli/campaign/scheduler-replies-{k}", CLI, CAMP + ("--trials", "2", "--scheduler", "{file}"),
+               builder=f"server:{k}", needle="Dask scheduler", outputs=("scheduler.txt",)) for k in ("garbage", "http")]
     c.append(Case("cli/harden/no-train-split", CLI, ("harden", *MLP, "--method", "crt", "--epochs", "1", "--out",
                                                      "h.safetensors", "--data", "{file}"), builder="npz:valid",
                   needle="no train split"))

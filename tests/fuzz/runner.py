@@ -70,6 +70,28 @@ def _special(spec: str, d: Path) -> str | None:
     if kind == "symlink":
         os.symlink("real.json", d / rest)
         return rest
+    if kind == "server":  # a TCP server that answers anything with garbage (a bogus Dask scheduler)
+        import socket
+        import threading
+
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+
+        def serve():
+            srv.settimeout(60)
+            try:
+                while True:
+                    conn, _ = srv.accept()
+                    with contextlib.suppress(OSError):
+                        conn.sendall(b"\xff" * 64 if rest == "garbage" else b"HTTP/1.0 200 OK\r\n\r\nhello")
+                        conn.close()
+            except OSError:
+                pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        (d / "scheduler.txt").write_text(f"tcp://127.0.0.1:{srv.getsockname()[1]}")
+        return "scheduler.txt"
     if kind == "npz":
         import numpy as np
 
@@ -125,6 +147,8 @@ def run_case(case, root: Path, cache: Path, timeout: float) -> dict:
             target = made if target is None else target
         before = _files(d)
         argv = [a.replace("{file}", str(d / target) if target else "").replace("{dir}", str(d)) for a in case.argv]
+        if target == "scheduler.txt":
+            argv = [a.replace(str(d / target), (d / target).read_text()) for a in argv]
         signal.signal(signal.SIGALRM, _alarm)
         signal.alarm(int(timeout))
         try:
