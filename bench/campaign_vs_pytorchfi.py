@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from hwfault import load_data, load_model
-from hwfault.campaign.incremental import ForwardCache
-from hwfault.campaign.run import Recipe, context, make_plan, run_campaign
+from hwfault.analyses.campaign.incremental import ForwardCache
+from hwfault.analyses.campaign.run import Recipe, context, make_plan, run_campaign
 from hwfault.stats import wilson
 from hwfault.faults import Chip
 from hwfault.runtime import tune_allocator

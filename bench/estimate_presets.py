@@ -18,7 +18,7 @@ import torch
 
 import hwfault
 from hwfault import report
-from hwfault.estimate import estimate
+from hwfault.analyses.estimate import estimate
 from hwfault.spec import list_chips
 
 OUT = Path(__file__).resolve().parent / "results"

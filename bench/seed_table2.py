@@ -20,9 +20,9 @@ import time
 
 import hwfault
 from hwfault import load_data, load_model
-from hwfault.estimate import monte_carlo
+from hwfault.analyses.estimate import monte_carlo
 from hwfault.faults import Chip
-from hwfault.harden import HardenConfig, harden
+from hwfault.analyses.harden import HardenConfig, harden
 from hwfault.spec import load_chip
 from hwfault.zoo import models_dir
 

@@ -18,17 +18,19 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .constraints import ConstraintSet, LpBall
-from .corruption import CorruptionPoint, CorruptionResult, gradient, multistep, random
+from .search.methods import gradient, multistep, random
+from .search.results import CorruptionPoint, CorruptionResult
 from .data import list_datasets, load_data
 from .errors import (ConstraintError, DataError, ExportError, HwfaultError, ModelError, SelectionError,
                      SpecError)
-from .evaluate import EvalResult, evaluate, loss_and_grad
+from .evaluation import EvalResult, evaluate, loss_and_grad
 from .params import Selection, describe, perturbed, select
-from .sweep import ProbeResult, SweepResult, probe, sweep
-from .estimate import estimate  # noqa: E402  (after .sweep: the function, not the module, is hwfault.estimate)
+from .analyses.sweep import ProbeResult, SweepResult, probe, sweep
+from .analyses.estimate import estimate
 from .certify import certify
-from .harden import HardenConfig, harden
-from .zoo import list_models, load_model, save_checkpoint
+from .analyses.harden import HardenConfig, harden
+from .inputs import load_model
+from .zoo import list_models, save_checkpoint
 
 __all__ = [
     "__version__",

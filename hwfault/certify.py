@@ -56,9 +56,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .constraints import Box, CandidateSet, ConstraintSet, Ellipsoid, LpBall, SumSet
-from .corruption import ByEps
+from .search.results import ByEps
 from .errors import ConstraintError, DataError, ModelError, did_you_mean
-from .evaluate import as_tensors, logits, check_labels
+from .evaluation import as_tensors, logits, check_labels
 from .params import Selection, select
 
 __all__ = ["ParamBound", "PerturbationSet", "CertifyPoint", "CertifyResult", "certify", "certify_set",
@@ -1513,7 +1513,7 @@ class CertifyResult(ByEps):
 
 def _model(model: nn.Module | str) -> nn.Module:
     if isinstance(model, str):
-        from .zoo import load_model
+        from .inputs import load_model
 
         return load_model(model, requires_grad=False)
     return model

@@ -88,16 +88,9 @@ PROBE = typer.Option(None, "--probe", help="Take the gradient on this split (tra
 
 
 def _data_for(model: str, data: Optional[str]) -> str:
-    if data:
-        return data
-    from .zoo import list_models, load_model, model_data
+    from .inputs import default_data
 
-    if model not in list_models() and not Path(model).exists():
-        load_model(model)  # raises the unknown-model error with a suggestion
-    d = model_data(model)
-    if d is None:
-        raise HwfaultError(f"--data is required for model '{model}' (no data set is recorded for it)")
-    return d
+    return default_data(model, data)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -125,7 +118,7 @@ def sweep(
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw accuracy vs eps per method here (.png/.svg/.pdf)."),
 ):
     """Accuracy under random vs gradient-based vs multi-step parameter corruption, over eps."""
-    from .sweep import sweep as run
+    from .analyses.sweep import sweep as run
 
     validate.trials("--trials", trials)
     validate.seed(seed)
@@ -155,7 +148,7 @@ def probe_cmd(
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw the group x eps accuracy heatmap here."),
 ):
     """Vulnerability probe: gradient-based corruption restricted to each component type or layer."""
-    from .sweep import probe as run
+    from .analyses.sweep import probe as run
 
     if by not in ("component", "layer"):
         raise HwfaultError(f"expected --by component or layer, got '{by}'")
@@ -228,7 +221,7 @@ def estimate(
 ):
     """How a model fares on a chip: Monte-Carlo over its faults vs the worst case inside their covering set."""
     from .certify import METHODS
-    from .estimate import estimate as run
+    from .analyses.estimate import estimate as run
 
     if certify_method not in METHODS + ("none",):
         raise ConstraintError(f"expected --certify {', '.join(METHODS)} or none, got '{certify_method}'")
@@ -272,10 +265,11 @@ def harden(
     import shlex
 
     from .data import load_data
-    from .evaluate import evaluate
-    from .harden import HardenConfig, harden as run, hardening_report, save_hardened, source_arch
+    from .evaluation import evaluate
+    from .analyses.harden import HardenConfig, harden as run, hardening_report, save_hardened, source_arch
     from .spec import load_chip
-    from .zoo import get_entry, load_model
+    from .inputs import load_model
+    from .zoo import get_entry
 
     from .data import has_split
 
@@ -350,7 +344,7 @@ def export(
     """Export to ONNX and check the file: onnx.checker, then onnxruntime parity against the torch model."""
     from .data import load_data
     from .export import export_onnx
-    from .zoo import load_model
+    from .inputs import load_model
 
     validate.trials("--trials", trials)
     files.check_output(out, what="--out", suffixes=(".onnx",))
@@ -362,8 +356,8 @@ def export(
     test = load_data(d, "test")
     meta = {"source_model": model, "data": d}
     if chip:
-        from .estimate import estimate as run_estimate
-        from .harden import summary
+        from .analyses.estimate import estimate as run_estimate
+        from .analyses.harden import summary
 
         r = run_estimate(module, test, chip, trials=trials, per_fault=False, severities=())
         meta["robustness"] = {"chip": r.chip["name"], "trials": trials, **summary(r.to_dict())}
@@ -427,7 +421,7 @@ def certify(
     """Certified accuracy: inputs whose prediction provably survives every weight perturbation in the set."""
     from .certify import check_method, certify as run, certify_set, quantisation_safety
     from .data import load_data
-    from .zoo import load_model
+    from .inputs import load_model
 
     check_method(method, time_budget=time_budget)      # before any work, for every kind of set
     if (chip is None) == (eps is None):
@@ -507,7 +501,7 @@ def bits_cmd(
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
 ):
     """Worst-case bit flips (progressive bit search) vs random flips needed to reach a target accuracy."""
-    from .bits import bits as run
+    from .analyses.bits import bits as run
 
     validate.trials("--runs", runs)
     validate.seed(seed)
@@ -585,10 +579,10 @@ def campaign(
     plot: Optional[str] = typer.Option(None, "--plot", help="With --by layer: draw the per-layer heatmap here."),
 ):
     """A statistically sized, resumable fault-injection campaign on a chip's fault model."""
-    from .campaign.run import Recipe, check_plan, make_plan, measure_trials, run_campaign
+    from .analyses.campaign.run import Recipe, check_plan, make_plan, measure_trials, run_campaign
     from .faults import Chip
     from .spec import load_chip
-    from .zoo import load_model
+    from .inputs import load_model
 
     if workers is not None and scheduler:
         raise HwfaultError("give --workers or --scheduler, not both")
@@ -631,8 +625,8 @@ def campaign(
 def results_show(db: str = typer.Option(..., "--db", help="Campaign journal."),
                  json_path: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON.")):
     """Summarise a campaign journal (also a partial one)."""
-    from .campaign.journal import open_existing
-    from .campaign.run import summarize
+    from .analyses.campaign.journal import open_existing
+    from .analyses.campaign.run import summarize
 
     _outs(json_path)
     with open_existing(db) as j:
@@ -649,7 +643,7 @@ def results_export(db: str = typer.Option(..., "--db", help="Campaign journal.")
                    csv: Optional[str] = typer.Option(None, "--csv", help="Write the per-trial rows as CSV."),
                    parquet: Optional[str] = typer.Option(None, "--parquet", help="Write the per-trial rows as Parquet.")):
     """Export the per-trial rows of a campaign journal."""
-    from .campaign.journal import open_existing
+    from .analyses.campaign.journal import open_existing
 
     if not csv and not parquet:
         raise HwfaultError("give --csv FILE and/or --parquet FILE")

@@ -57,3 +57,9 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     if choices and len(choices) <= 12:
         return f" (choose from: {', '.join(choices)})"
     return ""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:limit]

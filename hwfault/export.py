@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ExportError, HwfaultError, ModelError, OutputError
+from .errors import ExportError, HwfaultError, OutputError, first_line as _first_line
 from .files import atomic_write, check_output
+from .onnxio import meta_props as _meta_props, metadata_of, ort_session, read_metadata, set_props as _set_props
 
 __all__ = ["export_onnx", "ExportReport", "read_metadata", "ort_session", "FORMATS", "FP32_MAX_DELTA",
            "INT_MIN_AGREEMENT", "INT_MAX_ACCURACY_DIFF"]
@@ -54,8 +55,6 @@ INT_MIN_AGREEMENT = 0.995
 INT_MAX_ACCURACY_DIFF = 0.005  # 0.5 percentage points, as a fraction
 DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18, "brevitas-qcdq": 13}
 RANDOM_SAMPLES = 64
-META_PREFIX = "hwfault_"
-_JSON_KEYS = META_PREFIX + "json_keys"  # which hwfault_* values are JSON (the others are plain text)
 _BATCH = 1024
 
 
@@ -102,29 +101,6 @@ class ExportReport:
 # ----------------------------------------------------------------------------- helpers
 
 
-def ort_session(model, *, threads: int = 1, fuse: bool = True):
-    """An onnxruntime CPU session for a path, serialized bytes or a ModelProto; ``threads`` intra-op
-    threads, one inter-op thread, warnings off. ``fuse=False`` keeps onnxruntime to its basic graph
-    optimisations (no QDQ fusions such as MatMulNBits, which change the arithmetic)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if not fuse:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.intra_op_num_threads = max(1, int(threads))
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if hasattr(model, "SerializeToString"):
-        model = model.SerializeToString()
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
-                                providers=["CPUExecutionProvider"])
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
-
-
 def _parse_format(fmt: str, spec) -> tuple[str, int | None]:
     """(format name, bits or None for fp32); an intN chip sets N for an int export."""
     f = str(fmt).strip().lower()
@@ -151,74 +127,6 @@ def _resolve_chip(chip):
     from .spec import ChipSpec, load_chip
 
     return chip if isinstance(chip, ChipSpec) else load_chip(chip)
-
-
-def _meta_props(entries: dict) -> dict[str, str]:
-    """``metadata_props`` for ``entries``: keys get the ``hwfault_`` prefix; non-string values are JSON."""
-    props, json_keys = {}, []
-    for k, v in entries.items():
-        key = k if str(k).startswith(META_PREFIX) else META_PREFIX + str(k)
-        if isinstance(v, str):
-            props[key] = v
-        else:
-            try:
-                props[key] = json.dumps(v, sort_keys=True, allow_nan=True, default=_json_default)
-            except (TypeError, ValueError) as e:
-                raise ExportError(f"metadata '{k}': expected JSON-serialisable data, got {type(v).__name__} ({e})") \
-                    from None
-            json_keys.append(key)
-    props[_JSON_KEYS] = ",".join(sorted(json_keys))
-    return props
-
-
-def _json_default(v):
-    if hasattr(v, "to_dict"):
-        return v.to_dict()
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    if isinstance(v, (np.ndarray, torch.Tensor)):
-        return v.tolist()
-    if isinstance(v, (tuple, set, frozenset)):
-        return list(v)
-    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
-
-
-def _set_props(proto, props: dict[str, str]) -> None:
-    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    for k, v in keep + sorted(props.items()):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-
-
-def metadata_of(proto) -> dict:
-    """The ``hwfault_*`` metadata of a loaded ModelProto, prefix stripped, JSON values decoded."""
-    raw = {p.key: p.value for p in proto.metadata_props}
-    json_keys = set(filter(None, raw.get(_JSON_KEYS, "").split(",")))
-    out = {}
-    for k, v in raw.items():
-        if not k.startswith(META_PREFIX) or k == _JSON_KEYS:
-            continue
-        if k in json_keys:
-            with contextlib.suppress(ValueError):
-                v = json.loads(v)
-        out[k[len(META_PREFIX):]] = v
-    return out
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The hwfault metadata of an ONNX file: ``{"version": ..., "format": ..., "chip": <TOML text>,
-    "robustness": {...}, ...}`` (keys without the ``hwfault_`` prefix; ``{}`` for a foreign file)."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises DecodeError and friends for non-ONNX bytes
-        raise ModelError(f"{path}: not an ONNX model ({type(e).__name__})") from None
-    return metadata_of(proto)
 
 
 def _initializer_types(proto) -> dict[str, int]:
@@ -387,7 +295,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     import onnx
 
     from . import __version__
-    from .evaluate import as_tensors, check_labels, logits
+    from .evaluation import as_tensors, check_labels, logits
 
     t0 = time.perf_counter()
     if not getattr(model, "differentiable", True):  # an OnnxModule: already a file, run by onnxruntime

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DataError, ModelError
-from .export import metadata_of, ort_session
+from .errors import DataError, ModelError, first_line as _first_line
+from .onnxio import check_external_data, metadata_of, ort_session
 
 __all__ = ["load_onnx", "OnnxModule", "OnnxBinding", "SUPPORTED_OPS"]
 
@@ -77,14 +77,6 @@ _WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 _PARAM_NAME = re.compile(r"[A-Za-z_]\w*(\.\w+)+")
 _NO_GRAD = ("ONNX model: gradient-based worst case needs the torch model; Monte-Carlo only "
             "(onnxruntime computes no gradients)")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
-
-
-# ----------------------------------------------------------------------------- placeholder layers
 
 
 class _OnnxLayer:
@@ -614,40 +606,6 @@ class OnnxModule(nn.Module):
         return f"path='{self.path}', input {self._shape_text()}, {len(self.bindings)} injectable tensors"
 
 
-def _check_external_data(path: Path) -> None:
-    """External tensor data must be a regular file inside the model's folder (no absolute path, no
-    '..', no symbolic link): an ONNX file cannot make hwfault read what lies elsewhere. onnx checks
-    this too in recent versions; this holds whatever onnx the user has."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise ModelError(f"{path}: not an ONNX model ({type(e).__name__}: {_first_line(e)})") from None
-    folder = path.resolve().parent
-    def tensors(graph):
-        yield from graph.initializer
-        for node in graph.node:
-            for a in node.attribute:
-                if a.HasField("t"):
-                    yield a.t
-                yield from a.tensors
-                if a.HasField("g"):
-                    yield from tensors(a.g)
-                for g in a.graphs:
-                    yield from tensors(g)
-
-    for t in tensors(proto.graph):
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        target = folder / loc
-        if (not loc or Path(loc).is_absolute() or ".." in Path(loc).parts or target.is_symlink()
-                or not target.resolve().is_relative_to(folder) or not target.is_file()):
-            raise ModelError(f"{path}: refused: external data of tensor '{t.name}' at '{loc}' is not a regular file "
-                             f"inside the model's folder")
-
-
 def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModule:
     """Load an ONNX file as an :class:`OnnxModule` (eval mode, parameters without gradients).
 
@@ -659,7 +617,7 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModule:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
-    _check_external_data(path)
+    check_external_data(path)
     try:
         proto = onnx.load(str(path))
     except OSError as e:

@@ -34,7 +34,7 @@ import threading
 import zipfile
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 MAX_ENTRIES = 100_000
 #: bytes an archive may expand to, beyond its own size (torch stores entries uncompressed)
@@ -149,13 +149,8 @@ def _restricted_load(path: Path, name: str, data: bytes) -> None:
     except Exception as e:  # UnpicklingError for a forbidden global, and many for garbage
         text = str(e)
         found = re.search(r"unsupported GLOBAL (\S+)", text)
-        why = f"it calls {found.group(1)}" if found else f"{type(e).__name__}: {_first(text)}"
+        why = f"it calls {found.group(1)}" if found else f"{type(e).__name__}: {first_line(e)}"
         _refuse(path, f"entry '{name}' is a pickle that holds more than tensors ({why})")
-
-
-def _first(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return (lines[0] if lines else "")[:160]
 
 
 def check_archive(path: str | Path) -> None:
@@ -313,7 +308,7 @@ def load_pt2(path: str | Path):
             ep = torch.export.load(str(path))
             return ep.module()
         except Exception as e:  # torch.export raises many types for a bad archive
-            first = _first(str(e))
+            first = first_line(e)
             logged = [r.getMessage().splitlines()[0] for r in cap.records if r.levelno >= logging.WARNING]
             hint = f"{type(e).__name__}" + (f": {first}" if first else "")
             if logged and not first:

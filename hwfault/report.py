@@ -428,7 +428,7 @@ def hardening_table(d: dict):
     """Base vs hardened on the chip (the ``summary`` of :func:`hwfault.harden.hardening_report`)."""
     from rich.table import Table
 
-    from .harden import REPORT_KEYS
+    from .analyses.harden import REPORT_KEYS
 
     s = d["summary"]
     b = d["base"]
@@ -446,7 +446,7 @@ def hardening_table(d: dict):
 def plot_hardening(d: dict, path: str | Path) -> None:
     """Grouped bars: base vs hardened for each figure of the bracket, plus both Monte-Carlo histograms."""
     plt = _mpl()
-    from .harden import REPORT_KEYS
+    from .analyses.harden import REPORT_KEYS
 
     s = d["summary"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})

@@ -232,10 +232,12 @@ def checkpoint_metadata(path: str | Path) -> dict:
     return {"arch": header["arch"], "meta": meta if isinstance(meta, dict) else {}}
 
 
-def _load_safetensors(path: Path) -> nn.Module:
+def load_checkpoint(path: str | Path) -> nn.Module:
+    """The model of an hwfault ``.safetensors`` checkpoint (its architecture is a zoo name in its header)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    path = Path(path)
     info = checkpoint_metadata(path)
     model = get_entry(info["arch"]).build()
     try:
@@ -256,70 +258,6 @@ def _load_safetensors(path: Path) -> nn.Module:
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ModelError(f"{path}: state dict does not fit architecture '{info['arch']}': {first}") from None
-    return model
-
-
-def check_finite(model: nn.Module, label: str) -> None:
-    """Refuse a model whose parameters hold NaN or Inf, or whose buffers hold NaN (an Inf buffer is
-    legitimate: attention masks use -inf)."""
-    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, t in items:
-            if not t.is_floating_point() or t.numel() == 0:
-                continue
-            bad = int(torch.isnan(t).sum()) + (int(torch.isinf(t).sum()) if kind == "parameter" else 0)
-            if bad:
-                what = "NaN or Inf" if kind == "parameter" else "NaN"
-                raise ModelError(f"{label}: {kind} '{name}' holds {bad:,} {what} value{'s' if bad > 1 else ''} "
-                                 f"(of {t.numel():,}); a model with non-finite weights cannot be analysed")
-
-
-def load_model(name_or_path: str | Path, *, requires_grad: bool = True) -> nn.Module:
-    """Return an eval-mode model from a zoo name, an hwfault ``.safetensors`` checkpoint, a ``.pt2``
-    archive or an ``.onnx`` file.
-
-    Parameters keep PyTorch's default ``requires_grad=True``, so ``loss.backward()`` works on the
-    returned model; ``requires_grad=False`` freezes them (what the analyses use internally). An ONNX
-    file's injectable initializers never require gradients (onnxruntime computes none). A model whose
-    parameters hold NaN or Inf is refused. What each loader trusts: see the README ("Loading models").
-    """
-    key = str(name_or_path)
-    if key in _REGISTRY:
-        path = models_dir() / f"{key}.safetensors"
-        if not path.is_file():
-            raise ModelError(f"no checkpoint for '{key}' at {path}; run 'hwfault zoo train {key}'")
-        model = _load_safetensors(path)
-    elif "/" not in key and (models_dir() / f"{key}.safetensors").is_file():  # a shipped hardened checkpoint
-        model = _load_safetensors(models_dir() / f"{key}.safetensors")
-    else:
-        path = Path(key)
-        if not path.exists():
-            if path.suffix in (".safetensors", ".pt2", ".onnx"):
-                raise ModelError(f"model file not found: {path}")
-            raise ModelError(f"unknown model '{key}'{did_you_mean(key, _REGISTRY)}; or give a .safetensors, .pt2 or .onnx path")
-        if path.is_dir():
-            raise ModelError(f"{path}: is a directory; expected a .safetensors, .pt2 or .onnx file")
-        if path.suffix == ".onnx":
-            from .onnxmodel import load_onnx
-
-            model = load_onnx(path)  # runs in onnxruntime: parameters are the file's injectable initializers
-            check_finite(model, str(path))
-            return model
-        if path.suffix == ".pt2":
-            from .pt2 import load_pt2
-
-            model = load_pt2(path)
-        elif path.suffix == ".safetensors":
-            model = _load_safetensors(path)
-        elif path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"):
-            raise ModelError(f"{path}: refused: '{path.suffix}' files are pickles, which run code when loaded; "
-                             f"give a .safetensors checkpoint, a torch.export .pt2 archive or an .onnx file")
-        else:
-            raise ModelError(f"{path}: unsupported model file type '{path.suffix}' (expected .safetensors, .pt2 or .onnx)")
-    check_finite(model, key)
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        model.eval()  # GraphModules from torch.export reject train()/eval() toggling in some versions
-    for p in model.parameters():
-        p.requires_grad_(requires_grad)
     return model
 
 
@@ -403,7 +341,7 @@ def train(name: str, *, out_dir: str | Path | None = None, seed: int | None = No
           on_epoch: Callable[[int, float], None] | None = None) -> dict:
     """Train zoo model ``name`` from scratch and write its checkpoint and model card; returns the card."""
     from .data import load_data
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     entry = get_entry(name)
     seed = entry.seed if seed is None else seed

@@ -11,11 +11,11 @@ import time
 import pytest
 import torch
 
-from hwfault.campaign.run import Recipe, context, make_plan, run_campaign
+from hwfault.analyses.campaign.run import Recipe, context, make_plan, run_campaign
 from hwfault.cli import main
 from hwfault.faults import Chip
 from hwfault.spec import load_chip
-from hwfault.zoo import load_model
+from hwfault.inputs import load_model
 
 
 def recipe(chip="int8-sram-0.55v", seed=0, model="digits-cnn", data="digits", **kw):
@@ -44,7 +44,7 @@ def test_dry_run_sizes_the_campaign(capsys, tmp_path):
     code, out, _ = run(capsys, "campaign", "-m", "digits-cnn", "--chip", "fp32-single-bitflip", "--margin", "0.05",
                        "--confidence", "0.95", "--by", "layer", "--dry-run", "--json", "-")
     d = json.loads(out)
-    from hwfault.campaign.plan import sample_size
+    from hwfault.analyses.campaign.plan import sample_size
 
     assert [s["trials"] for s in d["strata"]] == [sample_size(0.05, 0.95, s["population"]) for s in d["strata"]]
     assert [s["population"] for s in d["strata"]] == [s["sites"] * 32 for s in d["strata"]]
@@ -66,7 +66,7 @@ def test_weights_restored_when_a_trial_raises(monkeypatch):
     r = recipe()
     ctx = context(r)
     snap = {k: v.clone() for k, v in ctx.model.state_dict().items()}
-    import hwfault.campaign.run as cr
+    import hwfault.analyses.campaign.run as cr
 
     def boom(*a, **k):
         raise RuntimeError("trial failed")

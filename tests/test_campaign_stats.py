@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hwfault.campaign.plan import proportional_allocation, sample_size
+from hwfault.analyses.campaign.plan import proportional_allocation, sample_size
 from hwfault.stats import bootstrap_interval, clopper_pearson, t_interval, wilson
 from hwfault.errors import ConstraintError
 

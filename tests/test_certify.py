@@ -431,8 +431,8 @@ def test_zoo_mlp_crown_beats_ibp_and_the_attack_beats_both(mlp, digits, mlp_weig
 
 
 def test_zoo_mlp_sound_against_the_multistep_worst_case(mlp, digits, mlp_weights):
-    from hwfault.evaluate import evaluate
-    from hwfault.worstcase import multi_step, one_step
+    from hwfault.evaluation import evaluate
+    from hwfault.search.worstcase import multi_step, one_step
 
     x, y = digits.tensors
     x, y = x[:60], y[:60]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import hwfault as hw
-import hwfault.corruption as corruption
-from hwfault.evaluate import logits
+import hwfault.search.methods as corruption
+from hwfault.evaluation import logits
 
 EPS = [0.01, 0.1, 0.3, 1.0, 3.0]
 

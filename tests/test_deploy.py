@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hwfault import load_model
-from hwfault.campaign.run import Recipe, make_plan, run_campaign
+from hwfault.analyses.campaign.run import Recipe, make_plan, run_campaign
 from hwfault.cli import main
 from hwfault.faults import Chip
 from hwfault.spec import load_chip

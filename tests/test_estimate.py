@@ -6,7 +6,7 @@ import pytest
 
 import hwfault as hw
 from hwfault.cli import main
-from hwfault.estimate import estimate
+from hwfault.analyses.estimate import estimate
 from hwfault.spec import list_chips
 
 TOL = 0.01  # accuracy points of slack for the ordering (one input in 540 is 0.0019)
@@ -86,7 +86,7 @@ def test_bad_input_one_line_exit_2(capsys, args, needle):
 def test_models_without_gradients_get_monte_carlo_only(tmp_path):
     """Models that run outside autograd (ONNX files in onnxruntime) say so: worst cases skipped, not faked."""
     from hwfault import load_model
-    from hwfault.estimate import estimate
+    from hwfault.analyses.estimate import estimate
     from hwfault.report import estimate_table, write_report
 
     model = load_model("digits-mlp")

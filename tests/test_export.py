@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 import hwfault as hw
 from hwfault.errors import ExportError, ModelError
-from hwfault.evaluate import logits
+from hwfault.evaluation import logits
 from hwfault.export import FP32_MAX_DELTA, INT_MAX_ACCURACY_DIFF, INT_MIN_AGREEMENT, export_onnx, read_metadata
 from hwfault.formats import NumberFormat
 from hwfault.quant import dequantized_state_dict, quantize_model, quantized_layers, to_float

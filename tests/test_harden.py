@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from hwfault import load_data, load_model
 from hwfault.cli import main
 from hwfault.errors import ConstraintError
-from hwfault.estimate import monte_carlo
-from hwfault.evaluate import evaluate
+from hwfault.analyses.estimate import monte_carlo
+from hwfault.evaluation import evaluate
 from hwfault.faults import Chip
-from hwfault.harden import HardenConfig, Trainer, harden
+from hwfault.analyses.harden import HardenConfig, Trainer, harden
 from hwfault.spec import load_chip
 
 

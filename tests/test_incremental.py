@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from hwfault import load_data, load_model
-from hwfault.campaign.incremental import ForwardCache
+from hwfault.analyses.campaign.incremental import ForwardCache
 
 
 class Mixed(nn.Module):

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 import hwfault as hw
 from hwfault.errors import DataError, ModelError
-from hwfault.evaluate import logits, loss_and_grad
+from hwfault.evaluation import logits, loss_and_grad
 from hwfault.export import export_onnx
 from hwfault.faults import Chip
 from hwfault.onnxmodel import OnnxModule, load_onnx
@@ -204,7 +204,7 @@ def test_no_gradients_through_onnxruntime(digits, fp32):
         loss_and_grad(fp32, digits, list(sel.params))
     assert "\n" not in str(e.value)
     assert all(not p.requires_grad for p in fp32.parameters())
-    from hwfault.campaign.incremental import try_cache
+    from hwfault.analyses.campaign.incremental import try_cache
 
     assert try_cache(fp32, digits.tensors[0][:8]) is None  # not fx-traceable: campaigns run the full forward
 

@@ -266,7 +266,7 @@ def test_only_the_arrays_of_the_split_are_read(tmp_path):
 # ----------------------------------------------------------------------------- campaigns
 
 def test_missing_trial_ids_stream_from_merged_ranges():
-    from hwfault.campaign.run import _chunks, _missing
+    from hwfault.analyses.campaign.run import _chunks, _missing
 
     done = [(0, 3), (5, 6), (9, 12)]
     assert list(_missing(14, done)) == [3, 4, 6, 7, 8, 12, 13]
@@ -279,7 +279,7 @@ def test_missing_trial_ids_stream_from_merged_ranges():
 def test_streaming_summary_equals_the_numpy_reference():
     from scipy import stats as st
 
-    from hwfault.campaign.run import summarize
+    from hwfault.analyses.campaign.run import summarize
 
     rng = np.random.default_rng(0)
     rows = [{"trial": t, "stratum": "a" if t % 3 else "b", "accuracy": float(a), "sdc": int(a < 0.9),
@@ -306,7 +306,7 @@ def test_an_accuracy_interval_never_leaves_0_1():
 
 
 def test_a_plan_beyond_the_ceiling_is_refused_before_any_journal(tmp_path):
-    from hwfault.campaign.run import Recipe, make_plan, run_campaign
+    from hwfault.analyses.campaign.run import Recipe, make_plan, run_campaign
     from hwfault.faults import Chip
     from hwfault.spec import load_chip
 
@@ -320,8 +320,8 @@ def test_a_plan_beyond_the_ceiling_is_refused_before_any_journal(tmp_path):
 
 
 def test_a_campaign_that_fails_to_start_removes_the_journal_it_created(tmp_path, monkeypatch):
-    from hwfault.campaign import run as run_mod
-    from hwfault.campaign.run import Recipe, make_plan, run_campaign
+    from hwfault.analyses.campaign import run as run_mod
+    from hwfault.analyses.campaign.run import Recipe, make_plan, run_campaign
     from hwfault.faults import Chip
     from hwfault.spec import load_chip
 
@@ -353,11 +353,8 @@ def test_a_campaign_that_fails_to_start_removes_the_journal_it_created(tmp_path,
 # ----------------------------------------------------------------------------- one error path
 
 def test_an_internal_error_is_one_line_with_exit_1_and_debug_shows_the_traceback(capsys, monkeypatch):
-    import sys
-
+    import hwfault.analyses.sweep as sweep_mod
     from hwfault.cli import main
-
-    sweep_mod = sys.modules["hwfault.sweep"]
 
     monkeypatch.setattr(sweep_mod, "sweep", lambda *a, **k: 1 / 0)
     assert main(["sweep", "--model", "digits-mlp", "--eps", "1"]) == 1

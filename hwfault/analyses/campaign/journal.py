@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..errors import HwfaultError
+from ...errors import HwfaultError
 
 COLUMNS = ("trial", "stratum", "seed", "n_faults", "faults", "accuracy", "loss", "sdc", "sdc_rate",
            "critical_sdc", "due", "duration")

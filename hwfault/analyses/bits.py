@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import progress, validate
-from .constraints import CandidateSet, SumSet
-from .corruption import trial_seed
-from .errors import ConstraintError
-from .evaluate import evaluate
-from .faults.base import DeviceView
-from .formats import NumberFormat
-from .params import perturbed, select
-from .worstcase import bit_search
+from .. import progress, validate
+from ..constraints import CandidateSet, SumSet
+from ..rng import trial_seed
+from ..errors import ConstraintError
+from ..evaluation import evaluate
+from ..faults.base import DeviceView
+from ..formats import NumberFormat
+from ..params import perturbed, select
+from ..search.worstcase import bit_search
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def bits(model, data, *, format: str = "int8", per_channel: bool = False, until:
          max_flips: int = 100, random_runs: int = 5, seed: int = 0, params=None, types="conv,linear",
          candidates: int = 5) -> BitsResult:
     """Worst-case flips (progressive bit search) and random flips needed to reach accuracy ``until``."""
-    from .sweep import resolve_data, resolve_model
+    from ..inputs import resolve_data, resolve_model
 
     t0 = time.perf_counter()
     if not 0 <= until <= 1:

@@ -21,27 +21,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import progress
-from .constraints import CandidateSet, SumSet
-from .evaluate import EvalResult, evaluate, finite_gradient, loss_and_grad
-from .params import Selection, perturbed
-
-
-@dataclass(frozen=True)
-class WorstCase:
-    method: str
-    accuracy: float
-    loss: float
-    loss_change: float
-    parts: tuple[torch.Tensor, ...] = field(repr=False, default=())
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def delta(self) -> torch.Tensor:
-        return torch.stack([p.double() for p in self.parts]).sum(0)
-
-    def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "loss": self.loss, "loss_change": self.loss_change, **self.extra}
+from .. import progress
+from ..constraints import CandidateSet, SumSet
+from ..evaluation import EvalResult, evaluate, finite_gradient, loss_and_grad
+from ..params import Selection, perturbed
+from .results import WorstCase
 
 
 def _worse(a: EvalResult, b: EvalResult) -> bool:

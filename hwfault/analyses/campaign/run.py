@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import progress
-from ..corruption import trial_seed
-from ..errors import ConstraintError, HwfaultError, LimitError
-from ..evaluate import as_tensors, check_labels, logits as run_logits
-from ..validate import MAX_CAMPAIGN_TRIALS
-from ..faults import Chip
-from ..faults.base import DeviceView
-from ..params import perturbed
-from .. import stats
+from ... import progress
+from ...rng import trial_seed
+from ...errors import ConstraintError, HwfaultError, LimitError
+from ...evaluation import as_tensors, check_labels, logits as run_logits
+from ...validate import MAX_CAMPAIGN_TRIALS
+from ...faults import Chip
+from ...faults.base import DeviceView
+from ...params import perturbed
+from ... import stats
 from .incremental import SPARSE_MAX, try_cache
 from .journal import Journal
 from .plan import sample_size
@@ -66,7 +66,7 @@ class Recipe:
 
 
 def _file_sha(model: str) -> str | None:
-    from ..zoo import checkpoint_path
+    from ...zoo import checkpoint_path
 
     p = checkpoint_path(model)
     if p is None:
@@ -163,10 +163,10 @@ class Context:
     """Per-process state of a campaign: model, data, chip, golden run and activation cache."""
 
     def __init__(self, recipe: Recipe):
-        from ..data import load_data
-        from ..spec import ChipSpec
-        from ..runtime import tune_allocator
-        from ..zoo import load_model
+        from ...data import load_data
+        from ...spec import ChipSpec
+        from ...runtime import tune_allocator
+        from ...inputs import load_model
 
         tune_allocator()  # trials reuse freed activation buffers instead of mapping fresh pages
         self.recipe = recipe

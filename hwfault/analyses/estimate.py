@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import progress, stats, validate
-from .constraints import CandidateSet
-from .corruption import trial_seed
-from .evaluate import DEFAULT_BATCH, EvalResult, as_tensors, logits, score
-from .faults import Chip
-from .params import perturbed
-from .worstcase import bit_search, multi_step, one_step
+from .. import progress, stats, validate
+from ..constraints import CandidateSet
+from ..rng import trial_seed
+from ..evaluation import DEFAULT_BATCH, EvalResult, as_tensors, logits, score
+from ..faults import Chip
+from ..params import perturbed
+from ..search.worstcase import bit_search, multi_step, one_step
 
 READ_BATCH = 64  # inputs per read-noise draw
 
@@ -113,8 +113,8 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
              severities: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), severity_trials: int | None = None,
              certified: str | None = "ibp") -> EstimateResult:
     """The bracket for ``model`` on ``chip`` (a preset name, a TOML path or a ChipSpec)."""
-    from .spec import ChipSpec, load_chip
-    from .sweep import _probe, resolve_data, resolve_model
+    from ..spec import ChipSpec, load_chip
+    from ..inputs import resolve_data, resolve_model, resolve_probe
 
     t0 = time.perf_counter()
     trials = validate.trials("--trials", trials)
@@ -126,7 +126,7 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
     cov = spec.coverage if coverage is None else validate.probability("--coverage", coverage)
     module, mlabel = resolve_model(model)
     dset, dlabel = resolve_data(data)
-    pdata, plabel = _probe(data, dset, probe)
+    pdata, plabel = resolve_probe(data, dset, probe)
     pdata = None if probe is None else pdata
     dev = Chip.build(spec, module)
     clean = logits(module, dset)
@@ -193,12 +193,12 @@ def certified_floor(model, data, chip: Chip, coverage: float, method: str = "ibp
 
     ``method``: ``ibp`` (default: interval bounds, a second or two), ``crown``, ``auto`` or ``bab``
     (tighter, slower on large sets; auto and bab stop at 30 s); see :mod:`hwfault.certify`."""
-    from .errors import HwfaultError
+    from ..errors import HwfaultError
 
     if getattr(model, "differentiable", True) is False:
         return {"accuracy": None, "method": None, "reason": f"{type(model).__name__}: certification needs the torch model"}
     try:
-        from .certify import certify_set
+        from ..certify import certify_set
 
         pt = certify_set(model, data, chip.constraint(coverage), selection=chip.selection, method=method)
     except HwfaultError as e:

@@ -15,31 +15,14 @@ from pathlib import Path
 
 from torch import nn
 
-from . import corruption
-from .constraints import LpBall, parse_norm
-from .data import load_data
-from .errors import ConstraintError, DataError, did_you_mean
-from .evaluate import evaluate
-from .params import select
-from .zoo import load_model
+from ..search import methods as corruption
+from ..constraints import LpBall, parse_norm
+from ..errors import ConstraintError, DataError, did_you_mean
+from ..evaluation import evaluate
+from ..params import select
+from ..inputs import resolve_data, resolve_model, resolve_probe
 
 METHOD_NAMES = tuple(corruption.METHODS)
-
-
-def resolve_model(model: str | Path | nn.Module) -> tuple[nn.Module, str]:
-    """``(module, label)`` from a zoo name, a file path, a module or a ``(module, label)`` pair."""
-    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
-        return model[0], str(model[1])
-    if isinstance(model, nn.Module):
-        return model, type(model).__name__
-    return load_model(model, requires_grad=False), str(model)
-
-
-def resolve_data(data, split: str = "test"):
-    """``(dataset, label)`` from a data name, an ``.npz`` path or a dataset / ``(x, y)`` pair."""
-    if isinstance(data, (str, Path)):
-        return load_data(data, split), str(data)
-    return data, "<dataset>"
 
 
 def norm_label(p: float) -> str | float:
@@ -56,22 +39,11 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
     return names
 
 
-def _probe(data_arg, data, probe):
-    """Probe data and its label: None -> the evaluation data; a split name -> that split of the same data set."""
-    if probe is None:
-        return data, "evaluation data (test split)" if isinstance(data_arg, (str, Path)) else "evaluation data"
-    if isinstance(probe, str):
-        if not isinstance(data_arg, (str, Path)):
-            raise DataError("--probe SPLIT needs the data given by name or path")
-        return load_data(data_arg, probe), f"{probe} split"
-    return probe, "<probe dataset>"
-
-
 def _as_float64(module: nn.Module | None, data):
     """A float64 copy of the model (the caller's module is left alone) and float64 inputs."""
     import copy
 
-    from .evaluate import as_tensors
+    from ..evaluation import as_tensors
 
     x, y = as_tensors(data)
     return (copy.deepcopy(module).double() if module is not None else None), (x.double(), y)
@@ -128,7 +100,7 @@ def sweep(model, data, *, epsilons: Sequence[float], norm: float | str = 2, n: i
     ball = LpBall(p=p, eps=1.0, n=n)
     eps = corruption._check_epsilons(epsilons)
     sel = select(module, params, types=types, layers=layers)
-    pdata, plabel = _probe(data, dset, probe)
+    pdata, plabel = resolve_probe(data, dset, probe)
     if float64 and probe is not None:
         pdata = _as_float64(None, pdata)[1]
     base = evaluate(module, dset)
@@ -190,7 +162,7 @@ def probe(model, data, *, epsilons: Sequence[float], by: str = "component", norm
     eps = corruption._check_epsilons(epsilons)
     ball = LpBall(p=p, eps=1.0, n=n)
     groups = select(module, params, types=types, layers=layers).groups(by)
-    pdata, plabel = _probe(data, dset, probe)
+    pdata, plabel = resolve_probe(data, dset, probe)
     base = evaluate(module, dset)
     rows = []
     for gname, gsel in groups.items():

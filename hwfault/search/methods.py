@@ -24,64 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import progress, validate
-from .constraints import LpBall
-from .errors import ConstraintError
-from .evaluate import EvalResult, evaluate, finite_gradient, loss_and_grad
-from .params import Selection, perturbed, select
-
-
-@dataclass(frozen=True)
-class CorruptionPoint:
-    """Result of one method at one eps."""
-
-    method: str
-    eps: float
-    accuracy: float
-    loss: float
-    loss_change: float
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, "eps": self.eps, "accuracy": self.accuracy, "loss": self.loss,
-                "loss_change": self.loss_change, **self.extra}
-
-
-class ByEps:
-    """Results held in ``points`` (each with an ``eps``), indexed by eps: ``result[eps]``, iteration in
-    the order the epsilons were given, and ``epsilons``."""
-
-    points: tuple
-
-    def __getitem__(self, eps: float):
-        for pt in self.points:
-            if pt.eps == eps or (pt.eps is not None and math.isclose(pt.eps, eps, rel_tol=1e-12, abs_tol=0.0)):
-                return pt
-        raise KeyError(eps)
-
-    def __iter__(self):
-        return iter(self.points)
-
-    @property
-    def epsilons(self) -> list[float]:
-        return [p.eps for p in self.points]
-
-
-@dataclass(frozen=True)
-class CorruptionResult(ByEps):
-    """A method's results indexed by eps (``result[eps]``), in the order the epsilons were given."""
-
-    method: str
-    points: tuple[CorruptionPoint, ...]
-
-    def to_dict(self) -> list[dict]:
-        return [p.to_dict() for p in self.points]
-
-
-def trial_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed derived from (seed, *keys): independent streams, reproducible per trial."""
-    validate.seed(seed)
-    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+from .. import progress, validate
+from ..constraints import LpBall
+from ..errors import ConstraintError
+from ..evaluation import EvalResult, evaluate, finite_gradient, loss_and_grad
+from ..params import Selection, perturbed, select
+from ..rng import trial_seed
+from .results import CorruptionPoint, CorruptionResult
 
 
 def _check_epsilons(epsilons: Sequence[float]) -> list[float]:

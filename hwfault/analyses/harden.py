@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConstraintError, ModelError, did_you_mean
-from .params import Selection, perturbed, select
+from ..errors import ConstraintError, ModelError, did_you_mean
+from ..params import Selection, perturbed, select
 
 METHODS = ("crt", "crt-star", "apd", "noise", "randbet")
 NEEDS_CHIP = ("noise",)
@@ -226,7 +226,7 @@ class Trainer:
 
 def _randbet_spec(chip_spec, ber: float):
     """RandBET's training faults: random bit errors at rate ``ber`` in the chip's integer format."""
-    from .spec import parse_chip
+    from ..spec import parse_chip
 
     kind, scale = "int8", "per-tensor"
     if chip_spec is not None and chip_spec.format.kind.startswith("int"):
@@ -238,7 +238,7 @@ def _randbet_spec(chip_spec, ber: float):
 
 def _fault_delta(spec, model: nn.Module, gen: torch.Generator):
     """One fault pattern of ``spec`` on the model's current weights: (selection, flat delta)."""
-    from .faults import Chip
+    from ..faults import Chip
 
     with torch.no_grad():
         chip = Chip.build(spec, model)
@@ -281,8 +281,8 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
     for ``cfg.epochs`` instead. For integer chips training runs through brevitas fake-quantised
     weights (unless ``qat`` is False). Returns the float model (eval mode) with the hardened weights.
     """
-    from .evaluate import as_tensors, check_labels, logits
-    from .zoo import deterministic
+    from ..evaluation import as_tensors, check_labels, logits
+    from ..zoo import deterministic
 
     x, y = as_tensors(data)
     if len(x) == 0:
@@ -303,7 +303,7 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
             p.requires_grad_(True)
         net = base
         if bits is not None:
-            from .quant import quantize_model
+            from ..quant import quantize_model
 
             net = quantize_model(base, bits, per_channel=per_channel)
             for p in net.parameters():
@@ -375,13 +375,13 @@ def source_arch(model_ref: str) -> str | None:
     """The zoo architecture behind a zoo name or hwfault checkpoint; None for ``.pt2`` archives."""
     from pathlib import Path
 
-    from .zoo import checkpoint_metadata, list_models
+    from ..zoo import checkpoint_metadata, list_models
 
     if model_ref in list_models():
         return model_ref
     p = Path(model_ref)
     if p.suffix not in (".safetensors", ".pt2", ".onnx"):
-        from .zoo import load_model
+        from ..inputs import load_model
 
         load_model(p)  # a missing file, a pickle or an unknown type: load_model's own one-line error
     if p.suffix == ".safetensors":
@@ -398,8 +398,8 @@ def save_hardened(model: nn.Module, out, *, arch: str | None, card: dict, exampl
     import json
     from pathlib import Path
 
-    from .files import atomic_write, write_text
-    from .zoo import save_checkpoint
+    from ..files import atomic_write, write_text
+    from ..zoo import save_checkpoint
 
     out = Path(out)
     if arch is not None:

@@ -13,7 +13,7 @@ import math
 
 from scipy import stats
 
-from ..errors import ConstraintError
+from ...errors import ConstraintError
 
 
 def sample_size(margin: float, confidence: float, population: int | None = None, p: float = 0.5) -> int:

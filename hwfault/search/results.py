@@ -1,0 +1,72 @@
+"""What the searches return: points and results indexed by eps, and worst cases kept as their parts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class CorruptionPoint:
+    """Result of one method at one eps."""
+
+    method: str
+    eps: float
+    accuracy: float
+    loss: float
+    loss_change: float
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "eps": self.eps, "accuracy": self.accuracy, "loss": self.loss,
+                "loss_change": self.loss_change, **self.extra}
+
+
+class ByEps:
+    """Results held in ``points`` (each with an ``eps``), indexed by eps: ``result[eps]``, iteration in
+    the order the epsilons were given, and ``epsilons``."""
+
+    points: tuple
+
+    def __getitem__(self, eps: float):
+        for pt in self.points:
+            if pt.eps == eps or (pt.eps is not None and math.isclose(pt.eps, eps, rel_tol=1e-12, abs_tol=0.0)):
+                return pt
+        raise KeyError(eps)
+
+    def __iter__(self):
+        return iter(self.points)
+
+    @property
+    def epsilons(self) -> list[float]:
+        return [p.eps for p in self.points]
+
+
+@dataclass(frozen=True)
+class CorruptionResult(ByEps):
+    """A method's results indexed by eps (``result[eps]``), in the order the epsilons were given."""
+
+    method: str
+    points: tuple[CorruptionPoint, ...]
+
+    def to_dict(self) -> list[dict]:
+        return [p.to_dict() for p in self.points]
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    method: str
+    accuracy: float
+    loss: float
+    loss_change: float
+    parts: tuple[torch.Tensor, ...] = field(repr=False, default=())
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def delta(self) -> torch.Tensor:
+        return torch.stack([p.double() for p in self.parts]).sum(0)
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "loss": self.loss, "loss_change": self.loss_change, **self.extra}
