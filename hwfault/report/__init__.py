@@ -7,8 +7,8 @@ import math
 import sys
 from pathlib import Path
 
-from .errors import HwfaultError
-from .files import FIGURE_SUFFIXES, REPORT_SUFFIXES, atomic_write, check_output
+from ..errors import HwfaultError
+from ..files import FIGURE_SUFFIXES, REPORT_SUFFIXES, atomic_write, check_output
 
 
 def _clean(obj):
@@ -301,7 +301,7 @@ def _duration(seconds: float) -> str:
 def plan_table(plan, estimate: dict | None = None, workers: int = 1):
     from rich.table import Table
 
-    from .validate import MAX_CAMPAIGN_TRIALS
+    from ..validate import MAX_CAMPAIGN_TRIALS
 
     d = plan.to_dict()
     pop = "infinite (fault patterns)" if d["population"] is None else f"{d['population']:,} (sites x bits)"
@@ -428,7 +428,7 @@ def hardening_table(d: dict):
     """Base vs hardened on the chip (the ``summary`` of :func:`hwfault.harden.hardening_report`)."""
     from rich.table import Table
 
-    from .analyses.harden import REPORT_KEYS
+    from ..analyses.harden import REPORT_KEYS
 
     s = d["summary"]
     b = d["base"]
@@ -446,7 +446,7 @@ def hardening_table(d: dict):
 def plot_hardening(d: dict, path: str | Path) -> None:
     """Grouped bars: base vs hardened for each figure of the bracket, plus both Monte-Carlo histograms."""
     plt = _mpl()
-    from .analyses.harden import REPORT_KEYS
+    from ..analyses.harden import REPORT_KEYS
 
     s = d["summary"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})
