@@ -6,7 +6,10 @@ Every set answers four verbs:
 - ``maximize(g)``: the linear oracle, argmax over the set of ``a . g``;
 - ``project(a)``: a point of the set close to ``a`` (exact Euclidean projection where noted);
 - ``contains(a)``: membership, with a relative tolerance for float round-off;
-- ``random(generator)``: a random member drawn as the paper's random corruption (Eq. 5).
+- ``random(generator)``: a random member drawn as the paper's random corruption (Eq. 5);
+- ``at(eps)``: the set at size eps, which is how the corruption methods sweep a set: an L_p ball of
+  radius eps; any other continuous set scaled by eps (eps = 1 is the set itself); a discrete set
+  (bit flips, stuck cells) has one size only.
 
 The norm is data (``p``, ``eps``, ``n``), not a class per norm.
 """
@@ -68,6 +71,10 @@ class ConstraintSet:
     def to_dict(self) -> dict:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def at(self, eps: float) -> ConstraintSet:
+        """The set at size ``eps`` (see the module docstring)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class LpBall(ConstraintSet):
@@ -92,6 +99,9 @@ class LpBall(ConstraintSet):
 
     def with_eps(self, eps: float) -> LpBall:
         return replace(self, eps=float(eps))
+
+    def at(self, eps: float) -> LpBall:
+        return self.with_eps(eps)
 
     def _n(self, k: int) -> int:
         return k if self.n is None else min(int(self.n), k)
@@ -207,6 +217,9 @@ class Box(ConstraintSet):
     def to_dict(self) -> dict:
         return {"kind": "box", "k": self.lo.numel(), "mean_width": float((self.hi - self.lo).double().mean())}
 
+    def at(self, eps: float) -> Box:
+        return self if eps == 1 else Box(self.lo * eps, self.hi * eps)
+
 
 @dataclass(frozen=True, eq=False)
 class Ellipsoid(ConstraintSet):
@@ -256,6 +269,9 @@ class Ellipsoid(ConstraintSet):
     def to_dict(self) -> dict:
         return {"kind": "ellipsoid", "k": self.sigma.numel(), "radius": self.radius,
                 "mean_sigma": float(self.sigma.double().mean())}
+
+    def at(self, eps: float) -> Ellipsoid:
+        return self if eps == 1 else Ellipsoid(self.sigma, self.radius * eps)
 
 
 @dataclass(frozen=True, eq=False)
@@ -324,6 +340,11 @@ class CandidateSet(ConstraintSet):
     def to_dict(self) -> dict:
         return {"kind": "candidates", "k": self.deltas.shape[0], "options": self.deltas.shape[1], "n": self.n}
 
+    def at(self, eps: float) -> CandidateSet:
+        if eps != 1:
+            raise ConstraintError(f"a discrete set ({type(self).__name__}) has one size only: expected eps 1, got {eps}")
+        return self
+
 
 @dataclass(frozen=True, eq=False)
 class SumSet(ConstraintSet):
@@ -353,6 +374,9 @@ class SumSet(ConstraintSet):
 
     def random(self, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.stack([p.random(k, generator, dtype) for p in self.parts]).sum(0)
+
+    def at(self, eps: float) -> SumSet:
+        return self if eps == 1 else SumSet(tuple(p.at(eps) for p in self.parts), self.names)
 
     def to_dict(self) -> dict:
         return {"kind": "sum", "parts": [dict(p.to_dict(), name=n) for p, n in zip(self.parts, self.names or

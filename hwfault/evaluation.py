@@ -2,11 +2,16 @@
 
 Data are a :class:`~torch.utils.data.TensorDataset` (as :func:`hwfault.load_data` returns) or an
 ``(x, y)`` pair of tensors. Scores are accuracy (top-1) and mean cross-entropy loss; an input whose
-logits are not all finite counts as misclassified (and makes the loss non-finite).
+logits are not all finite counts as misclassified (and makes the loss non-finite). Against a golden
+(fault-free) run, :func:`score_against` gives the fault-injection metrics: silent data corruption
+(SDC: a correctly classified input changes its top-1) and detected unrecoverable errors (DUE:
+non-finite outputs). :func:`differentiable` says whether a model gives gradients (an ONNX file run
+in onnxruntime does not).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,6 +76,54 @@ def as_logits(out) -> torch.Tensor:
     if out.ndim != 2:
         raise ModelError(f"expected the model to return logits of shape (batch, classes), got {tuple(out.shape)}")
     return out
+
+
+def differentiable(model: nn.Module) -> bool:
+    """Whether gradients flow through ``model`` (False for a model that runs outside torch, such as an
+    ONNX file in onnxruntime, which declares ``differentiable = False``)."""
+    return getattr(model, "differentiable", True) is not False
+
+
+def accuracy_of(out: torch.Tensor, y: torch.Tensor | None) -> float | None:
+    """Top-1 accuracy of logits against labels (non-finite rows count as wrong); None without labels."""
+    if y is None:
+        return None
+    finite = torch.isfinite(out).all(dim=1)
+    return float(((out.argmax(dim=1) == y) & finite).double().mean())
+
+
+@dataclass(frozen=True)
+class Golden:
+    """The fault-free run that faulty runs are scored against: logits, predictions, which inputs it
+    classifies correctly, and its accuracy."""
+
+    logits: torch.Tensor
+    pred: torch.Tensor
+    correct: torch.Tensor
+    accuracy: float
+
+    @classmethod
+    def of(cls, out: torch.Tensor, y: torch.Tensor) -> Golden:
+        check_labels(out, y)
+        pred = out.argmax(1)
+        correct = pred == y
+        return cls(out, pred, correct, float(correct.double().mean()))
+
+
+def score_against(out: torch.Tensor, y: torch.Tensor, golden: Golden, *, critical: float = 0.01) -> dict:
+    """A faulty run's metrics against the golden run: ``accuracy``, ``loss`` (None when not finite),
+    ``sdc`` (any input the golden run classifies correctly changed its top-1 or became non-finite),
+    ``sdc_rate`` (the share of those inputs), ``critical_sdc`` (accuracy fell by more than
+    ``critical``) and ``due`` (any output NaN/Inf)."""
+    finite = torch.isfinite(out).all(dim=1)
+    pred = out.argmax(1)
+    acc = float(((pred == y) & finite).double().mean())
+    flipped = golden.correct & ((pred != golden.pred) | ~finite)
+    n_ok = int(golden.correct.sum())
+    loss = float(F.cross_entropy(out.double(), y)) if bool(finite.all()) else math.nan
+    return {"accuracy": acc, "loss": loss if math.isfinite(loss) else None, "sdc": int(bool(flipped.any())),
+            "sdc_rate": float(flipped.sum()) / max(n_ok, 1), "critical_sdc": int(golden.accuracy - acc > critical),
+            "due": int(not bool(finite.all()))}
 
 
 def check_labels(out: torch.Tensor, y: torch.Tensor) -> None:

@@ -261,13 +261,6 @@ def _run_ort(session, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(outs)).float()
 
 
-def _accuracy(out: torch.Tensor, y: torch.Tensor | None) -> float | None:
-    if y is None:
-        return None
-    ok = (out.argmax(dim=1) == y) & torch.isfinite(out).all(dim=1)
-    return float(ok.double().mean())
-
-
 def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.argmax(dim=1) == b.argmax(dim=1)).double().mean())
 
@@ -295,10 +288,10 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     import onnx
 
     from . import __version__
-    from .evaluation import as_tensors, check_labels, logits
+    from .evaluation import accuracy_of, as_tensors, check_labels, differentiable, logits
 
     t0 = time.perf_counter()
-    if not getattr(model, "differentiable", True):  # an OnnxModule: already a file, run by onnxruntime
+    if not differentiable(model):  # an OnnxModule: already a file, run by onnxruntime
         raise ExportError(f"{type(model).__name__} is already an ONNX model; export needs the torch model")
     spec = _resolve_chip(chip)
     fname, bits = _parse_format(fmt, spec)
@@ -385,9 +378,9 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
                 want = logits(reference, (x, None))
                 flt = logits(model, (x, None)) if bits is not None else None
             delta, agree = _max_delta(got, want), _agreement(got, want)
-            acc_onnx, acc_ref = _accuracy(got, y), _accuracy(want, y)
+            acc_onnx, acc_ref = accuracy_of(got, y), accuracy_of(want, y)
             acc_diff = None if acc_onnx is None else acc_onnx - acc_ref
-            acc_float = _accuracy(flt, y) if flt is not None else None
+            acc_float = accuracy_of(flt, y) if flt is not None else None
             failures = []
             if bits is None:
                 if not delta <= FP32_MAX_DELTA:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -121,10 +122,28 @@ class Selection:
 
     @property
     def numel(self) -> int:
-        return sum(p.numel() for p in self.params)
+        return self.offsets[-1]
 
     def __len__(self) -> int:
         return len(self.params)
+
+    @functools.cached_property
+    def offsets(self) -> tuple[int, ...]:
+        """Where each parameter tensor starts in the flat layout, and the total length last."""
+        out = [0]
+        for p in self.params:
+            out.append(out[-1] + p.numel())
+        return tuple(out)
+
+    def segments(self) -> list[tuple[int, int]]:
+        """``[start, end)`` of each parameter tensor in the flat layout."""
+        return list(zip(self.offsets[:-1], self.offsets[1:]))
+
+    def locate(self, flat_index) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tensor index, index within that tensor)`` of flat positions (ints or an int tensor)."""
+        idx = torch.as_tensor(flat_index, dtype=torch.long)
+        t = torch.searchsorted(torch.tensor(self.offsets, dtype=torch.long), idx, right=True) - 1
+        return t, idx - torch.tensor(self.offsets, dtype=torch.long)[t]
 
     def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Concatenate per-parameter tensors into one flat vector."""
@@ -134,11 +153,7 @@ class Selection:
         """Cut a flat vector into tensors shaped like the selected parameters."""
         if flat.numel() != self.numel:
             raise ValueError(f"expected a vector of {self.numel} elements, got {flat.numel()}")
-        out, i = [], 0
-        for p in self.params:
-            out.append(flat[i:i + p.numel()].view_as(p))
-            i += p.numel()
-        return out
+        return [flat[a:b].view_as(p) for p, (a, b) in zip(self.params, self.segments())]
 
     def subset(self, indices) -> Selection:
         """The selection of the parameters at ``indices`` (positions in this selection), in order."""

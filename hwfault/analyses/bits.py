@@ -23,7 +23,7 @@ from ..evaluation import evaluate
 from ..faults.base import DeviceView
 from ..formats import NumberFormat
 from ..params import perturbed, select
-from ..search.worstcase import bit_search
+from ..search.bitsearch import bit_search
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,10 @@ def bits(model, data, *, format: str = "int8", per_channel: bool = False, until:
         res = bit_search(module, dset, cset, selection=sel, clean=quant, until=until, candidates=candidates)
         flips = res.extra["flips"] if res.accuracy <= until else None
         changed = torch.nonzero(res.parts[0]).reshape(-1)
-        offsets = np.cumsum([0] + [p.numel() for p in sel.params])
         flip_list = []
-        for el in changed.tolist():
-            t = int(np.searchsorted(offsets, el, side="right") - 1)
+        for el, (t, local) in zip(changed.tolist(), zip(*(v.tolist() for v in sel.locate(changed)))):
             bit = int(torch.nonzero(deltas[el] == res.parts[0][el]).reshape(-1)[0])
-            flip_list.append({"param": sel.names[t], "index": el - int(offsets[t]), "bit": bit})
+            flip_list.append({"param": sel.names[t], "index": local, "bit": bit})
         runs = []
         with progress.task("random flips", random_runs) as advance:
             for r in range(random_runs):

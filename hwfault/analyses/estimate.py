@@ -32,7 +32,8 @@ from ..rng import trial_seed
 from ..evaluation import DEFAULT_BATCH, EvalResult, as_tensors, logits, score
 from ..faults import Chip
 from ..params import perturbed
-from ..search.worstcase import bit_search, multi_step, one_step
+from ..search.bitsearch import bit_search
+from ..search.methods import multi_step, one_step
 
 READ_BATCH = 64  # inputs per read-noise draw
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from torch import nn
 
+from .. import validate
 from ..search import methods as corruption
+from ..search.results import CorruptionResult
 from ..constraints import LpBall, parse_norm
 from ..errors import ConstraintError, DataError, did_you_mean
 from ..evaluation import evaluate
@@ -61,11 +63,11 @@ class SweepResult:
     params: tuple[str, ...]
     probe: str
     clean: dict
-    results: tuple[corruption.CorruptionResult, ...]
+    results: tuple[CorruptionResult, ...]
     seconds: float
     settings: dict = field(default_factory=dict)
 
-    def method(self, name: str) -> corruption.CorruptionResult:
+    def method(self, name: str) -> CorruptionResult:
         for r in self.results:
             if r.method == name:
                 return r
@@ -98,7 +100,7 @@ def sweep(model, data, *, epsilons: Sequence[float], norm: float | str = 2, n: i
     if float64:
         module, dset = _as_float64(module, dset)
     ball = LpBall(p=p, eps=1.0, n=n)
-    eps = corruption._check_epsilons(epsilons)
+    eps = validate.epsilons(epsilons)
     sel = select(module, params, types=types, layers=layers)
     pdata, plabel = resolve_probe(data, dset, probe)
     if float64 and probe is not None:
@@ -159,7 +161,7 @@ def probe(model, data, *, epsilons: Sequence[float], by: str = "component", norm
     p = parse_norm(norm)
     module, mlabel = resolve_model(model)
     dset, dlabel = resolve_data(data)
-    eps = corruption._check_epsilons(epsilons)
+    eps = validate.epsilons(epsilons)
     ball = LpBall(p=p, eps=1.0, n=n)
     groups = select(module, params, types=types, layers=layers).groups(by)
     pdata, plabel = resolve_probe(data, dset, probe)

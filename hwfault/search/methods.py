@@ -1,61 +1,80 @@
-"""Parameter-corruption methods with one call shape.
+"""Parameter-corruption methods with one call shape, over any constraint set.
 
 ``method(model, data, constraint, *, epsilons, selection=None, ...) -> CorruptionResult``
 
 - :func:`random`: Monte-Carlo over random corruptions in the set (Sun et al. 2021, Eq. 5);
-- :func:`gradient`: the one-step gradient-based corruption, the closed-form maximiser of the
-  first-order loss change (Eq. 10);
+- :func:`gradient`: the one-step gradient-based corruption, the maximiser of the first-order loss
+  change inside the set (Eq. 10 for an L_p ball: the closed form);
 - :func:`multistep`: projected gradient ascent in weight space (Zhang et al. 2021), started from the
   one-step solution and keeping the best iterate, so it is never weaker than :func:`gradient` on the
   probe data.
 
+``constraint`` is any :class:`~hwfault.constraints.ConstraintSet`; ``constraint.at(eps)`` is the set at
+each eps (an L_p ball of radius eps; another set scaled by eps). A Minkowski sum (a chip's covering
+set) is searched part by part; an L_p ball is a sum of one part. :func:`one_step` and
+:func:`multi_step` are the same searches on a set as it is (the worst cases of ``hwfault estimate``),
+returning the point itself as a :class:`~hwfault.search.results.WorstCase`.
+
 The gradient is taken on ``probe`` data (default: the evaluation data itself, as the paper does).
 Every perturbation is applied in place and undone bit-exactly (:func:`hwfault.params.perturbed`),
-and every returned perturbation is re-checked with ``constraint.contains``.
+and every returned perturbation is re-checked against its set.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from .. import progress, validate
-from ..constraints import LpBall
+from ..constraints import ConstraintSet, LpBall, SumSet
 from ..errors import ConstraintError
 from ..evaluation import EvalResult, evaluate, finite_gradient, loss_and_grad
 from ..params import Selection, perturbed, select
 from ..rng import trial_seed
-from .results import CorruptionPoint, CorruptionResult
+from .ascent import best_iterate, iterates, set_step
+from .results import CorruptionPoint, CorruptionResult, WorstCase, check_parts, evaluate_parts, total
 
 
-def _check_epsilons(epsilons: Sequence[float]) -> list[float]:
-    eps = [float(e) for e in epsilons]
-    if not eps:
-        raise ConstraintError("expected at least one eps")
-    for e in eps:
-        if not math.isfinite(e) or e < 0:
-            raise ConstraintError(f"expected eps >= 0 and finite, got {e}")
-    return eps
+def _sum(constraint: ConstraintSet) -> SumSet:
+    """A set as a Minkowski sum: itself if it is one, else a sum of one part."""
+    if not isinstance(constraint, ConstraintSet):
+        raise ConstraintError(f"expected a constraint set (hwfault.LpBall, a chip's covering set, ...), "
+                              f"got {type(constraint).__name__}")
+    return constraint if isinstance(constraint, SumSet) else SumSet((constraint,))
 
 
-def _setup(model: nn.Module, data, constraint: LpBall, selection: Selection | None, clean: EvalResult | None):
+def _setup(model: nn.Module, data, selection: Selection | None, clean: EvalResult | None):
     sel = selection if selection is not None else select(model)
     base = clean if clean is not None else evaluate(model, data)
     return sel, base
 
 
-def _verify(constraint: LpBall, a: torch.Tensor) -> None:
-    if not constraint.contains(a):
-        raise RuntimeError(f"internal error: corruption left the constraint set {constraint.to_dict()} "
-                           f"(norm {constraint.norm(a):.6g})")
+def _verify(c: ConstraintSet, parts) -> None:
+    if isinstance(c, SumSet):
+        check_parts(c, parts)
+    elif not c.contains(parts[0]):
+        norm = f" (norm {c.norm(parts[0]):.6g})" if hasattr(c, "norm") else ""
+        raise RuntimeError(f"internal error: corruption left the constraint set {c.to_dict()}{norm}")
 
 
-def random(model: nn.Module, data, constraint: LpBall, *, epsilons: Sequence[float],
+def _gradient(model, pdata, sel: Selection) -> tuple[torch.Tensor, int]:
+    _, grads = loss_and_grad(model, pdata, sel.params)
+    return finite_gradient(sel.flatten(grads))
+
+
+def _maximize(c: ConstraintSet, g: torch.Tensor) -> list[torch.Tensor]:
+    """The linear maximiser as one tensor per part (an L_p ball keeps the gradient's dtype, as Eq. 10)."""
+    return c.maximize_parts(g.double()) if isinstance(c, SumSet) else [c.maximize(g)]
+
+
+def _one(parts) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else total(parts)
+
+
+def random(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Sequence[float],
            selection: Selection | None = None, trials: int = 10, seed: int = 0, antithetic: bool = False,
            clean: EvalResult | None = None) -> CorruptionResult:
     """Random corruption (Eq. 5), ``trials`` draws per eps.
@@ -67,21 +86,22 @@ def random(model: nn.Module, data, constraint: LpBall, *, epsilons: Sequence[flo
     """
     trials = validate.trials("--trials", trials)
     seed = validate.seed(seed)
-    eps_list = _check_epsilons(epsilons)
-    sel, base = _setup(model, data, constraint, selection, clean)
+    eps_list = validate.epsilons(epsilons)
+    sel, base = _setup(model, data, selection, clean)
     k, dtype = sel.numel, sel.params[0].dtype
-    unit = constraint.with_eps(1.0)
+    unit = constraint.at(1.0)
     accs: list[list[float]] = [[] for _ in eps_list]
     losses: list[list[float]] = [[] for _ in eps_list]
     with progress.task("random corruption", trials * len(eps_list)) as advance:
         for t in range(trials):  # one direction at a time (drawn from (seed, t)), never all of them at once
             j, sign = (t // 2, -1.0 if t % 2 else 1.0) if antithetic else (t, 1.0)
             gen = torch.Generator().manual_seed(trial_seed(seed, j))
-            d = sign * unit.random(k, gen, dtype=torch.float64)
+            parts = ([sign * p.random(k, gen, dtype=torch.float64) for p in unit.parts] if isinstance(unit, SumSet)
+                     else [sign * unit.random(k, gen, dtype=torch.float64)])
             for i, e in enumerate(eps_list):
-                a = (d * e).to(dtype)
-                _verify(constraint.with_eps(e), a)
-                with perturbed(sel, a):
+                scaled = [(d * e).to(dtype) for d in parts]
+                _verify(constraint.at(e), scaled)
+                with perturbed(sel, _one(scaled)):
                     r = evaluate(model, data)
                 accs[i].append(r.accuracy)
                 losses[i].append(r.loss)
@@ -103,29 +123,31 @@ def _probe_data(data, probe):
     return data if probe is None else probe
 
 
-def gradient(model: nn.Module, data, constraint: LpBall, *, epsilons: Sequence[float],
+def gradient(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Sequence[float],
              selection: Selection | None = None, probe=None, clean: EvalResult | None = None) -> CorruptionResult:
     """One-step gradient-based corruption (Eq. 10): a = argmax_{a in S} a.g with g taken on ``probe``.
 
-    Each point reports ``first_order`` = a.g = eps ||top_n(g)||_q, the first-order estimate of the
-    loss change (Eq. 11; on the probe data).
+    Each point reports ``first_order`` = a.g, the first-order estimate of the loss change (for an L_p
+    ball: eps ||top_n(g)||_q, Eq. 11, with ``grad_norm_q`` = ||top_n(g)||_q), on the probe data, and
+    ``gradient_nonfinite`` when some gradient entries were NaN/Inf (they are left out of the search).
     """
-    eps_list = _check_epsilons(epsilons)
-    sel, base = _setup(model, data, constraint, selection, clean)
+    eps_list = validate.epsilons(epsilons)
+    sel, base = _setup(model, data, selection, clean)
     pdata = _probe_data(data, probe)
     with progress.task("gradient corruption", len(eps_list) + 1) as advance:
-        _, grads = loss_and_grad(model, pdata, sel.params)
-        g, nonfinite = finite_gradient(sel.flatten(grads))
+        g, nonfinite = _gradient(model, pdata, sel)
         advance(1)
         points = []
         for e in eps_list:
-            c = constraint.with_eps(e)
-            a = c.maximize(g)
-            _verify(c, a)
+            c = constraint.at(e)
+            parts = _maximize(c, g)
+            _verify(c, parts)
+            a = _one(parts)
             with perturbed(sel, a):
                 r = evaluate(model, data)
-            extra = {"first_order": float(torch.dot(a.double(), g.double())),
-                     "grad_norm_q": c.first_order(g) / e if e else 0.0}
+            extra = {"first_order": float(torch.dot(a.double(), g.double()))}
+            if isinstance(c, LpBall):
+                extra["grad_norm_q"] = c.first_order(g) / e if e else 0.0
             if nonfinite:
                 extra["gradient_nonfinite"] = nonfinite
             points.append(CorruptionPoint("gradient", e, r.accuracy, r.loss, r.loss - base.loss, extra))
@@ -133,66 +155,104 @@ def gradient(model: nn.Module, data, constraint: LpBall, *, epsilons: Sequence[f
     return CorruptionResult("gradient", tuple(points))
 
 
-def _worse(a: EvalResult, b: EvalResult) -> bool:
-    """True if ``a`` is a stronger corruption than ``b``: lower accuracy, then higher loss (NaN loss = +inf)."""
-    la = a.loss if math.isfinite(a.loss) or a.loss == math.inf else math.inf
-    lb = b.loss if math.isfinite(b.loss) or b.loss == math.inf else math.inf
-    return (a.accuracy, -la) < (b.accuracy, -lb)
+def _ball_step(c: LpBall, eta: float):
+    """The ascent step in an L_p ball: the Eq. 10 direction of a ball of radius eta, then the exact
+    projection back onto the ball."""
+    step_set = c.with_eps(eta)
+    return lambda parts, g, j: [c.project(parts[0] + step_set.maximize(g))]
 
 
-def multistep(model: nn.Module, data, constraint: LpBall, *, epsilons: Sequence[float],
+def _ascend(model, pdata, sel: Selection, start, update, *, steps: int, advance=None):
+    """The best iterate of projected ascent from ``start`` (values are evaluations on ``pdata``)."""
+    def value_and_grad(parts):
+        with perturbed(sel, _one(parts)):
+            r, grads = loss_and_grad(model, pdata, sel.params)
+        return r, sel.flatten(grads)
+
+    seen = 0
+
+    def counted():
+        nonlocal seen
+        for it in iterates(start, value_and_grad, update, steps=steps):
+            seen += 1
+            if advance:
+                advance(1)
+            yield it
+
+    best = best_iterate(counted())
+    if advance and seen < steps + 1:
+        advance(steps + 1 - seen)
+    return best
+
+
+def multistep(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Sequence[float],
               selection: Selection | None = None, probe=None, steps: int = 10, step_size: float | None = None,
               clean: EvalResult | None = None) -> CorruptionResult:
     """Multi-step corruption: projected gradient ascent in weight space.
 
     a_0 = the one-step solution (Eq. 10); a_{j+1} = Proj_S(a_j + d_j) with d_j the Eq. 10 direction
     of grad L(w + a_j) at budget ``step_size`` (default 1.5 eps / steps, as in a reimplementation of
-    Zhang et al. 2021). The best iterate on the probe data — lowest accuracy, then highest loss — is
-    returned, so the result is never weaker than the one-step corruption there.
+    Zhang et al. 2021); for a set other than a ball, d_j is ``step_size / eps`` times the set's own
+    maximiser (default 1.5 / steps). The best iterate on the probe data (lowest accuracy, then highest
+    loss) is returned, so the result is never weaker than the one-step corruption there.
     """
-    if steps < 1:
-        raise ConstraintError(f"expected steps >= 1, got {steps}")
-    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
-        raise ConstraintError(f"expected step size > 0, got {step_size}")
-    eps_list = _check_epsilons(epsilons)
-    sel, base = _setup(model, data, constraint, selection, clean)
+    steps = validate.integer("--steps", steps, lo=1)
+    if step_size is not None:
+        validate.positive("--step-size", step_size)
+    eps_list = validate.epsilons(epsilons)
+    sel, base = _setup(model, data, selection, clean)
     pdata = _probe_data(data, probe)
     same = pdata is data
     points = []
     with progress.task("multi-step corruption", len(eps_list) * (steps + 1) + 1) as advance:
-        _, grads0 = loss_and_grad(model, pdata, sel.params)
-        g0, _ = finite_gradient(sel.flatten(grads0))
+        g0, _ = _gradient(model, pdata, sel)
         advance(1)
         for e in eps_list:
-            c = constraint.with_eps(e)
+            c = constraint.at(e)
             eta = step_size if step_size is not None else 1.5 * e / steps
-            step_set = c.with_eps(eta)
-            a = c.maximize(g0)
-            best_a, best_r, best_step = a, None, 0
-            for j in range(steps + 1):
-                with perturbed(sel, a):
-                    r, grads = loss_and_grad(model, pdata, sel.params)
-                if best_r is None or _worse(r, best_r):
-                    best_a, best_r, best_step = a, r, j
-                advance(1)
-                if j == steps:
-                    break
-                g = sel.flatten(grads)
-                if not bool(torch.isfinite(g).all()):
-                    advance(steps - j)
-                    break
-                a = c.project(a + step_set.maximize(g))
-            _verify(c, best_a)
+            update = _ball_step(c, eta) if isinstance(c, LpBall) else \
+                set_step(_sum(c).parts, (step_size / e if e else 0.0) if step_size is not None else 1.5 / steps)
+            best = _ascend(model, pdata, sel, _maximize(c, g0), update, steps=steps, advance=advance)
+            _verify(c, best.point)
             if same:
-                r = best_r
+                r = best.value
             else:
-                with perturbed(sel, best_a):
+                with perturbed(sel, _one(best.point)):
                     r = evaluate(model, data)
             points.append(CorruptionPoint("multistep", e, r.accuracy, r.loss, r.loss - base.loss, {
-                "steps": steps, "step_size": eta, "best_step": best_step,
-                "probe_accuracy": best_r.accuracy, "probe_loss": best_r.loss,
+                "steps": steps, "step_size": eta, "best_step": best.step,
+                "probe_accuracy": best.value.accuracy, "probe_loss": best.value.loss,
             }))
     return CorruptionResult("multistep", tuple(points))
 
 
 METHODS = {"random": random, "gradient": gradient, "multistep": multistep}
+
+
+# ----------------------------------------------------------------------------- the worst cases of a set as it is
+
+def one_step(model: nn.Module, data, cset: ConstraintSet, *, selection: Selection, clean: EvalResult,
+             probe=None) -> WorstCase:
+    """The linear maximisation over the set (each part's maximiser) at the fault-free weights."""
+    s = _sum(cset)
+    g, _ = _gradient(model, _probe_data(data, probe), selection)
+    parts = [p.to(torch.float64) for p in s.maximize_parts(g.double())]
+    check_parts(s, parts)
+    r = evaluate_parts(model, data, selection, parts)
+    first = float(torch.dot(total(parts).double(), g.double()))
+    return WorstCase("one_step", r.accuracy, r.loss, r.loss - clean.loss, tuple(parts),
+                     {"first_order": first, "nonfinite": r.nonfinite})
+
+
+def multi_step(model: nn.Module, data, cset: ConstraintSet, *, selection: Selection, clean: EvalResult,
+               init: WorstCase, steps: int = 10, step_frac: float | None = None, probe=None) -> WorstCase:
+    """Projected ascent from ``init`` (the one-step point), each continuous part projected onto its own
+    set and discrete parts re-solved greedily at each iterate; the best iterate on the probe data."""
+    s = _sum(cset)
+    pdata = _probe_data(data, probe)
+    best = _ascend(model, pdata, selection, list(init.parts), set_step(s.parts, 1.5 / steps if step_frac is None
+                                                                        else step_frac), steps=steps)
+    check_parts(s, best.point)
+    r = best.value if probe is None else evaluate_parts(model, data, selection, best.point)
+    return WorstCase("multi_step", r.accuracy, r.loss, r.loss - clean.loss, tuple(best.point),
+                     {"steps": steps, "best_step": best.step, "nonfinite": r.nonfinite})

@@ -1,4 +1,5 @@
-"""What the searches return: points and results indexed by eps, and worst cases kept as their parts."""
+"""What the searches return (points and results indexed by eps, worst cases kept as their parts), and
+the operations on such a point: its total, its re-check against the set, its evaluation."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+
+from ..evaluation import evaluate
+from ..params import perturbed
 
 
 @dataclass(frozen=True)
@@ -70,3 +74,22 @@ class WorstCase:
 
     def to_dict(self) -> dict:
         return {"accuracy": self.accuracy, "loss": self.loss, "loss_change": self.loss_change, **self.extra}
+
+
+def total(parts) -> torch.Tensor:
+    """The perturbation a point of a Minkowski sum stands for: the sum of its parts (float32)."""
+    return torch.stack([p.double() for p in parts]).sum(0).float()
+
+
+def check_parts(cset, parts) -> None:
+    """Never trust a search: every part of the returned point must lie in its set."""
+    if not cset.contains_parts(list(parts)):
+        bad = [n or type(s).__name__ for n, s, a in zip(cset.names or [""] * len(cset.parts), cset.parts, parts)
+               if not s.contains(a)]
+        raise RuntimeError(f"internal error: a perturbation left its set (parts {bad})")
+
+
+def evaluate_parts(model, data, selection, parts):
+    """The model's scores with the point's perturbation applied (and undone)."""
+    with perturbed(selection, total(parts)):
+        return evaluate(model, data)

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ... import progress
 from ...rng import trial_seed
 from ...errors import ConstraintError, HwfaultError, LimitError
-from ...evaluation import as_tensors, check_labels, logits as run_logits
+from ...evaluation import Golden, as_tensors, logits as run_logits, score_against
 from ...validate import MAX_CAMPAIGN_TRIALS
 from ...faults import Chip
 from ...faults.base import DeviceView
@@ -187,12 +186,9 @@ class Context:
         base = self.chip.delta(self.chip.view.w_q.double())
         self._base = base if bool(torch.any(base)) else None  # float32 chips store the weights exactly
         with single_thread(), perturbed(self.chip.selection, base):
-            self.golden = run_logits(self.model, (self.x, self.y))
-            check_labels(self.golden, self.y)
+            self.golden = Golden.of(run_logits(self.model, (self.x, self.y)), self.y)
             self.cache = None if self.chip.transient else try_cache(self.model, self.x)
-        self.golden_pred = self.golden.argmax(1)
-        self.golden_ok = self.golden_pred == self.y
-        self.golden_acc = float(self.golden_ok.double().mean())
+        self.golden_acc = self.golden.accuracy
 
     def chip_for(self, stratum: Stratum) -> Chip:
         if stratum.name == "all":
@@ -224,22 +220,14 @@ class Context:
                 out = self._transient_logits(chip, programmed, gen)
             elif self.cache is not None:
                 touched = _touched(chip, changed)
-                out = self.cache.logits(touched, _sparse(chip, programmed, changed, touched)) if touched else self.golden
+                out = self.cache.logits(touched, _sparse(chip, programmed, changed, touched)) if touched else self.golden.logits
             else:
                 out = run_logits(self.model, (self.x, self.y))
-        finite = torch.isfinite(out).all(dim=1)
-        pred = out.argmax(1)
-        correct = (pred == self.y) & finite
-        acc = float(correct.double().mean())
-        flipped = self.golden_ok & ((pred != self.golden_pred) | ~finite)
-        n_ok = int(self.golden_ok.sum())
-        loss = float(F.cross_entropy(out.double(), self.y)) if bool(finite.all()) else math.nan
+        m = score_against(out, self.y, self.golden, critical=self.recipe.critical)
         return {"trial": trial, "stratum": stratum.name, "seed": seed,
-                "n_faults": int(changed.numel()), "faults": self._sites(chip, changed), "accuracy": acc,
-                "loss": loss if math.isfinite(loss) else None, "sdc": int(bool(flipped.any())),
-                "sdc_rate": float(flipped.sum()) / max(n_ok, 1),
-                "critical_sdc": int(self.golden_acc - acc > self.recipe.critical),
-                "due": int(not bool(finite.all())), "duration": time.perf_counter() - t0}
+                "n_faults": int(changed.numel()), "faults": self._sites(chip, changed), "accuracy": m["accuracy"],
+                "loss": m["loss"], "sdc": m["sdc"], "sdc_rate": m["sdc_rate"], "critical_sdc": m["critical_sdc"],
+                "due": m["due"], "duration": time.perf_counter() - t0}
 
     def _transient_logits(self, chip: Chip, programmed, gen) -> torch.Tensor:
         from ..estimate import READ_BATCH
@@ -252,12 +240,8 @@ class Context:
 
 
 def _offsets(chip: Chip) -> np.ndarray:
-    """Start of each parameter tensor in the chip's flat view (computed once per chip)."""
-    offs = getattr(chip, "_offsets", None)
-    if offs is None:
-        offs = np.cumsum([0] + [p.numel() for p in chip.selection.params])
-        chip._offsets = offs
-    return offs
+    """Start of each parameter tensor in the chip's flat view (and the total last)."""
+    return np.asarray(chip.selection.offsets)
 
 
 def _stored(chip: Chip) -> torch.Tensor:
