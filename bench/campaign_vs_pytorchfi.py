@@ -34,7 +34,8 @@ from torch import nn
 
 from hwfault import load_data, load_model
 from hwfault.analyses.campaign.incremental import ForwardCache
-from hwfault.analyses.campaign.run import Recipe, context, make_plan, run_campaign
+from hwfault.analyses.campaign.plan import make_plan
+from hwfault.analyses.campaign.run import Recipe, context, run_campaign
 from hwfault.stats import wilson
 from hwfault.faults import Chip
 from hwfault.runtime import tune_allocator

@@ -220,7 +220,7 @@ def estimate(
     certify_method: str = typer.Option("ibp", "--certify", help="Certified floor over the covering set: ibp, crown, auto, bab or none."),
 ):
     """How a model fares on a chip: Monte-Carlo over its faults vs the worst case inside their covering set."""
-    from .certify import METHODS
+    from .certification import METHODS
     from .analyses.estimate import estimate as run
 
     if certify_method not in METHODS + ("none",):
@@ -264,69 +264,31 @@ def harden(
     """Train a corruption-resistant model, then compare it with the base model on the chip."""
     import shlex
 
-    from .data import load_data
-    from .evaluation import evaluate
-    from .analyses.harden import HardenConfig, harden as run, hardening_report, save_hardened, source_arch
-    from .spec import load_chip
-    from .inputs import load_model
-    from .zoo import get_entry
-
-    from .data import has_split
+    from .analyses.harden import HardenConfig
+    from .analyses.hardening import harden_checkpoint
 
     cfg = HardenConfig(method=method, epochs=epochs, eps=eps, lam=lam, alpha=alpha, steps=steps, ber=ber, clip=clip,
                        lr=lr, batch_size=batch_size, seed=seed, from_scratch=from_scratch)
     validate.trials("--trials", trials)
-    validate.seed(seed)
-    arch = source_arch(model)
-    files.check_output(out, what="--out", suffixes=(".safetensors",) if arch is not None else (".pt2",))
     _outs(json_path, plot_path)
-    d = _data_for(model, data)
-    spec = load_chip(chip) if chip else None
-    base = load_model(model, requires_grad=False)
-    test = load_data(d, "test")  # a data file that is bad says so before anything about its splits
-    base_eval = evaluate(base, test)  # and data that do not fit the model too
-    if not has_split(d, "train"):
-        if not train_on_eval:
-            raise HwfaultError(f"{d} has no train split (arrays x_train and y_train): hardening would train on the "
-                               f"evaluation data; add them, or pass --train-on-eval to do so knowingly")
-        print(f"note: {d} has no train split: training on the evaluation data (--train-on-eval); the test "
-              f"accuracy below is on data the model trained on", file=sys.stderr)
-    train = load_data(d, "train")
-    import torch
-
-    if spec is not None and spec.format.kind.startswith("int") and not no_qat and isinstance(base, torch.fx.GraphModule):
-        print("note: a torch.export model has no Linear/Conv modules for brevitas; training float weights (--no-qat)",
-              file=sys.stderr)
-        no_qat = True
+    command = "hwfault " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and \
+        sys.argv[0].endswith("hwfault") else f"hwfault harden --model {model} --method {method}"
     with progress.task(f"harden ({cfg.method})", cfg.epochs) as advance:
-        result = run(base, train, cfg, chip_spec=spec, qat=not no_qat,
-                     build=get_entry(arch).build if arch else None, on_epoch=lambda e, row: advance(1))
-    hard_eval = evaluate(result.model, test)
-    out_path = Path(out)
-    rep = None
-    if spec is not None:
-        rep = hardening_report(base, result.model, test, spec, trials=trials, seed=seed,
-                               labels=(model, out_path.name))
-    card = {"method": cfg.method, "base_model": model, "data": d, "chip": spec.name if spec else None,
-            "config": result.config.to_dict(), "test_accuracy": hard_eval.accuracy,
-            "base_test_accuracy": base_eval.accuracy, "train_seconds": round(result.seconds, 1),
-            "trained_on_evaluation_data": not has_split(d, "train"),
-            "history": result.history, "command": "hwfault " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-            if sys.argv and sys.argv[0].endswith("hwfault") else f"hwfault harden --model {model} --method {method}",
-            "report": {"summary": rep["summary"]} if rep else None}
-    save_hardened(result.model, out_path, arch=arch, card=card, example=test.tensors[0])
-    print(f"wrote {out_path} (test accuracy {100 * hard_eval.accuracy:.1f}%, base {100 * base_eval.accuracy:.1f}%)",
+        run = harden_checkpoint(model, _data_for(model, data), cfg, out=out, chip=chip, qat=not no_qat, trials=trials,
+                                train_on_eval=train_on_eval, command=command, on_epoch=lambda e, row: advance(1),
+                                on_note=lambda msg: print(f"note: {msg}", file=sys.stderr))
+    print(f"wrote {run.out} (test accuracy {100 * run.hardened.accuracy:.1f}%, base {100 * run.base.accuracy:.1f}%)",
           file=sys.stderr)
-    if rep is None:
+    if run.report is None:
         print("no --chip: skipped the hardening report (pass --chip to compare base and hardened on a chip)", file=sys.stderr)
         return
-    report.print_table(report.hardening_table(rep))
-    jp = json_path or str(out_path.with_suffix(".hardening.json"))
-    report.write_json(rep, jp)
+    report.print_table(report.hardening_table(run.report))
+    jp = json_path or str(run.out.with_suffix(".hardening.json"))
+    report.write_json(run.report, jp)
     if jp != "-":
         print(f"wrote {jp}", file=sys.stderr)
-    pp = plot_path or str(out_path.with_suffix(".hardening.png"))
-    report.plot_hardening(rep, pp)
+    pp = plot_path or str(run.out.with_suffix(".hardening.png"))
+    report.plot_hardening(run.report, pp)
     print(f"wrote {pp}", file=sys.stderr)
 
 
@@ -342,27 +304,14 @@ def export(
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the export report as JSON here ('-' = stdout)."),
 ):
     """Export to ONNX and check the file: onnx.checker, then onnxruntime parity against the torch model."""
-    from .data import load_data
-    from .export import export_onnx
-    from .inputs import load_model
+    from .export import export_model
 
     validate.trials("--trials", trials)
     files.check_output(out, what="--out", suffixes=(".onnx",))
     _outs(json_path)
-    d = _data_for(model, data)
-    module = load_model(model, requires_grad=False)
-    if getattr(module, "differentiable", True) is False:
-        raise HwfaultError(f"{model}: already an ONNX file; export takes a torch model")
-    test = load_data(d, "test")
-    meta = {"source_model": model, "data": d}
-    if chip:
-        from .analyses.estimate import estimate as run_estimate
-        from .analyses.harden import summary
-
-        r = run_estimate(module, test, chip, trials=trials, per_fault=False, severities=())
-        meta["robustness"] = {"chip": r.chip["name"], "trials": trials, **summary(r.to_dict())}
-    rep = export_onnx(module, out, data=test, fmt=fmt, opset=opset, chip=chip, metadata=meta)
+    rep = export_model(model, _data_for(model, data), out, fmt=fmt, opset=opset, chip=chip, trials=trials)
     d_rep = rep.to_dict()
+    meta = rep.metadata
     from rich.table import Table
 
     t = Table(title=f"{out}: {rep.format} via {rep.exporter}, opset {rep.opset}, {rep.size_bytes:,} bytes")
@@ -419,7 +368,7 @@ def certify(
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Certified accuracy vs eps figure."),
 ):
     """Certified accuracy: inputs whose prediction provably survives every weight perturbation in the set."""
-    from .certify import check_method, certify as run, certify_set, quantisation_safety
+    from .certification import check_method, certify as run, certify_set, quantisation_safety
     from .data import load_data
     from .inputs import load_model
 
@@ -579,40 +528,24 @@ def campaign(
     plot: Optional[str] = typer.Option(None, "--plot", help="With --by layer: draw the per-layer heatmap here."),
 ):
     """A statistically sized, resumable fault-injection campaign on a chip's fault model."""
-    from .analyses.campaign.run import Recipe, check_plan, make_plan, measure_trials, run_campaign
-    from .faults import Chip
-    from .spec import load_chip
-    from .inputs import load_model
+    from .analyses.campaign.api import campaign as run, plan_campaign
 
-    if workers is not None and scheduler:
-        raise HwfaultError("give --workers or --scheduler, not both")
-    if workers is not None and workers < 1:
-        raise ConstraintError(f"expected --workers >= 1, got {workers}")
-    if resume and not db:
-        raise HwfaultError("--resume needs --db")
-    validate.seed(seed)
-    validate.probability("--confidence", confidence)
-    if trials is not None:
-        validate.integer("--trials", trials, lo=1)
     if db is not None:
         files.check_output(db, what="--db")
     _outs(json_path, plot)
-    spec = load_chip(chip)
-    data_name = _data_for(model, data)
-    dev = Chip.build(spec, load_model(model, requires_grad=False))
-    plan = make_plan(dev, trials=trials, margin=margin, confidence=confidence, by=by)
-    recipe = Recipe(model, data_name, spec.to_dict(), seed, params, by)
+    d = _data_for(model, data)
     if dry_run:
-        est = measure_trials(recipe, plan)
-        d = {**plan.to_dict(), "estimate": {**est, "workers": workers or 1,
-                                             "within_ceiling": plan.planned_trials <= validate.MAX_CAMPAIGN_TRIALS}}
+        plan, est = plan_campaign(model, d, chip, trials=trials, margin=margin, confidence=confidence, seed=seed,
+                                  params=params, by=by)
+        out = {**plan.to_dict(), "estimate": {**est, "workers": workers or 1,
+                                               "within_ceiling": plan.planned_trials <= validate.MAX_CAMPAIGN_TRIALS}}
         report.print_table(report.plan_table(plan, est, workers or 1))
         if json_path:
-            report.write_json(d, json_path)
+            report.write_json(out, json_path)
         return
-    check_plan(plan)
     try:
-        result = run_campaign(recipe, plan, db=db, resume=resume, workers=workers, scheduler=scheduler)
+        result = run(model, d, chip, trials=trials, margin=margin, confidence=confidence, seed=seed, db=db,
+                     resume=resume, workers=workers, scheduler=scheduler, params=params, by=by)
     except KeyboardInterrupt:
         if db and Path(db).is_file():
             print(f"note: trials done so far are in {db}; rerun with --resume to continue", file=sys.stderr)

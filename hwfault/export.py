@@ -30,7 +30,6 @@ The file carries ``metadata_props`` (read back with :func:`read_metadata`): ``hw
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import time
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 
 from .errors import ExportError, HwfaultError, OutputError, first_line as _first_line
+from .evaluation import differentiable
 from .files import atomic_write, check_output
 from .onnxio import meta_props as _meta_props, metadata_of, ort_session, read_metadata, set_props as _set_props
 
@@ -288,7 +288,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     import onnx
 
     from . import __version__
-    from .evaluation import accuracy_of, as_tensors, check_labels, differentiable, logits
+    from .evaluation import accuracy_of, as_tensors, check_labels, logits
 
     t0 = time.perf_counter()
     if not differentiable(model):  # an OnnxModule: already a file, run by onnxruntime
@@ -422,3 +422,32 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
         float_accuracy_diff=(acc_onnx - acc_float) if flt is not None and acc_onnx is not None else None,
         initializers=_initializer_types(proto), size_bytes=size, seconds=time.perf_counter() - t0,
         metadata=metadata_of(proto), failures=tuple(failures), passed=not failures)
+
+
+def robustness_summary(model: nn.Module, data, chip, *, trials: int = 50) -> dict:
+    """The headline figures of ``hwfault estimate`` for ``model`` on ``chip`` over ``trials`` Monte-Carlo
+    chips (clean, stored, Monte-Carlo mean and 1st percentile, one-step and multi-step worst cases):
+    what an exported file carries about the chip it is meant for."""
+    from .analyses.estimate import estimate
+    from .analyses.harden import summary
+
+    r = estimate(model, data, chip, trials=trials, per_fault=False, severities=())
+    return {"chip": r.chip["name"], "trials": trials, **summary(r.to_dict())}
+
+
+def export_model(model: str, data: str, out: str | Path, *, fmt: str = "fp32", opset: int | None = None,
+                 chip=None, trials: int = 50) -> ExportReport:
+    """``hwfault export`` as one call: load ``model`` (a zoo name, checkpoint or ``.pt2``; an ONNX file is
+    refused), summarise its robustness on ``chip`` (if given) and write the self-checked ONNX file with
+    that summary and the chip in its metadata (see :func:`export_onnx`)."""
+    from .data import load_data
+    from .inputs import load_model
+
+    module = load_model(model, requires_grad=False)
+    if not differentiable(module):
+        raise HwfaultError(f"{model}: already an ONNX file; export takes a torch model")
+    test = load_data(data, "test")
+    meta = {"source_model": model, "data": str(data)}
+    if chip:
+        meta["robustness"] = robustness_summary(module, test, chip, trials=trials)
+    return export_onnx(module, out, data=test, fmt=fmt, opset=opset, chip=chip, metadata=meta)

@@ -14,10 +14,15 @@ def enable(on: bool = True) -> None:
     _enabled = on
 
 
+_active = None  # the live bar display while one is shown; nested tasks add their rows to it
+
+
 @contextlib.contextmanager
 def task(description: str, total: int) -> Iterator[Callable[..., None]]:
     """Yield ``advance(n=1, total=None)`` (``total``: a new total, for work that grows as it goes);
-    draws a bar with rate and ETA while progress is enabled."""
+    draws a bar with rate and ETA while progress is enabled. A task started inside another one gets
+    its own row under it (one live display), and the row goes when the task ends."""
+    global _active
     if not _enabled or total <= 0:
         yield lambda n=1, total=None: None
         return
@@ -25,14 +30,24 @@ def task(description: str, total: int) -> Iterator[Callable[..., None]]:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        tid = bar.add_task(description, total=total)
+    outer = _active is None
+    bar = _active or Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                              console=Console(stderr=True), transient=True)
+    if outer:
+        bar.start()
+        _active = bar
+    tid = bar.add_task(description, total=total)
 
-        def advance(n: int = 1, total: int | None = None) -> None:
-            if total is not None:
-                bar.update(tid, total=total)
-            bar.advance(tid, n)
+    def advance(n: int = 1, total: int | None = None) -> None:
+        if total is not None:
+            bar.update(tid, total=total)
+        bar.advance(tid, n)
 
+    try:
         yield advance
+    finally:
+        bar.remove_task(tid)
+        if outer:
+            bar.stop()
+            _active = None

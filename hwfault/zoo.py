@@ -9,7 +9,6 @@ of a model whose source hwfault does not have; it always returns an eval-mode ``
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -18,15 +17,17 @@ import os
 import platform
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .cards import card
 from .errors import ModelError, OutputError, did_you_mean
 from .files import atomic_write, check_output, write_text
+from .training import deterministic, train_epochs
 
 CHECKPOINT_FORMAT = "hwfault-checkpoint/1"
 
@@ -293,43 +294,24 @@ def model_card(name: str) -> dict:
 # ----------------------------------------------------------------------------- training
 
 
-@contextlib.contextmanager
-def deterministic(threads: int = 1) -> Iterator[None]:
-    """Single-threaded deterministic torch for reproducible training; restores the previous settings."""
-    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
-
-
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
-        weight_decay: float, seed: int, on_epoch: Callable[[int, float], None] | None = None) -> nn.Module:
-    """AdamW with a cosine schedule, shuffled minibatches from a seeded generator; trains in place."""
+        weight_decay: float, seed: int, on_epoch: Callable[[int, dict], None] | None = None) -> nn.Module:
+    """The zoo recipe: AdamW with a one-cycle cosine schedule, cross-entropy, shuffled minibatches from
+    a seeded generator; trains in place."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(x) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        if on_epoch:
-            on_epoch(epoch, total / len(x))
-    model.eval()
+
+    def step(xb, yb) -> float:
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        return loss.item()
+
+    train_epochs(model, x, y, epochs=epochs, batch_size=batch_size, gen=gen, optimizer=opt, scheduler=sched,
+                 step=step, on_epoch=on_epoch)
     return model
 
 
@@ -390,21 +372,17 @@ def _split_text(data: str) -> str:
 
 
 def _card_markdown(c: dict) -> str:
-    return f"""# Model card: {c['name']}
-
-{c['description']}.
-
-| field | value |
-|---|---|
-| data | `{c['data']}`: {c['split']} |
-| test accuracy | {100 * c['test_accuracy']:.2f}% (loss {c['test_loss']:.4f}) |
-| train accuracy | {100 * c['train_accuracy']:.2f}% |
-| parameters | {c['parameters']:,} |
-| training | {c['epochs']} epochs, {c['optimizer']}, lr {c['lr']}, batch {c['batch_size']}, weight decay {c['weight_decay']} |
-| seed | {c['seed']} (one thread, deterministic algorithms) |
-| training time | {c['train_seconds']} s on {platform.machine()} CPU, torch {c['torch']}, Python {c['python']} |
-| checkpoint | `{c['name']}.safetensors` (safetensors state dict), sha256 `{c['sha256'][:16]}...` |
-
-Reproduce: `{c['command']}` (writes `models/{c['name']}.safetensors` and this card).
-Load: `hwfault.load_model("{c['name']}")` returns the eval-mode `nn.Module`.
-"""
+    fields = [
+        ("data", f"`{c['data']}`: {c['split']}"),
+        ("test accuracy", f"{100 * c['test_accuracy']:.2f}% (loss {c['test_loss']:.4f})"),
+        ("train accuracy", f"{100 * c['train_accuracy']:.2f}%"),
+        ("parameters", f"{c['parameters']:,}"),
+        ("training", f"{c['epochs']} epochs, {c['optimizer']}, lr {c['lr']}, batch {c['batch_size']}, weight decay "
+                     f"{c['weight_decay']}"),
+        ("seed", f"{c['seed']} (one thread, deterministic algorithms)"),
+        ("training time", f"{c['train_seconds']} s on {platform.machine()} CPU, torch {c['torch']}, Python {c['python']}"),
+        ("checkpoint", f"`{c['name']}.safetensors` (safetensors state dict), sha256 `{c['sha256'][:16]}...`"),
+    ]
+    return card(f"Model card: {c['name']}", f"{c['description']}.", fields, footer=[
+        f"Reproduce: `{c['command']}` (writes `models/{c['name']}.safetensors` and this card).",
+        f'Load: `hwfault.load_model("{c["name"]}")` returns the eval-mode `nn.Module`.'])

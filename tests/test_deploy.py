@@ -5,7 +5,8 @@ import json
 import pytest
 
 from hwfault import load_model
-from hwfault.analyses.campaign.run import Recipe, make_plan, run_campaign
+from hwfault.analyses.campaign.plan import make_plan
+from hwfault.analyses.campaign.run import Recipe, run_campaign
 from hwfault.cli import main
 from hwfault.faults import Chip
 from hwfault.spec import load_chip

@@ -132,7 +132,81 @@ def test_harden_leaves_the_base_untouched_and_clips_for_randbet(digits):
     for name, p in r.model.named_parameters():
         if name.endswith("weight"):
             assert float(p.abs().max()) <= 0.05 + 1e-7
-    assert not torch.equal(r.model.fc1.bias, base.fc1.bias)
+
+
+def _apply_flat(model, flat):
+    with torch.no_grad():
+        i = 0
+        for p in model.parameters():
+            p.add_(flat[i:i + p.numel()].view_as(p).to(p.dtype))
+            i += p.numel()
+
+
+def test_apd_gradient_is_the_mean_over_its_ascent_trajectory(digits):
+    """Zhang et al.'s adversarial parameter defence, recomputed from its definition: a_0 = 0,
+    a_{k+1} = Proj_{||a||_2 <= eps}(a_k + eta g_k / ||g_k||_2), eta = 1.5 eps / K, and the training
+    gradient is the mean of dL/dw at w + a_k over k = 0..K (BatchNorm statistics move only in the clean pass)."""
+    x, y = digits
+    eps, K = 0.5, 3
+    m = _fresh()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    got = _grads_of(Trainer(m, HardenConfig(method="apd", eps=eps, steps=K)), x, y)
+    m.load_state_dict(state)
+    trajectory = [_clean_grads(m, x, y)]                         # the clean pass (updates BN statistics)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = 0.0
+    after_clean = {k: v.clone() for k, v in m.state_dict().items()}
+    a = torch.zeros(sum(p.numel() for p in m.parameters()), dtype=torch.float64)
+    g = torch.cat([t.reshape(-1) for t in trajectory[0]]).double()
+    for _ in range(K):
+        a = a + (1.5 * eps / K) * g / g.norm()
+        if a.norm() > eps:
+            a = a * (eps / a.norm())
+        _apply_flat(m, a)
+        trajectory.append(_clean_grads(m, x, y))
+        m.load_state_dict(after_clean)
+        g = torch.cat([t.reshape(-1) for t in trajectory[-1]]).double()
+    want = [sum(gs) / (K + 1) for gs in zip(*trajectory)]
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v, rtol=2e-4, atol=2e-6)
+    # the reference is not the clean gradient: the trajectory moved it
+    drift = max(float((w - c).abs().max()) for w, c in zip(want, trajectory[0]))
+    assert drift > 1e-3 * max(float(c.abs().max()) for c in trajectory[0])
+
+
+def test_randbet_gradient_is_the_mix_of_clean_and_bit_error_gradients(digits):
+    """RandBET (Stutz et al.), recomputed from its definition: the device weights stored in the chip's
+    integer format with random bit errors at rate ber drawn from the trainer's generator; the training
+    gradient is (1 - alpha) g(w) + alpha g(w + bit errors) on the device weights, g(w) elsewhere."""
+    from hwfault.faults import BitFlip, DeviceView
+    from hwfault.formats import NumberFormat
+    from hwfault.params import select
+
+    x, y = digits
+    m = _fresh("digits-mlp")
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    spec = load_chip("int8-sram-0.5v")
+    got = _grads_of(Trainer(m, HardenConfig(method="randbet", ber=0.01, alpha=0.3), spec,
+                            gen=torch.Generator().manual_seed(5)), x, y)
+    m.load_state_dict(state)
+    g0 = _clean_grads(m, x, y)
+    dev = select(m, types=["conv", "linear"]).weights_only()
+    view = DeviceView.build(dev, NumberFormat.parse(spec.format.kind, per_channel=spec.format.scale == "per-channel"))
+    faulty = BitFlip(ber=0.01).sample(view, view.w_q.double().clone(), torch.Generator().manual_seed(5))
+    flipped = int((faulty != view.w_q.double()).sum())
+    assert flipped > 10                                            # the reference has real bit errors in it
+    delta = (faulty - view.w.double()).float()
+    with torch.no_grad():
+        for p, d in zip(dev.params, dev.split(delta)):
+            p.add_(d)
+    g1 = dict(zip([n for n, _ in m.named_parameters()], _clean_grads(m, x, y)))
+    m.load_state_dict(state)
+    names = [n for n, _ in m.named_parameters()]
+    for name, u, c in zip(names, got, g0):
+        want = 0.7 * c + 0.3 * g1[name] if name in dev.names else c
+        torch.testing.assert_close(u, want, rtol=1e-4, atol=1e-6)
+    assert max(float((g1[n] - c).abs().max()) for n, c in zip(names, g0) if n in dev.names) > 1e-4
 
 
 def test_noise_training_raises_monte_carlo_accuracy_on_rram():

@@ -190,12 +190,18 @@ def test_a_flip_to_minus_128_reads_as_itself(int8):
     assert np.array_equal(int8.codes("fc2.weight"), b.stored)
 
 
-def test_copies_run_independently(digits, fp32):
+def test_copies_run_independently(cnn, digits, fp32):
+    """A deep copy has its own session and parameters: zeroing the copy's last weight makes its logits
+    exactly the last bias (what a zero weight computes), while the original still gives the torch
+    model's logits, bit for bit what it gave before."""
+    before = logits(fp32, digits)
     clone = copy.deepcopy(fp32)
     with torch.no_grad():
         clone.fc2.weight.zero_()
-    assert not torch.equal(logits(clone, digits), logits(fp32, digits))
-    assert not torch.equal(clone.fc2.weight, fp32.fc2.weight)
+    out = logits(clone, digits)
+    torch.testing.assert_close(out, fp32.fc2.bias.detach().expand_as(out), rtol=0, atol=1e-6)
+    assert torch.equal(logits(fp32, digits), before)
+    torch.testing.assert_close(before, logits(cnn, digits), rtol=1e-4, atol=1e-4)
 
 
 def test_no_gradients_through_onnxruntime(digits, fp32):

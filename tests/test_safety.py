@@ -306,7 +306,8 @@ def test_an_accuracy_interval_never_leaves_0_1():
 
 
 def test_a_plan_beyond_the_ceiling_is_refused_before_any_journal(tmp_path):
-    from hwfault.analyses.campaign.run import Recipe, make_plan, run_campaign
+    from hwfault.analyses.campaign.plan import make_plan
+    from hwfault.analyses.campaign.run import Recipe, run_campaign
     from hwfault.faults import Chip
     from hwfault.spec import load_chip
 
@@ -321,7 +322,8 @@ def test_a_plan_beyond_the_ceiling_is_refused_before_any_journal(tmp_path):
 
 def test_a_campaign_that_fails_to_start_removes_the_journal_it_created(tmp_path, monkeypatch):
     from hwfault.analyses.campaign import run as run_mod
-    from hwfault.analyses.campaign.run import Recipe, make_plan, run_campaign
+    from hwfault.analyses.campaign.plan import make_plan
+    from hwfault.analyses.campaign.run import Recipe, run_campaign
     from hwfault.faults import Chip
     from hwfault.spec import load_chip
 

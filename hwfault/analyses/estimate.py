@@ -28,64 +28,119 @@ import torch
 
 from .. import progress, stats, validate
 from ..constraints import CandidateSet
-from ..rng import trial_seed
-from ..evaluation import DEFAULT_BATCH, EvalResult, as_tensors, logits, score
+from ..rng import generator
+from ..evaluation import EvalResult, as_tensors, differentiable, logits, score
 from ..faults import Chip
 from ..params import perturbed
 from ..search.bitsearch import bit_search
 from ..search.methods import multi_step, one_step
+from ..search.results import WorstCase
+from .realise import chip_logits
 
-READ_BATCH = 64  # inputs per read-noise draw
+class _Mapping:
+    """Read access by key to a typed result (``result["accuracy_mean"]``), as to its JSON."""
+
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_dict()
+
+    def keys(self):
+        return self.to_dict().keys()
 
 
-def run_trial(chip: Chip, model, data, gen: torch.Generator, *, read_batch: int = READ_BATCH) -> EvalResult:
+@dataclass(frozen=True)
+class MonteCarlo(_Mapping):
+    """Accuracy over ``trials`` sampled chips (trial t from (seed, t)), with a t interval clipped to [0, 1]."""
+
+    accuracies: tuple[float, ...]
+    losses: tuple[float, ...]
+    nonfinite: int
+
+    @property
+    def trials(self) -> int:
+        return len(self.accuracies)
+
+    @property
+    def accuracy_mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    def to_dict(self) -> dict:
+        a = np.asarray(self.accuracies)
+        lo, hi = stats.t_interval(a, 0.95, domain=(0.0, 1.0))
+        finite = [v for v in self.losses if math.isfinite(v)]
+        return {"trials": self.trials, "accuracy_mean": float(a.mean()), "accuracy_ci95": [float(lo), float(hi)],
+                "accuracy_p01": float(np.percentile(a, 1, method="lower")), "accuracy_min": float(a.min()),
+                "accuracy_max": float(a.max()), "accuracy_std": float(a.std(ddof=1)) if self.trials > 1 else 0.0,
+                "loss_mean": float(np.mean(finite)) if finite else math.nan, "trials_nonfinite": int(self.nonfinite),
+                "accuracies": [float(v) for v in a]}
+
+    def brief(self) -> dict:
+        d = self.to_dict()
+        return {k: d[k] for k in ("trials", "accuracy_mean", "accuracy_ci95", "accuracy_p01", "accuracy_min")}
+
+
+@dataclass(frozen=True)
+class WorstCases(_Mapping):
+    """The worst cases inside a covering set: one step, multi-step and (for discrete parts) the bit
+    search; or, for a model without gradients, why there are none."""
+
+    one_step: WorstCase | None = None
+    multi_step: WorstCase | None = None
+    bit_search: WorstCase | None = None
+    set: dict = field(default_factory=dict)
+    skipped: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.skipped:
+            return {"skipped": self.skipped}
+        out = {"one_step": self.one_step.to_dict(), "multi_step": self.multi_step.to_dict(), "set": self.set}
+        if self.bit_search is not None:
+            out["bit_search"] = self.bit_search.to_dict()
+        return out
+
+    def brief(self) -> dict:
+        if self.skipped:
+            return {"skipped": self.skipped}
+        out = {k: {"accuracy": w.accuracy, "loss_change": w.loss_change}
+               for k, w in (("one_step", self.one_step), ("multi_step", self.multi_step), ("bit_search", self.bit_search))
+               if w is not None}
+        if self.bit_search is not None:
+            out["bit_search"]["flips"] = self.bit_search.extra["flips"]
+        return out
+
+
+def run_trial(chip: Chip, model, data, gen: torch.Generator) -> EvalResult:
     """One Monte-Carlo trial: program a chip, run the data through it (transient faults redrawn per batch)."""
-    programmed = chip.program(gen)
-    x, y = as_tensors(data)
-    if not chip.transient:
-        with perturbed(chip.selection, chip.delta(programmed)):
-            return score(logits(model, data, batch_size=DEFAULT_BATCH), y)
-    outs = []
-    for i in range(0, len(x), read_batch):
-        with perturbed(chip.selection, chip.delta(chip.read(programmed, gen))):
-            outs.append(logits(model, (x[i:i + read_batch], y[i:i + read_batch])))
-    return score(torch.cat(outs), y)
+    return score(chip_logits(chip, model, data, gen), as_tensors(data)[1])
 
 
-def monte_carlo(chip: Chip, model, data, *, trials: int, seed: int, label: str = "Monte-Carlo") -> dict:
+def monte_carlo(chip: Chip, model, data, *, trials: int, seed: int, label: str = "Monte-Carlo") -> MonteCarlo:
     """Accuracy statistics over ``trials`` chips (trial t seeded from (seed, t))."""
     accs, losses, nonfinite = [], [], 0
     with progress.task(label, trials) as advance:
         for t in range(trials):
-            gen = torch.Generator().manual_seed(trial_seed(seed, t))
-            r = run_trial(chip, model, data, gen)
+            r = run_trial(chip, model, data, generator(seed, t))
             accs.append(r.accuracy)
             losses.append(r.loss)
             nonfinite += r.nonfinite > 0
             advance(1)
-    a = np.asarray(accs)
-    mean = float(a.mean())
-    lo, hi = stats.t_interval(a, 0.95, domain=(0.0, 1.0))
-    finite = [v for v in losses if math.isfinite(v)]
-    return {"trials": trials, "accuracy_mean": mean, "accuracy_ci95": [float(lo), float(hi)],
-            "accuracy_p01": float(np.percentile(a, 1, method="lower")), "accuracy_min": float(a.min()),
-            "accuracy_max": float(a.max()), "accuracy_std": float(a.std(ddof=1)) if trials > 1 else 0.0,
-            "loss_mean": float(np.mean(finite)) if finite else math.nan, "trials_nonfinite": int(nonfinite),
-            "accuracies": [float(v) for v in a]}
+    return MonteCarlo(tuple(accs), tuple(losses), nonfinite)
 
 
-def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, steps: int, probe=None) -> dict:
+def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, steps: int, probe=None) -> WorstCases:
     """One-step, multi-step and (for discrete parts) bit-search worst cases in the covering set."""
+    if not differentiable(model):
+        return WorstCases(skipped=f"{type(model).__name__}: the worst cases need gradients; Monte-Carlo only")
     cset = chip.constraint(coverage)
     os_ = one_step(model, data, cset, selection=chip.selection, clean=clean, probe=probe)
     ms = multi_step(model, data, cset, selection=chip.selection, clean=clean, init=os_, steps=steps, probe=probe)
-    out = {"one_step": os_.to_dict(), "multi_step": ms.to_dict(),
-           "set": {"coverage": coverage, **cset.to_dict()}}
+    bs = None
     if any(isinstance(s, CandidateSet) and s.n > 0 for s in cset.parts):
         bs = bit_search(model, data, cset, selection=chip.selection, clean=clean, base=os_, probe=probe,
                         keep_best=True)
-        out["bit_search"] = bs.to_dict()
-    return out
+    return WorstCases(os_, ms, bs, {"coverage": coverage, **cset.to_dict()})
 
 
 @dataclass(frozen=True)
@@ -95,8 +150,8 @@ class EstimateResult:
     chip: dict
     clean: dict
     quantized: dict
-    random: dict
-    worst_case: dict
+    random: MonteCarlo
+    worst_case: WorstCases
     faults: tuple[dict, ...]
     severity: dict
     seconds: float
@@ -104,7 +159,7 @@ class EstimateResult:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "data": self.data, "chip": self.chip, "clean": self.clean,
-                "quantized": self.quantized, "random": self.random, "worst_case": self.worst_case,
+                "quantized": self.quantized, "random": self.random.to_dict(), "worst_case": self.worst_case.to_dict(),
                 "faults": list(self.faults), "severity": self.severity, **self.settings,
                 "seconds": round(self.seconds, 2)}
 
@@ -137,12 +192,9 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
         quant = score(logits(module, dset), y)
 
     random = monte_carlo(dev, module, dset, trials=trials, seed=seed)
-    grads = getattr(module, "differentiable", True)  # an ONNX model runs in onnxruntime: no gradients
-    skipped = {"skipped": f"{type(module).__name__}: the worst cases need gradients; Monte-Carlo only"}
+    grads = differentiable(module)  # an ONNX model runs in onnxruntime: no gradients
 
-    def wc_of(chip_):
-        if not grads:
-            return dict(skipped)
+    def wc_of(chip_) -> WorstCases:
         return worst_cases(chip_, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata)
 
     worst = wc_of(dev)
@@ -153,10 +205,9 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
             alone = dev.with_faults([f])
             mc = monte_carlo(alone, module, dset, trials=max(10, trials // 4), seed=seed,
                              label=f"Monte-Carlo ({f.kind} alone)")
-            wc = wc_of(alone)
-            faults.append({"fault": f.describe(), "random": _brief(mc), "worst_case": _brief_wc(wc)})
+            faults.append({"fault": f.describe(), "random": mc.brief(), "worst_case": wc_of(alone).brief()})
     elif per_fault and dev.faults:
-        faults.append({"fault": dev.faults[0].describe(), "random": _brief(random), "worst_case": _brief_wc(worst)})
+        faults.append({"fault": dev.faults[0].describe(), "random": random.brief(), "worst_case": worst.brief()})
 
     sev = {"factors": [], "random_mean": [], "one_step": [], "multi_step": [], "nominal": {}}
     if severities and dev.faults:
@@ -167,7 +218,7 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
             scaled = dev.with_faults([f.scaled(s) for f in dev.faults])
             mc = monte_carlo(scaled, module, dset, trials=st, seed=seed, label=f"severity x{s:g}")
             sev["factors"].append(s)
-            sev["random_mean"].append(mc["accuracy_mean"])
+            sev["random_mean"].append(mc.accuracy_mean)
             if not grads:
                 sev["one_step"].append(None)
                 sev["multi_step"].append(None)
@@ -196,26 +247,13 @@ def certified_floor(model, data, chip: Chip, coverage: float, method: str = "ibp
     (tighter, slower on large sets; auto and bab stop at 30 s); see :mod:`hwfault.certify`."""
     from ..errors import HwfaultError
 
-    if getattr(model, "differentiable", True) is False:
+    if not differentiable(model):
         return {"accuracy": None, "method": None, "reason": f"{type(model).__name__}: certification needs the torch model"}
     try:
-        from ..certify import certify_set
+        from ..certification import certify_set
 
         pt = certify_set(model, data, chip.constraint(coverage), selection=chip.selection, method=method)
     except HwfaultError as e:
         return {"accuracy": None, "method": None, "reason": str(e)}
     return {"accuracy": pt.certified_accuracy, "method": pt.method, "stable": pt.certified_stable,
             "seconds": round(pt.seconds, 2)}
-
-
-def _brief(mc: dict) -> dict:
-    return {k: mc[k] for k in ("trials", "accuracy_mean", "accuracy_ci95", "accuracy_p01", "accuracy_min")}
-
-
-def _brief_wc(wc: dict) -> dict:
-    if "skipped" in wc:
-        return dict(wc)
-    out = {k: {"accuracy": v["accuracy"], "loss_change": v["loss_change"]} for k, v in wc.items() if k != "set"}
-    if "bit_search" in wc:
-        out["bit_search"]["flips"] = wc["bit_search"]["flips"]
-    return out

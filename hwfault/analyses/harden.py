@@ -38,8 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constraints import LpBall
 from ..errors import ConstraintError, ModelError, did_you_mean
 from ..params import Selection, perturbed, select
+from ..search.ascent import iterates
+from ..training import deterministic, train_epochs
 
 METHODS = ("crt", "crt-star", "apd", "noise", "randbet")
 NEEDS_CHIP = ("noise",)
@@ -145,12 +148,6 @@ def _flat(gs) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in gs])
 
 
-def _l2_direction(g: torch.Tensor, eps: float) -> torch.Tensor:
-    """Eq. 10 for p = 2, n = k: eps * g / ||g||_2 (zero when g is)."""
-    n = g.norm()
-    return g * (eps / n) if n > 0 else torch.zeros_like(g)
-
-
 class Trainer:
     """One optimisation step per minibatch for the configured method."""
 
@@ -175,24 +172,26 @@ class Trainer:
             return float(loss.detach())
         loss, g0 = _grads(self.model, self.params, x, y)
         if m == "crt-star":
-            a_hat = _l2_direction(_flat(g0), self.cfg.eps)
+            a_hat = LpBall(p=2, eps=self.cfg.eps).maximize(_flat(g0))  # Eq. 10 at p = 2, n = k
             _, g1 = _grads(self.model, self.params, x, y, a_hat, self.sel, faulty=True)
             a = self.cfg.alpha
             self._apply([(1 - a) * u + a * v for u, v in zip(g0, g1)])
         elif m == "apd":
-            k, eps = self.cfg.steps, self.cfg.eps
-            eta = 1.5 * eps / k
-            acc = [gi.clone() for gi in g0]
-            a_vec = torch.zeros(self.sel.numel)
-            g = _flat(g0)
-            for _ in range(k):
-                a_vec = a_vec + _l2_direction(g, eta)
-                norm = a_vec.norm()
-                if norm > eps:
-                    a_vec = a_vec * (eps / norm)
-                _, gk = _grads(self.model, self.params, x, y, a_vec, self.sel, faulty=True)
-                acc = [u + v for u, v in zip(acc, gk)]
-                g = _flat(gk)
+            # the average risk over the K-step ascent trajectory a_0 = 0, ..., a_K in the L2 ball of
+            # radius eps (step 1.5 eps / K): the multi-step corruption's own loop and geometry
+            k, ball = self.cfg.steps, LpBall(p=2, eps=self.cfg.eps)
+            step_set = ball.with_eps(1.5 * self.cfg.eps / k)
+
+            def value_and_grad(a):
+                gs = g0 if a is None else _grads(self.model, self.params, x, y, a, self.sel, faulty=True)[1]
+                return gs, _flat(gs)
+
+            def update(a, g, j):
+                return ball.project((0 if a is None else a) + step_set.maximize(g))
+
+            acc = None
+            for it in iterates(None, value_and_grad, update, steps=k, check_finite=False):
+                acc = [gi.clone() for gi in it.value] if acc is None else [u + v for u, v in zip(acc, it.value)]
             self._apply([u / (k + 1) for u in acc])
         else:  # noise, randbet: a fresh fault pattern of the chip at every step
             sel, delta = _fault_delta(self.fault_spec, self.model, self.gen)
@@ -282,7 +281,6 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
     weights (unless ``qat`` is False). Returns the float model (eval mode) with the hardened weights.
     """
     from ..evaluation import as_tensors, check_labels, logits
-    from ..zoo import deterministic
 
     x, y = as_tensors(data)
     if len(x) == 0:
@@ -313,23 +311,8 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
         steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         gen = torch.Generator().manual_seed(cfg.seed)
-        history = []
-        net.train()
-        for epoch in range(cfg.epochs):
-            perm = torch.randperm(len(x), generator=gen)
-            total = 0.0
-            for i in range(0, len(x), cfg.batch_size):
-                idx = perm[i:i + cfg.batch_size]
-                opt.zero_grad(set_to_none=True)
-                total += trainer.step(x[idx], y[idx]) * len(idx)
-                opt.step()
-                sched.step()
-                trainer.after_step()
-            row = {"epoch": epoch + 1, "loss": total / len(x)}
-            history.append(row)
-            if on_epoch:
-                on_epoch(epoch, row)
-        net.eval()
+        history = train_epochs(net, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size, gen=gen, optimizer=opt,
+                               scheduler=sched, step=trainer.step, after_step=trainer.after_step, on_epoch=on_epoch)
         if net is not base:
             _copy_back(net, base)
     base.eval()
@@ -339,10 +322,6 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
 
 
 # ----------------------------------------------------------------------------- report
-
-REPORT_KEYS = (("clean", "clean"), ("stored", "stored on the chip"), ("mc_mean", "Monte-Carlo mean"),
-               ("mc_p01", "Monte-Carlo 1st percentile"), ("one_step", "worst case: one step"),
-               ("multi_step", "worst case: multi-step"))
 
 
 def summary(d: dict) -> dict:
@@ -399,6 +378,7 @@ def save_hardened(model: nn.Module, out, *, arch: str | None, card: dict, exampl
     from pathlib import Path
 
     from ..files import atomic_write, write_text
+    from ..report.labels import REPORT_KEYS
     from ..zoo import save_checkpoint
 
     out = Path(out)

@@ -1,4 +1,4 @@
-"""Statistical fault-injection planning (Leveugle et al., DATE 2009).
+"""Planning a campaign: how many trials, in which strata (Leveugle et al., DATE 2009).
 
 n = N / (1 + e^2 (N - 1) / (t^2 p (1 - p))), with N the fault population, e the margin of error,
 t the two-sided normal quantile of the confidence (1.96 at 95%, 2.576 at 99%; using the one-sided
@@ -10,10 +10,15 @@ For an effectively infinite population, n = t^2 p (1 - p) / e^2: about 9,604 at 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from scipy import stats
 
-from ...errors import ConstraintError
+from ...errors import ConstraintError, LimitError
+from ...faults import Chip
+from ...faults.base import DeviceView
+from ...validate import MAX_CAMPAIGN_TRIALS
 
 
 def sample_size(margin: float, confidence: float, population: int | None = None, p: float = 0.5) -> int:
@@ -44,3 +49,85 @@ def proportional_allocation(sizes: dict[str, int], total: int) -> dict[str, int]
     for k in sorted(raw, key=lambda k: raw[k] - out[k], reverse=True)[: total - sum(out.values())]:
         out[k] += 1
     return out
+
+
+@dataclass(frozen=True)
+class Stratum:
+    name: str
+    params: tuple[str, ...]
+    sites: int            # weights
+    population: int | None
+    trials: int
+    first: int            # first trial id
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "params": list(self.params), "sites": self.sites,
+                "population": self.population, "trials": self.trials, "first_trial": self.first}
+
+
+@dataclass(frozen=True)
+class Plan:
+    planned_trials: int
+    strata: tuple[Stratum, ...]
+    population: int | None
+    mode: str
+    margin: float | None = None
+    confidence: float | None = None
+
+    def stratum_of(self, trial: int) -> Stratum:
+        for s in self.strata:
+            if s.first <= trial < s.first + s.trials:
+                return s
+        raise IndexError(trial)
+
+    def to_dict(self) -> dict:
+        return {"planned_trials": self.planned_trials, "population": self.population, "mode": self.mode,
+                "margin": self.margin, "confidence": self.confidence, "strata": [s.to_dict() for s in self.strata]}
+
+
+def _population(chip: Chip) -> tuple[int | None, str]:
+    """Finite population (sites x bits) for single-fault campaigns; None (infinite) for patterns."""
+    fl = chip.faults
+    if len(fl) == 1 and fl[0].kind == "bitflip" and getattr(fl[0], "count", None) == 1:
+        return chip.view.k * chip.view.bits, "single bit flip per trial"
+    return None, "fault patterns drawn from the chip's distributions"
+
+
+def sub_chip(chip: Chip, names: Iterable[str]) -> Chip:
+    """The chip restricted to some of its parameter tensors (one stratum)."""
+    wanted = set(names)
+    sel = chip.selection.subset(i for i, n in enumerate(chip.selection.names) if n in wanted)
+    return Chip(chip.spec, sel, DeviceView.build(sel, chip.view.fmt), chip.faults)
+
+
+def make_plan(chip: Chip, *, trials: int | None = None, margin: float | None = None, confidence: float = 0.95,
+              by: str | None = None) -> Plan:
+    """Trials per stratum: given, or sized by Leveugle et al. for ``margin`` at ``confidence``."""
+    if trials is None and margin is None:
+        raise ConstraintError("expected --trials N or --margin E (with --confidence C)")
+    if trials is not None and trials < 1:
+        raise ConstraintError(f"expected --trials >= 1, got {trials}")
+    if by not in (None, "layer"):
+        raise ConstraintError(f"expected --by layer, got '{by}'")
+    groups = ([(n, (n,)) for n in chip.selection.names] if by == "layer" else [("all", chip.selection.names)])
+    strata, first = [], 0
+    pop_all, mode = _population(chip)
+    for name, names in groups:
+        sc = sub_chip(chip, names) if by == "layer" else chip
+        pop, _ = _population(sc)
+        n = trials if trials is not None else sample_size(margin, confidence, pop)
+        strata.append(Stratum(name, tuple(names), sc.view.k, pop, n, first))
+        first += n
+    return Plan(first, tuple(strata), pop_all, mode + (", one stratum per layer" if by == "layer" else ""),
+                margin, confidence if margin is not None else None)
+
+
+def check_plan(plan: Plan) -> None:
+    """A one-line LimitError for a plan beyond :data:`~hwfault.validate.MAX_CAMPAIGN_TRIALS`, before any
+    work (trial ids are generated lazily, so anything below it starts in constant memory)."""
+    if plan.planned_trials > MAX_CAMPAIGN_TRIALS:
+        how = (f"--margin {plan.margin:g} at {plan.confidence:g} confidence" if plan.margin is not None
+               else "--trials")
+        raise LimitError(f"the plan needs {plan.planned_trials:,} trials ({how}), beyond the ceiling of "
+                         f"{MAX_CAMPAIGN_TRIALS:,}; widen --margin or lower --trials "
+                         f"(--dry-run shows the plan and its estimated time)")

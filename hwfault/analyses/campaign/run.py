@@ -26,19 +26,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from ... import progress
 from ...rng import trial_seed
-from ...errors import ConstraintError, HwfaultError, LimitError
+from ...errors import ConstraintError, HwfaultError
 from ...evaluation import Golden, as_tensors, logits as run_logits, score_against
-from ...validate import MAX_CAMPAIGN_TRIALS
 from ...faults import Chip
-from ...faults.base import DeviceView
 from ...params import perturbed
 from ... import stats
+from ..realise import transient_logits
 from .incremental import SPARSE_MAX, try_cache
 from .journal import Journal
-from .plan import sample_size
+from .plan import Plan, Stratum, check_plan, sub_chip
 
 MAX_SITES = 16  # sites listed per trial row; the count is always exact
 
@@ -73,104 +73,22 @@ def _file_sha(model: str) -> str | None:
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class Stratum:
-    name: str
-    params: tuple[str, ...]
-    sites: int            # weights
-    population: int | None
-    trials: int
-    first: int            # first trial id
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "params": list(self.params), "sites": self.sites,
-                "population": self.population, "trials": self.trials, "first_trial": self.first}
-
-
-@dataclass(frozen=True)
-class Plan:
-    planned_trials: int
-    strata: tuple[Stratum, ...]
-    population: int | None
-    mode: str
-    margin: float | None = None
-    confidence: float | None = None
-
-    def stratum_of(self, trial: int) -> Stratum:
-        for s in self.strata:
-            if s.first <= trial < s.first + s.trials:
-                return s
-        raise IndexError(trial)
-
-    def to_dict(self) -> dict:
-        return {"planned_trials": self.planned_trials, "population": self.population, "mode": self.mode,
-                "margin": self.margin, "confidence": self.confidence, "strata": [s.to_dict() for s in self.strata]}
-
-
-def _population(chip: Chip) -> tuple[int | None, str]:
-    """Finite population (sites x bits) for single-fault campaigns; None (infinite) for patterns."""
-    fl = chip.faults
-    if len(fl) == 1 and fl[0].kind == "bitflip" and getattr(fl[0], "count", None) == 1:
-        return chip.view.k * chip.view.bits, "single bit flip per trial"
-    return None, "fault patterns drawn from the chip's distributions"
-
-
-def sub_chip(chip: Chip, names: Iterable[str]) -> Chip:
-    """The chip restricted to some of its parameter tensors (one stratum)."""
-    wanted = set(names)
-    sel = chip.selection.subset(i for i, n in enumerate(chip.selection.names) if n in wanted)
-    return Chip(chip.spec, sel, DeviceView.build(sel, chip.view.fmt), chip.faults)
-
-
-def make_plan(chip: Chip, *, trials: int | None = None, margin: float | None = None, confidence: float = 0.95,
-              by: str | None = None) -> Plan:
-    """Trials per stratum: given, or sized by Leveugle et al. for ``margin`` at ``confidence``."""
-    if trials is None and margin is None:
-        raise ConstraintError("expected --trials N or --margin E (with --confidence C)")
-    if trials is not None and trials < 1:
-        raise ConstraintError(f"expected --trials >= 1, got {trials}")
-    if by not in (None, "layer"):
-        raise ConstraintError(f"expected --by layer, got '{by}'")
-    groups = ([(n, (n,)) for n in chip.selection.names] if by == "layer" else [("all", chip.selection.names)])
-    strata, first = [], 0
-    pop_all, mode = _population(chip)
-    for name, names in groups:
-        sc = sub_chip(chip, names) if by == "layer" else chip
-        pop, _ = _population(sc)
-        n = trials if trials is not None else sample_size(margin, confidence, pop)
-        strata.append(Stratum(name, tuple(names), sc.view.k, pop, n, first))
-        first += n
-    return Plan(first, tuple(strata), pop_all, mode + (", one stratum per layer" if by == "layer" else ""),
-                margin, confidence if margin is not None else None)
-
-
-def check_plan(plan: Plan) -> None:
-    """A one-line LimitError for a plan beyond :data:`~hwfault.validate.MAX_CAMPAIGN_TRIALS`, before any
-    work (trial ids are generated lazily, so anything below it starts in constant memory)."""
-    if plan.planned_trials > MAX_CAMPAIGN_TRIALS:
-        how = (f"--margin {plan.margin:g} at {plan.confidence:g} confidence" if plan.margin is not None
-               else "--trials")
-        raise LimitError(f"the plan needs {plan.planned_trials:,} trials ({how}), beyond the ceiling of "
-                         f"{MAX_CAMPAIGN_TRIALS:,}; widen --margin or lower --trials "
-                         f"(--dry-run shows the plan and its estimated time)")
-
-
 # ----------------------------------------------------------------------------- trials
 
 
 class Context:
     """Per-process state of a campaign: model, data, chip, golden run and activation cache."""
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, model: nn.Module | None = None, data=None):
         from ...data import load_data
-        from ...spec import ChipSpec
-        from ...runtime import tune_allocator
         from ...inputs import load_model
+        from ...runtime import tune_allocator
+        from ...spec import ChipSpec
 
         tune_allocator()  # trials reuse freed activation buffers instead of mapping fresh pages
         self.recipe = recipe
-        self.model = load_model(recipe.model, requires_grad=False)
-        self.x, self.y = as_tensors(load_data(recipe.data))
+        self.model = model if model is not None else load_model(recipe.model, requires_grad=False)
+        self.x, self.y = as_tensors(data if data is not None else load_data(recipe.data))
         spec = ChipSpec.model_validate(recipe.chip)
         self.chip = Chip.build(spec, self.model)
         if recipe.params:
@@ -217,7 +135,7 @@ class Context:
         # faults on top of the stored (quantised) weights: the golden run is the fault-free chip
         with perturbed(self.chip.selection, self._base), perturbed(chip.selection, _sparse_delta(chip, programmed, changed)):
             if chip.transient:
-                out = self._transient_logits(chip, programmed, gen)
+                out = transient_logits(self.model, self.x, chip, programmed, gen, relative_to=programmed)
             elif self.cache is not None:
                 touched = _touched(chip, changed)
                 out = self.cache.logits(touched, _sparse(chip, programmed, changed, touched)) if touched else self.golden.logits
@@ -228,15 +146,6 @@ class Context:
                 "n_faults": int(changed.numel()), "faults": self._sites(chip, changed), "accuracy": m["accuracy"],
                 "loss": m["loss"], "sdc": m["sdc"], "sdc_rate": m["sdc_rate"], "critical_sdc": m["critical_sdc"],
                 "due": m["due"], "duration": time.perf_counter() - t0}
-
-    def _transient_logits(self, chip: Chip, programmed, gen) -> torch.Tensor:
-        from ..estimate import READ_BATCH
-
-        outs = []
-        for i in range(0, len(self.x), READ_BATCH):
-            with perturbed(chip.selection, (chip.read(programmed, gen) - programmed).float()):
-                outs.append(run_logits(self.model, (self.x[i:i + READ_BATCH], self.y[i:i + READ_BATCH])))
-        return torch.cat(outs)
 
 
 def _offsets(chip: Chip) -> np.ndarray:
@@ -295,10 +204,12 @@ class single_thread:
 _CONTEXTS: dict[str, Context] = {}
 
 
-def context(recipe: Recipe) -> Context:
-    if recipe.key not in _CONTEXTS:
+def context(recipe: Recipe, model: nn.Module | None = None, data=None) -> Context:
+    """This process's context for ``recipe`` (built once; ``model``/``data``: in-process objects to use
+    instead of loading the recipe's, for a campaign run from Python in one process)."""
+    if recipe.key not in _CONTEXTS or (model is not None and _CONTEXTS[recipe.key].model is not model):
         _CONTEXTS.clear()
-        _CONTEXTS[recipe.key] = Context(recipe)
+        _CONTEXTS[recipe.key] = Context(recipe, model, data)
     return _CONTEXTS[recipe.key]
 
 

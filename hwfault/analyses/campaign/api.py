@@ -1,0 +1,82 @@
+"""``hw.campaign``: what ``hwfault campaign`` runs, as one call.
+
+    result = hw.campaign("digits-cnn", "digits", "int8-sram-0.5v", margin=0.01, db="j.sqlite")
+    result.summary()["overall"]["sdc_rate"]
+
+The model and data may be given as names or paths (needed to run on Dask: every worker rebuilds
+them) or as in-process objects (an ``nn.Module`` and a dataset, for a local run).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ... import validate
+from ...errors import ConstraintError, HwfaultError
+from ...faults import Chip
+from ...inputs import load_model
+from ...spec import load_chip
+from .plan import Plan, check_plan, make_plan
+from .run import CampaignResult, Recipe, context, measure_trials, run_campaign
+
+
+def _recipe(model, data, chip, *, seed: int, params, by, critical: float):
+    spec = load_chip(chip)
+    module = model if isinstance(model, nn.Module) else load_model(model, requires_grad=False)
+    label = type(model).__name__ if isinstance(model, nn.Module) else str(model)
+    dlabel = str(data) if isinstance(data, str) or hasattr(data, "__fspath__") else "<dataset>"
+    return spec, module, Recipe(label, dlabel, spec.to_dict(), seed, params, by, critical)
+
+
+def _objects(model, data):
+    """The in-process model and data to hand to the context (None for what the recipe can load)."""
+    obj_model = model if isinstance(model, nn.Module) else None
+    obj_data = None if isinstance(data, str) or hasattr(data, "__fspath__") else data
+    return obj_model, obj_data
+
+
+def plan_campaign(model, data, chip, *, trials: int | None = None, margin: float | None = None,
+                  confidence: float = 0.95, seed: int = 0, params: str | None = None, by: str | None = None,
+                  measure: bool = True) -> tuple[Plan, dict | None]:
+    """The plan of a campaign (trials per stratum) and, with ``measure``, a few real trials timed:
+    ``{"seconds_per_trial", "measured_trials", "estimated_seconds"}`` (what ``--dry-run`` prints)."""
+    validate.seed(seed)
+    validate.probability("--confidence", confidence)
+    spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=0.01)
+    plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
+    if not measure:
+        return plan, None
+    context(recipe, module, _objects(model, data)[1])
+    return plan, measure_trials(recipe, plan)
+
+
+def campaign(model, data, chip, *, trials: int | None = None, margin: float | None = None, confidence: float = 0.95,
+             seed: int = 0, db: str | None = None, resume: bool = False, workers: int | None = None,
+             scheduler: str | None = None, params: str | None = None, by: str | None = None, critical: float = 0.01,
+             chunk: int | None = None, on_rows=None) -> CampaignResult:
+    """A statistically sized, resumable fault-injection campaign of ``chip`` on ``model``.
+
+    Size it with ``trials`` (per stratum) or ``margin`` at ``confidence`` (Leveugle et al. 2009);
+    ``by="layer"`` makes one stratum per layer. ``db`` is the SQLite journal (committed per chunk of
+    trials; ``resume=True`` runs only what is missing); ``workers`` runs a local Dask cluster and
+    ``scheduler`` an existing one. Trial t is a pure function of (seed, t)."""
+    if workers is not None and scheduler:
+        raise HwfaultError("give --workers or --scheduler, not both")
+    if workers is not None:
+        validate.integer("--workers", workers, lo=1)
+    if resume and not db:
+        raise HwfaultError("--resume needs --db")
+    if trials is not None:
+        validate.integer("--trials", trials, lo=1)
+    validate.seed(seed)
+    validate.probability("--confidence", confidence)
+    obj_model, obj_data = _objects(model, data)
+    if (workers or scheduler) and (obj_model is not None or obj_data is not None):
+        raise ConstraintError("a campaign on Dask needs the model and data as names or files (every worker "
+                              "rebuilds them); pass them so, or run without workers")
+    spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=critical)
+    plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
+    check_plan(plan)
+    context(recipe, obj_model if obj_model is not None else module, obj_data)
+    return run_campaign(recipe, plan, db=db, resume=resume, workers=workers, scheduler=scheduler, chunk=chunk,
+                        on_rows=on_rows)
