@@ -1,0 +1,160 @@
+"""Tables for people: rich tables printed on stderr (stdout stays free for ``--json -``)."""
+
+from __future__ import annotations
+
+from .labels import REPORT_KEYS, _num, _pct, bracket_rows, duration, fault_kind, pct, worst_case
+
+_bracket_rows = bracket_rows
+_duration = duration
+
+
+def print_table(table) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, width=max(100, Console(stderr=True).width)).print(table)
+
+
+def sweep_table(result):
+    """A rich Table of a :class:`~hwfault.sweep.SweepResult`."""
+    from rich.table import Table
+
+    d = result.to_dict()
+    t = Table(title=f"{d['model']} on {d['data']}: L{d['norm']} corruption, n = {d['n']} of k = {d['k']:,} "
+                    f"(clean {_pct(d['clean']['accuracy'])}%; gradient from {d['probe']})")
+    for col in ("method", "eps", "accuracy %", "min-max %", "loss change", "first order"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for r in d["results"]:
+        rng = (f"{_pct(r['accuracy_min'])}-{_pct(r['accuracy_max'])}" if "accuracy_min" in r else "")
+        t.add_row(r["method"], f"{r['eps']:g}", _pct(r["accuracy"]), rng, _num(r["loss_change"]),
+                  _num(r["first_order"]) if "first_order" in r else "")
+    return t
+
+
+def probe_table(result):
+    from rich.table import Table
+
+    d = result.to_dict()
+    t = Table(title=f"{d['model']} on {d['data']}: gradient corruption per {d['by']}, L{d['norm']}, "
+                    f"n = {d['n']} (clean {_pct(d['clean']['accuracy'])}%)")
+    for col in (d["by"], "params", "eps", "accuracy %", "loss change"):
+        t.add_column(col, justify="left" if col == d["by"] else "right")
+    for r in d["groups"]:
+        t.add_row(r["group"], f"{r['numel']:,}", f"{r['eps']:g}", _pct(r["accuracy"]), _num(r["loss_change"]))
+    return t
+
+
+# ----------------------------------------------------------------------------- chip estimates
+
+
+def estimate_table(result):
+    from rich.table import Table
+
+    d = result.to_dict()
+    t = Table(title=f"{d['model']} on {d['data']}, chip {d['chip']['name']} "
+                    f"({d['chip']['format']}, {d['chip']['k']:,} weights on the device; coverage {d['chip']['coverage']})")
+    t.add_column("")
+    t.add_column("accuracy %", justify="right")
+    t.add_column("note")
+    for name, acc, note in bracket_rows(d):
+        t.add_row(name, _pct(acc), note)
+    for f in d["faults"]:
+        wc = f["worst_case"]
+        worst = None if "skipped" in wc else min(wc.items(), key=lambda kv: kv[1]["accuracy"])
+        t.add_row(f"  {fault_kind(f['fault']['kind'])} alone", _pct(f["random"]["accuracy_mean"]),
+                  "Monte-Carlo mean" + ("" if worst is None else
+                                        f"; worst case {pct(worst[1]['accuracy'])} ({worst_case(worst[0], short=True)})"))
+    return t
+
+
+# ----------------------------------------------------------------------------- campaigns
+
+
+def plan_table(plan, estimate: dict | None = None, workers: int = 1):
+    from rich.table import Table
+
+    from ..validate import MAX_CAMPAIGN_TRIALS
+
+    d = plan.to_dict()
+    pop = "infinite (fault patterns)" if d["population"] is None else f"{d['population']:,} (sites x bits)"
+    sizing = (f"margin {d['margin']} at {d['confidence']:.0%} confidence (Leveugle et al. 2009)"
+              if d["margin"] is not None else "trials given")
+    title = f"campaign plan: {d['planned_trials']:,} trials; {d['mode']}; population {pop}; {sizing}"
+    if estimate is not None:
+        title += (f"\nestimated time: {duration(estimate['estimated_seconds'] / max(workers, 1))} "
+                  f"({1000 * estimate['seconds_per_trial']:.3g} ms per trial, {estimate['measured_trials']} trials "
+                  f"measured, {workers} worker{'s' if workers > 1 else ''})")
+        if d["planned_trials"] > MAX_CAMPAIGN_TRIALS:
+            title += f"\nbeyond the ceiling of {MAX_CAMPAIGN_TRIALS:,} trials: this plan would be refused"
+    t = Table(title=title)
+    for col in ("stratum", "weights", "population", "trials"):
+        t.add_column(col, justify="left" if col == "stratum" else "right")
+    for s in d["strata"]:
+        t.add_row(s["name"], f"{s['sites']:,}", "inf" if s["population"] is None else f"{s['population']:,}",
+                  f"{s['trials']:,}")
+    return t
+
+
+def campaign_table(d: dict):
+    from rich.table import Table
+
+    ident = d.get("campaign") or {}
+    title = (f"{ident.get('model')} on {ident.get('data')}, chip {ident.get('chip', {}).get('name')}: "
+             f"{d['overall']['trials']:,} trials, golden accuracy {_pct(d.get('golden_accuracy'))}%")
+    if d.get("trials_per_second"):
+        title += f", {d['trials_per_second']:.1f} trials/s"
+    t = Table(title=title)
+    for col in ("stratum", "trials", "accuracy % [95% CI]", "min %", "SDC % [95% CI]", "critical SDC %", "DUE %"):
+        t.add_column(col, justify="left" if col == "stratum" else "right")
+
+    def row(name, a):
+        ci = a["accuracy_ci95"] or [None, None]
+        sci = a["sdc_ci95"] or [None, None]
+        t.add_row(name, f"{a['trials']:,}", f"{_pct(a['accuracy_mean'])} [{_pct(ci[0])}, {_pct(ci[1])}]",
+                  _pct(a["accuracy_min"]), f"{_pct(a['sdc_rate'])} [{_pct(sci[0])}, {_pct(sci[1])}]",
+                  _pct(a["critical_sdc_rate"]), _pct(a["due_rate"]))
+
+    if len(d["strata"]) > 1:
+        for name, a in d["strata"].items():
+            row(name, a)
+    row("all", d["overall"])
+    return t
+
+
+# ----------------------------------------------------------------------------- hardening and certification
+
+
+def hardening_table(d: dict):
+    """Base vs hardened on the chip (the ``summary`` of :func:`hwfault.harden.hardening_report`)."""
+    from rich.table import Table
+
+    s = d["summary"]
+    b = d["base"]
+    t = Table(title=f"{b['model']} -> {d['hardened']['model']} on chip {b['chip']['name']} "
+                    f"({b['random']['trials']} Monte-Carlo chips, the same for both)")
+    t.add_column("accuracy %")
+    for col in ("base", "hardened", "change"):
+        t.add_column(col, justify="right")
+    for key, label in REPORT_KEYS:
+        ch = s["change"][key]
+        t.add_row(label, _pct(s["base"][key]), _pct(s["hardened"][key]), f"{100 * ch:+.1f}")
+    return t
+
+
+def certify_table(d: dict, title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    upper = any(p.get("attack_upper_accuracy") is not None for p in d["points"])
+    cols = ("set", "method", "certified acc %") + (("attack upper %",) if upper else ()) + (
+        "certified stable %", "clean %", "mean margin bound", "s")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("set", "method") else "right")
+    for p in d["points"]:
+        up = (_pct(p.get("attack_upper_accuracy")) if p.get("attack_upper_accuracy") is not None else "",) \
+            if upper else ()
+        t.add_row(str(p.get("label") or f"eps={p['eps']:g}"), p["method"], _pct(p["certified_accuracy"]), *up,
+                  _pct(p["certified_stable"]), _pct(p["clean_accuracy"]), _num(p["mean_margin_lower"]),
+                  f"{p['seconds']:.1f}")
+    if upper:
+        t.caption = "attack upper: correct inputs no attack broke; the robust accuracy lies between it and certified"
+    return t
