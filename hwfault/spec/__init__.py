@@ -28,16 +28,16 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .errors import SpecError, did_you_mean
-from .formats import FORMATS
-from .params import TAGS
+from ..errors import SpecError, did_you_mean
+from ..formats import FORMATS
+from ..params import TAGS
 
 __all__ = ["SCHEMA_VERSION", "CHIPS_DIR", "FAULT_KINDS", "ChipSpec", "FormatSpec", "DeviceSpec", "Fault",
            "AdditiveFault", "MultiplicativeFault", "PCMFault", "ReadFault", "DriftFault", "BitFlipFault",
            "StuckFault", "load_chip", "list_chips", "parse_chip", "describe_chip"]
 
 SCHEMA_VERSION = 1
-CHIPS_DIR = Path(__file__).resolve().parent / "chips"
+CHIPS_DIR = Path(__file__).resolve().parent.parent / "chips"
 
 # Scalars are strict: TOML has real types, so "0.5" or true where a number belongs is an error,
 # not a silent conversion. Integers are accepted where a float belongs.
