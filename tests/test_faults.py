@@ -153,3 +153,16 @@ def test_drift_compensation_removes_the_mean_decay(conv2):
     comp = Drift(86400.0).sample(v, w, gen(0))
     assert float(raw.abs().sum() / w.abs().sum()) < 0.8  # a day of PCM drift: conductances decay
     assert float(comp.abs().sum() / w.abs().sum()) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_chip_caches_offsets_and_stored_values(conv2):
+    chip = Chip(spec=type("S", (), {"coverage": 0.999, "name": "t"})(), selection=conv2, view=view(conv2, "int8"),
+                faults=())
+    sizes = [p.numel() for p in conv2.params]
+    offs = chip.offsets
+    assert offs.tolist() == [0, sizes[0], sizes[0] + sizes[1]] and offs[-1] == chip.view.k
+    assert chip.offsets is offs is chip.view.offsets  # computed once per view
+    assert chip.stored.dtype == torch.float64 and torch.equal(chip.stored, chip.view.w_q.double())
+    assert chip.stored is chip.view.stored and chip.with_faults([Additive(0.01)]).stored is chip.stored
+    chip._offsets, chip._stored = offs, chip.stored  # what the campaign code sets on a chip today
+    assert chip._offsets is offs

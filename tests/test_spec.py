@@ -1,11 +1,24 @@
-"""Chip specs: every preset loads and round-trips; every bad spec or file is one SpecError line naming the field."""
+"""Chip specs: every preset loads and round-trips; every bad spec or file is one SpecError line naming the field;
+the fault registry is the one source of the fault kinds (schema, union, FAULT_KINDS, glossary, models)."""
 
 import math
+import os
+import shutil
+import subprocess
+import sys
+import typing
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+import hwfault
+import hwfault.faults as faults_pkg
+from hwfault.cli import main
 from hwfault.errors import SpecError
+from hwfault.faults import registry
+from hwfault.faults.base import FaultModel
+from hwfault.faults.config import FaultConfig
 from hwfault.spec import (CHIPS_DIR, FAULT_KINDS, SCHEMA_VERSION, ChipSpec, DeviceSpec, FormatSpec, describe_chip,
                           list_chips, load_chip, parse_chip)
 
@@ -61,6 +74,21 @@ def test_preset_numbers():
     assert pcm.format.kind == "fp32"
     assert [f.kind for f in pcm.faults] == ["pcm", "drift", "read"]  # order kept
     assert pcm.faults[1].t == 86400 and pcm.faults[1].compensation and pcm.faults[1].nu_mean is None
+
+
+def test_at_least_six_presets_with_citations():
+    names = list_chips()
+    assert len(names) >= 6
+    assert {"int8-sram-0.5v", "int8-sram-0.55v", "rram-4bit", "pcm-1day", "fp32-soft-errors", "fp16-sram"} <= set(names)
+    for n in names:
+        spec = load_chip(n)
+        assert spec.name == n and spec.references and spec.schema_version == SCHEMA_VERSION
+        assert parse_chip(spec.to_toml()) == spec
+
+
+def test_fault_order_is_kept():
+    spec = load_chip("pcm-1day")
+    assert [f.kind for f in spec.faults] == ["pcm", "drift", "read"]
 
 
 def test_preset_name_must_match_file(tmp_path, monkeypatch):
@@ -225,6 +253,37 @@ def test_bad_spec_is_one_line_with_the_field_path(text, needle):
     assert needle in msg, msg
 
 
+GOOD = 'name = "x"\n'
+
+
+@pytest.mark.parametrize("text, needle", [
+    (GOOD + '[[faults]]\nkind = "bitfilp"\nber = 0.1\n', "faults[0].kind: unknown fault kind 'bitfilp' (did you mean 'bitflip'?)"),
+    (GOOD + '[[faults]]\nkind = "bitflip"\nber = 1.5\n', "faults[0].ber: expected a probability in [0, 1], got 1.5"),
+    (GOOD + '[[faults]]\nkind = "bitflip"\nber = -0.1\n', "faults[0].ber: expected a probability in [0, 1]"),
+    (GOOD + '[[faults]]\nkind = "additive"\nsigma = nan\n', "faults[0].sigma: expected a finite number"),
+    (GOOD + '[[faults]]\nkind = "additive"\nsigma = -1\n', "faults[0].sigma: expected a number >= 0"),
+    (GOOD + '[[faults]]\nkind = "additive"\nsigma = "abc"\n', "faults[0].sigma: expected a number, got 'abc'"),
+    (GOOD + '[[faults]]\nkind = "additive"\n', "faults[0].sigma: required field missing"),
+    (GOOD + '[[faults]]\nkind = "additive"\nsigma = 0.1\nsigmma = 2\n', "faults[0].sigmma: unknown field"),
+    (GOOD + '[[faults]]\nkind = "stuck"\nsa0 = 0.6\nsa1 = 0.6\n', "faults[0]: expected sa0 + sa1 <= 1"),
+    (GOOD + '[format]\nkind = "int32"\n', "format.kind: expected an integer format int2 .. int16"),
+    (GOOD + '[format]\nkind = "fp33"\n', "format.kind: unknown number format 'fp33' (did you mean 'fp32'?)"),
+    (GOOD + '[format]\nkind = "int8"\nscale = "per-row"\n', "format.scale"),
+    (GOOD + '[device]\ntypes = ["convolution"]\n', "device.types: unknown component type 'convolution' (did you mean 'conv'?)"),
+    (GOOD + "coverage = 1.0\n", "coverage: expected a probability in (0, 1)"),
+    (GOOD + "schema_version = 2\n", "schema_version: expected schema_version 1, got 2"),
+    (GOOD + "colour = 3\n", "colour: unknown field"),
+    ('description = "no name"\n', "name: required field missing"),
+    ('name = "x\n', "not valid TOML"),
+    ("  \n", "empty chip spec"),
+])
+def test_bad_specs_name_the_field(text, needle):
+    with pytest.raises(SpecError) as e:
+        parse_chip(text, "chip.toml")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("chip.toml: ") and needle in msg, msg
+
+
 def test_misspelt_key_is_reported_before_the_missing_one():
     msg = bad(F + '[[faults]]\nkind = "bitflip"\nbre = 0.1\n')
     assert "faults[0].bre: unknown field for a 'bitflip' fault (did you mean 'ber'?)" in msg
@@ -282,6 +341,19 @@ def test_files(tmp_path):
         load_chip("missing/chip")
 
 
+def test_files_and_presets(tmp_path):
+    with pytest.raises(SpecError, match="chip file not found"):
+        load_chip(tmp_path / "none.toml")
+    (tmp_path / "bin.toml").write_bytes(b"\x00\x01\x02name")
+    with pytest.raises(SpecError, match="binary file"):
+        load_chip(tmp_path / "bin.toml")
+    (tmp_path / "empty.toml").write_text("")
+    with pytest.raises(SpecError, match="empty chip spec"):
+        load_chip(tmp_path / "empty.toml")
+    with pytest.raises(SpecError, match="did you mean 'int8-sram-0.5v'"):
+        load_chip("int8-sram-05v")
+
+
 @pytest.mark.parametrize("name, needle", [
     ("int8-sram-05v", "unknown chip preset 'int8-sram-05v' (did you mean 'int8-sram-0.5v'?)"),
     ("pcm-1-day", "(did you mean 'pcm-1day'?)"),
@@ -320,3 +392,223 @@ def test_describe_chip_numbers():
     text = describe_chip(load_chip("pcm-1day"))
     assert "drift: t 86400 s, t0 20 s" in text and "1 day after programming" in text and "g_max 25 uS" in text
     assert math.isclose(load_chip("pcm-1day").coverage, 0.999) and "0.999" in text
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_chips_cli(tmp_path, capsys):
+    assert main(["chips", "list", "--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out) == list_chips()
+    assert main(["chips", "show", "rram-4bit"]) == 0
+    assert "stuck: sa0 0.0175" in capsys.readouterr().out
+    p = tmp_path / "mine.toml"
+    assert main(["chips", "show", "int8-sram-0.5v", "--toml"]) == 0
+    p.write_text(capsys.readouterr().out.replace('name = "int8-sram-0.5v"', 'name = "mine"'))
+    assert main(["chips", "check", str(p)]) == 0
+    assert capsys.readouterr().out.startswith("ok: mine")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(p.read_text().replace("ber = 0.0156", "ber = 2.0"))
+    assert main(["chips", "check", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "faults[0].ber" in err
+    assert main(["estimate", "-m", "digits-cnn", "--chip", str(bad)]) == 2
+
+
+# ----------------------------------------------------------------------------- the fault registry
+
+# one valid [[faults]] body per kind (a new kind adds its line here, with its own tests)
+EXAMPLES = {"additive": "sigma = 0.1", "multiplicative": "sigma = 0.05", "pcm": "g_max = 20.0",
+            "read": 'sigma = 0.02\nrelative_to = "weight"', "drift": "t = 3600\nnu_mean = 0.05", "bitflip": "count = 3",
+            "stuck": 'sa1 = 0.01\ngranularity = "bit"'}
+
+
+def _all_kinds_spec():
+    return parse_chip(OK + "".join(f'[[faults]]\nkind = "{k}"\n{EXAMPLES[k]}\n' for k in registry.names()) + FMT)
+
+
+def test_every_registered_kind_has_a_schema_a_model_and_a_summary_line():
+    assert set(EXAMPLES) == set(registry.names()), "a new fault kind: add an example entry to EXAMPLES"
+    spec = _all_kinds_spec()
+    for k, cfg in zip(registry.kinds(), spec.faults):
+        assert issubclass(k.config, FaultConfig) and typing.get_args(k.config.model_fields["kind"].annotation) == (k.kind,)
+        assert issubclass(k.model, FaultModel) and k.model.kind == k.kind
+        assert k.module.startswith("hwfault.faults.")  # declared by a module of the package, found by discovery
+        assert type(cfg) is k.config and cfg.kind == k.kind
+        line = k.summary(cfg)
+        assert isinstance(line, str) and line.strip() and "\n" not in line
+        model = registry.build_fault(cfg)
+        assert type(model) is k.model and model.describe()["kind"] == k.kind
+        assert registry.build_fault(cfg.model_dump()) == model  # a mapping builds the same model
+        assert type(model.scaled(2.0)) is k.model and isinstance(model.severity_name, str)
+        assert isinstance(model.severity, (int, float))
+    with pytest.raises(SpecError, match="unknown fault kind 'bitfilp' \\(did you mean 'bitflip'\\?\\)"):
+        registry.build_fault({"kind": "bitfilp", "ber": 0.1})
+
+
+def test_the_spec_union_fault_kinds_and_glossary_are_exactly_the_registry():
+    names = registry.names()
+    assert FAULT_KINDS == names and tuple(faults_pkg.FAULT_KINDS) == names
+    assert faults_pkg.FAULT_KINDS == {k.kind: k.model for k in registry.kinds()}
+    fault = typing.get_args(ChipSpec.model_fields["faults"].annotation)[0]  # list[Fault] -> Annotated[Union, Field]
+    assert typing.get_args(typing.get_args(fault)[0]) == tuple(k.config for k in registry.kinds())
+    spec = _all_kinds_spec()
+    text = describe_chip(spec)
+    for i, f in enumerate(spec.faults, 1):  # each line's plain words are its kind's registered summary
+        assert f"    {i}. {f.kind}: " in text and f"({registry.get(f.kind).summary(f)})" in text
+    assert "g_max 20 uS" in text and "t 3600 s, t0 20 s" in text  # the units of the kinds' configs
+    assert f"(choose from: {', '.join(names)})" in bad(F + '[[faults]]\nber = 0.1\n')
+    import hwfault.spec.summary as summary
+
+    assert not [n for n in vars(summary) if "GLOSS" in n.upper()]  # no second list of kinds
+
+
+def test_register_checks_the_kind_and_builds_by_field_name():
+    from dataclasses import dataclass
+    from typing import Literal
+
+    from hwfault.faults.config import NonNeg
+
+    class ToyFault(FaultConfig):
+        kind: Literal["toy_in_process"]
+        delta: NonNeg = 0.1
+        note: str = ""  # config only: not passed to the model
+
+    @dataclass(frozen=True)
+    class Toy(FaultModel):
+        delta: float
+        kind = "toy_in_process"
+
+    try:
+        entry = registry.register(kind="toy_in_process", config=ToyFault, model=Toy, summary="a toy")
+        assert registry.names()[-1] == "toy_in_process"  # no order given: after the built-in kinds
+        assert entry.summary(ToyFault(kind="toy_in_process")) == "a toy"
+        assert registry.build_fault(ToyFault(kind="toy_in_process", delta=0.5, note="x")) == Toy(0.5)
+        assert registry.build_fault({"kind": "toy_in_process"}) == Toy(0.1)
+    finally:
+        registry._REGISTRY.pop("toy_in_process", None)
+    assert "toy_in_process" not in registry.names()
+    with pytest.raises(TypeError, match="needs the field kind: Literal\\['other'\\]"):
+        registry.register(kind="other", config=ToyFault, model=Toy, summary="")
+
+    class Needy(FaultConfig):
+        kind: Literal["needy"]
+
+    @dataclass(frozen=True)
+    class NeedyModel(FaultModel):
+        level: float
+        kind = "needy"
+
+    with pytest.raises(TypeError, match="NeedyModel needs level, which Needy lacks"):
+        registry.register(kind="needy", config=Needy, model=NeedyModel, summary="")
+
+    class Again(FaultConfig):
+        kind: Literal["additive"]
+        sigma: NonNeg
+
+    with pytest.raises(ValueError, match="fault kind 'additive' registered twice: by hwfault.faults.analog"):
+        registry.register(kind="additive", config=Again, model=registry.get("additive").model, summary="")
+    assert registry.get("additive").module == "hwfault.faults.analog"
+
+
+TOY_MODULE = '''\
+"""A toy fault kind: every stored weight shifted by delta * max|w| of its tensor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from ..constraints import Box
+from .base import FaultModel
+from .config import FaultConfig, NonNeg, num
+from .registry import register
+
+
+class ToyFault(FaultConfig):
+    """A constant offset of delta * max|w| (units: max|w| of the tensor)."""
+
+    units = {"delta": "x max|w|"}
+
+    kind: Literal["toy"]
+    delta: NonNeg = 0.1
+
+
+@dataclass(frozen=True)
+class Toy(FaultModel):
+    delta: float = 0.1
+    kind = "toy"
+    severity_name = "delta"
+
+    def sample(self, view, values, gen):
+        return values + self.delta * view.tmax.double()
+
+    def constraint(self, view, coverage):
+        d = self.delta * view.tmax.double()
+        return Box(d, d)
+
+    def scaled(self, factor):
+        return replace(self, delta=self.delta * factor)
+
+    @property
+    def severity(self):
+        return self.delta
+
+    def describe(self):
+        return {"kind": self.kind, "delta": self.delta}
+
+
+register(kind="toy", config=ToyFault, model=Toy,
+         summary=lambda f: f"every weight shifted by {num(f.delta)} x max|w|")
+'''
+
+TOY_CHECK = '''\
+import sys
+import torch
+from torch import nn
+import hwfault
+assert hwfault.__file__.startswith(sys.argv[1]), hwfault.__file__
+from hwfault.errors import SpecError
+from hwfault.faults import FAULT_KINDS as MODELS, Chip
+from hwfault.spec import FAULT_KINDS, describe_chip, parse_chip
+
+assert FAULT_KINDS[-1] == "toy" and MODELS["toy"].__name__ == "Toy", FAULT_KINDS
+text = 'name = "t"\\n[format]\\nkind = "fp32"\\n[[faults]]\\nkind = "toy"\\ndelta = 0.5\\n'
+spec = parse_chip(text)
+assert parse_chip(spec.to_toml()) == spec and spec.to_dict()["faults"] == [{"source": "", "kind": "toy", "delta": 0.5}]
+assert "1. toy: delta 0.5 x max|w| (every weight shifted by 0.5 x max|w|)" in describe_chip(spec), describe_chip(spec)
+for body, needle in [("delta = -1", "faults[0].delta: expected a number >= 0, got -1"),
+                     ("dleta = 1", "faults[0].dleta: unknown field for a 'toy' fault (did you mean 'delta'?)")]:
+    try:
+        parse_chip(text.replace("delta = 0.5", body), "chip.toml")
+        raise AssertionError(body)
+    except SpecError as e:
+        assert needle in str(e), str(e)
+try:
+    parse_chip(text.replace('"toy"', '"toi"'), "chip.toml")
+    raise AssertionError("toi")
+except SpecError as e:
+    assert "faults[0].kind: unknown fault kind 'toi' (did you mean 'toy'?)" in str(e), str(e)
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 3))
+chip = Chip.build(spec, model)
+w = model[0].weight.detach().double().reshape(-1)
+assert torch.allclose(chip.program(torch.Generator().manual_seed(0)), w + 0.5 * w.abs().max())
+assert chip.describe()["faults"] == [{"kind": "toy", "delta": 0.5}]
+assert chip.constraint().names == ("toy",) and chip.faults[0].scaled(2.0).delta == 1.0
+print("ok")
+'''
+
+
+def test_a_new_kind_is_one_new_file_in_faults(tmp_path):
+    """Copy the package, add hwfault/faults/toy.py and nothing else: the kind is in the spec schema,
+    the error messages, the summary and Chip.build."""
+    root = tmp_path / "site"
+    shutil.copytree(Path(hwfault.__file__).parent, root / "hwfault", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "hwfault" / "faults" / "toy.py").write_text(TOY_MODULE)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    r = subprocess.run([sys.executable, "-c", TOY_CHECK, str(root)], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

@@ -5,16 +5,62 @@ Covering set: independent Gaussian noise a_i ~ N(0, sigma_i^2) lies in the weigh
 rather than a union-bound box (|a_i| <= z sigma_i with z = Phi^{-1}(1 - (1 - c) / 2k)): for a
 dense gradient g the box admits a linear gain z ||sigma g||_1, about z sqrt(2k/pi) ||sigma g||_2,
 several times the ellipsoid's sqrt(k) ||sigma g||_2, so the ellipsoid is the tighter worst case.
+
+Kinds: ``additive``, ``multiplicative``, ``pcm`` (programming noise, drawn once per chip) and
+``read`` (redrawn for every inference).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
 from ..constraints import Ellipsoid
 from .base import DeviceView, FaultModel, chi2_radius
+from .config import FaultConfig, NonNeg, Pos, num
+from .physics import conductance
+from .registry import register
+
+# ----------------------------------------------------------------------------- [[faults]] entries
+
+
+class AdditiveFault(FaultConfig):
+    """Gaussian programming noise, drawn once per programming: std = sigma * max|w| of each tensor
+    (the conductance range)."""
+
+    kind: Literal["additive"]
+    sigma: NonNeg
+
+
+class MultiplicativeFault(FaultConfig):
+    """Gaussian programming noise, drawn once per programming: std = sigma * |w| per element."""
+
+    kind: Literal["multiplicative"]
+    sigma: NonNeg
+
+
+class PCMFault(FaultConfig):
+    """PCM-like conductance-dependent programming noise (IBM aihwkit, facts.md section 5):
+    sigma(g) = 0.26348 + 1.9650 g^ - 1.1731 g^^2 uS at g^ = g / g_max; ``g_max`` in uS."""
+
+    units = {"g_max": "uS"}
+
+    kind: Literal["pcm"]
+    g_max: Pos = 25.0
+
+
+class ReadFault(FaultConfig):
+    """Gaussian read noise, redrawn for every inference: std = sigma * max|w| (``relative_to = "max"``)
+    or sigma * |w| (``"weight"``)."""
+
+    kind: Literal["read"]
+    sigma: NonNeg
+    relative_to: Literal["max", "weight"] = "max"
+
+
+# ----------------------------------------------------------------------------- fault models
 
 
 def _noise(sigma: torch.Tensor, values: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -85,11 +131,10 @@ class PCMProgramming(_Gaussian):
     kind = "pcm"
 
     def sigmas(self, view, values):
-        tmax = view.tmax.double()
-        gh = (values.abs() / torch.where(tmax > 0, tmax, torch.ones_like(tmax))).clamp(0, 1)
+        gh = conductance(view, values)
         c0, c1, c2 = PCM_PROG
         sigma_us = c0 + c1 * gh + c2 * gh**2
-        return self.scale * sigma_us / self.g_max * tmax
+        return self.scale * sigma_us / self.g_max * view.tmax.double()
 
     def scaled(self, factor):
         return replace(self, scale=self.scale * factor)
@@ -116,3 +161,16 @@ class ReadNoise(_Gaussian):
 
     def describe(self):
         return {"kind": self.kind, "sigma": self.sigma, "relative_to": self.relative_to, "redrawn": "per inference"}
+
+
+# ----------------------------------------------------------------------------- registration
+
+register(kind="additive", config=AdditiveFault, model=Additive, order=1,
+         summary=lambda f: f"Gaussian, std {num(f.sigma)} x max|w| per tensor, drawn once at programming")
+register(kind="multiplicative", config=MultiplicativeFault, model=Multiplicative, order=2,
+         summary=lambda f: f"Gaussian, std {num(f.sigma)} x |w|, drawn once at programming")
+register(kind="pcm", config=PCMFault, model=PCMProgramming, order=3,
+         summary="PCM conductance-dependent programming noise, drawn once")
+register(kind="read", config=ReadFault, model=ReadNoise, order=4,
+         summary=lambda f: f"Gaussian, std {num(f.sigma)} x {'max|w| per tensor' if f.relative_to == 'max' else '|w|'}, "
+                           f"redrawn every inference")

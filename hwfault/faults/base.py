@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from scipy import stats
 
@@ -21,6 +23,7 @@ class DeviceView:
     ``w`` are the float32 weights of the model, ``w_q`` the values stored in the chip's number
     format, ``scale`` the per-element quantisation scale (1 for float formats) and ``tmax`` the
     max |w| of each element's tensor (the reference of relative noise and of conductance mapping).
+    ``offsets`` and ``stored`` are computed once per view (treat them as read-only).
     """
 
     selection: Selection
@@ -45,6 +48,16 @@ class DeviceView:
     @property
     def k(self) -> int:
         return self.w.numel()
+
+    @functools.cached_property
+    def offsets(self) -> np.ndarray:
+        """Where each parameter tensor starts in the flat layout, and the total length last (int64)."""
+        return np.cumsum([0] + [p.numel() for p in self.selection.params])
+
+    @functools.cached_property
+    def stored(self) -> torch.Tensor:
+        """The fault-free stored values ``w_q`` as float64 (flat)."""
+        return self.w_q.double()
 
     @property
     def bits(self) -> int:

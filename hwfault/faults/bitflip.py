@@ -12,12 +12,35 @@ Covering set: at most n = Binomial(M, ber) quantile at the coverage flipped bits
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field, model_validator
 
 from ..constraints import BitSet
 from ..formats import flip_bits
 from .base import FaultModel, binomial_budget, sample_positions
+from .config import FaultConfig, Prob
+from .registry import register
+
+
+class BitFlipFault(FaultConfig):
+    """Independent flips of the stored bits at bit error rate ``ber``: ``persistent`` (a faulty cell,
+    drawn once per chip) or ``transient`` (redrawn for every inference). With ``count`` instead of
+    ``ber``: exactly that many flips per chip at distinct sites drawn uniformly over all stored bits
+    (classic statistical fault injection; the fault population is sites x bits)."""
+
+    kind: Literal["bitflip"]
+    ber: Prob | None = None
+    count: Annotated[int, Field(strict=True, ge=1)] | None = None
+    mode: Literal["persistent", "transient"] = "persistent"
+
+    @model_validator(mode="after")
+    def _ber_or_count(self):
+        if (self.ber is None) == (self.count is None):
+            raise ValueError("expected exactly one of ber (a bit error rate) or count (flips per chip), got "
+                             + ("both" if self.ber is not None else "neither"))
+        return self
 
 
 @dataclass(frozen=True)
@@ -75,3 +98,9 @@ class BitFlip(FaultModel):
         if self.count is not None:
             out["count"] = self.count
         return out
+
+
+register(kind="bitflip", config=BitFlipFault, model=BitFlip, order=6,
+         args=lambda f: {"ber": 0.0 if f.ber is None else f.ber, "mode": f.mode, "count": f.count},
+         summary=lambda f: "stored bits flip; " + ("faulty cells fixed per chip" if f.mode == "persistent"
+                                                   else "redrawn every inference"))

@@ -12,12 +12,36 @@ Covering set: at most n = Binomial quantile stuck cells, each taking one of its 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
+from pydantic import model_validator
 
 from ..constraints import BitSet, CandidateSet
 from ..formats import stick_bits
 from .base import FaultModel, binomial_budget, sample_positions
+from .config import FaultConfig, Prob, fail, show
+from .registry import register
+
+
+class StuckFault(FaultConfig):
+    """Stuck-at cells at rates ``sa0`` and ``sa1`` (sa0 + sa1 <= 1). ``granularity = "weight"``: a stuck
+    weight reads 0 (SA0) or, for SA1, +-max|w| of its tensor (``sa1_value = "max"``, the sign of the
+    stuck device of the differential pair) or 0 (``"zero"``). ``"bit"``: the stored bit reads 0 / 1."""
+
+    kind: Literal["stuck"]
+    sa0: Prob = 0.0
+    sa1: Prob = 0.0
+    granularity: Literal["weight", "bit"] = "weight"
+    sa0_value: Literal["zero"] = "zero"
+    sa1_value: Literal["max", "zero"] = "max"
+
+    @model_validator(mode="after")
+    def _total(self) -> StuckFault:
+        if self.sa0 + self.sa1 > 1 + 1e-12:
+            total = show(self.sa0 + self.sa1)
+            fail(f"expected sa0 + sa1 <= 1, got {show(self.sa0)} + {show(self.sa1)} = {total}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -99,3 +123,12 @@ class StuckAt(FaultModel):
     def describe(self):
         return {"kind": self.kind, "sa0": self.sa0, "sa1": self.sa1, "granularity": self.granularity,
                 "sa1_value": self.sa1_value}
+
+
+def _summary(f: StuckFault) -> str:
+    if f.granularity == "weight":
+        return "SA0 weight reads 0, SA1 weight reads " + ("+-max|w|" if f.sa1_value == "max" else "0")
+    return "a stuck stored bit reads 0 (SA0) or 1 (SA1)"
+
+
+register(kind="stuck", config=StuckFault, model=StuckAt, order=7, summary=_summary)

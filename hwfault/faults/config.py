@@ -1,0 +1,69 @@
+"""The building blocks of a ``[[faults]]`` entry's schema (and of the rest of the chip spec).
+
+Scalars are strict: TOML has real types, so "0.5" or true where a number belongs is an error, not a
+silent conversion. Integers are accepted where a float belongs. A validator that rejects a value
+calls :func:`fail`; :mod:`hwfault.spec.messages` turns every pydantic error into one line
+``<source>: <field path>: <message>``.
+
+Every fault kind's config subclasses :class:`FaultConfig`: a frozen, strict pydantic model with a
+``kind: Literal["<kind>"]`` discriminator, an optional ``source`` (the citation of the numbers) and
+its own fields; ``units`` names the unit of a field where it has one (shown by ``hwfault chips show``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["StrictModel", "FaultConfig", "NonNeg", "Pos", "Prob", "Text", "Flag", "fail", "show", "num"]
+
+NonNeg = Annotated[float, Field(strict=True, ge=0)]
+Pos = Annotated[float, Field(strict=True, gt=0)]
+Prob = Annotated[float, Field(strict=True, ge=0, le=1)]
+Text = Annotated[str, Field(strict=True)]
+Flag = Annotated[bool, Field(strict=True)]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, values are frozen, nan and inf are not numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class FaultConfig(StrictModel):
+    """One ``[[faults]]`` entry. Subclasses add ``kind: Literal["<kind>"]`` and their fields."""
+
+    units: ClassVar[dict[str, str]] = {}  # field -> unit, e.g. {"t": "s"}
+
+    source: Text = ""
+
+
+def fail(msg: str, index: int | None = None):
+    """Reject a value with ``msg``; ``index`` names the list item (``device.params[1]``)."""
+    # pydantic keeps only the message of a ValueError; an item index goes in a prefix that
+    # hwfault.spec.messages strips again
+    raise ValueError(f"[{index}]\x00{msg}" if index is not None else msg)
+
+
+def show(v: Any) -> str:
+    """A value as the user wrote it in TOML (strings quoted)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        s = v if len(v) <= 60 else v[:57] + "..."
+        return "'" + s.replace("\n", "\\n") + "'"
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, (list, tuple)):
+        s = "[" + ", ".join(show(x) for x in v) + "]"
+        return s if len(s) <= 60 else s[:57] + "...]"
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def num(x: float) -> str:
+    """A number for a human line: ``f"{x:g}"``."""
+    return f"{x:g}"

@@ -1,0 +1,128 @@
+"""The chip spec schema: :class:`ChipSpec` with its :class:`FormatSpec` and :class:`DeviceSpec`.
+
+The ``[[faults]]`` entries are a discriminated union (on ``kind``) of the config schemas in the
+fault registry (:mod:`hwfault.faults.registry`): each fault kind's schema lives with its model in
+``hwfault/faults/<kind>.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from ..errors import did_you_mean
+from ..faults import registry
+from ..faults.config import Flag, StrictModel, Text, fail, show
+from ..formats import FORMATS
+from ..params import TAGS
+from .toml import chip_toml
+
+__all__ = ["SCHEMA_VERSION", "FAULT_KINDS", "ChipSpec", "FormatSpec", "DeviceSpec", "Fault"]
+
+SCHEMA_VERSION = 1
+
+_FORMAT_ALIASES = {"float32": "fp32", "float": "fp32", "single": "fp32", "float16": "fp16", "half": "fp16",
+                   "bfloat16": "bf16", "uint8": "int8", "int": "int8"}
+
+
+class FormatSpec(StrictModel):
+    """How the chip stores a weight: ``fp32`` / ``fp16`` / ``bf16`` or ``intN`` (N in 2..16, symmetric,
+    one scale per tensor or per output channel)."""
+
+    kind: Text
+    scale: Literal["per-tensor", "per-channel"] = "per-tensor"
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v in FORMATS:
+            return v
+        alias = v.lower() if v.lower() in FORMATS else _FORMAT_ALIASES.get(v.lower())
+        if alias:
+            fail(f"unknown number format '{v}' (did you mean '{alias}'?)")
+        if re.fullmatch(r"u?int\d+", v.lower()):
+            fail(f"expected an integer format int2 .. int16, got '{v}'")
+        hint = did_you_mean(v, FORMATS) or " (choose from: fp32, fp16, bf16, int2 .. int16)"
+        fail(f"unknown number format '{v}'{hint}")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind")
+        if v == "per-channel" and kind is not None and not kind.startswith("int"):
+            fail(f"expected 'per-tensor' for the float format '{kind}' (per-channel scales apply to int "
+                 f"formats), got 'per-channel'")
+        return v
+
+    @property
+    def is_int(self) -> bool:
+        return self.kind.startswith("int")
+
+
+class DeviceSpec(StrictModel):
+    """Which parameters live on the device: component ``types`` (conv, linear, norm, embedding,
+    attention, recurrent; ``[]`` = any), name ``params`` globs (``[]`` = any; both filters AND-ed), and
+    ``weights_only`` (only tensors named ``weight``, not biases or norm parameters)."""
+
+    types: list[Text] = ["conv", "linear"]
+    params: list[Text] = []
+    weights_only: Flag = True
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if t not in TAGS:
+                fail(f"unknown component type '{t}'{did_you_mean(t, TAGS)}")
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: list[str]) -> list[str]:
+        for i, g in enumerate(v):
+            if not g.strip():
+                fail("expected a parameter-name glob such as 'features.*', got ''", index=i)
+        return v
+
+
+FAULT_KINDS: tuple[str, ...] = registry.names()
+
+Fault = Annotated[Union[tuple(k.config for k in registry.kinds())], Field(discriminator="kind")]
+
+
+class ChipSpec(StrictModel):
+    """A chip: weight number format, device selection, faults (in order) and the coverage of the
+    worst-case set (the probability that it contains a random realisation of the faults)."""
+
+    schema_version: Annotated[int, Field(strict=True)] = SCHEMA_VERSION
+    name: Text
+    description: Text = ""
+    references: list[Text] = []
+    coverage: Annotated[float, Field(strict=True, gt=0, lt=1)] = 0.999
+    format: FormatSpec
+    device: DeviceSpec = DeviceSpec()
+    faults: list[Fault] = []
+
+    @field_validator("schema_version")
+    @classmethod
+    def _schema(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            fail(f"expected schema_version {SCHEMA_VERSION}, got {v} (a spec for another version of hwfault)")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip() or v != v.strip() or "\n" in v:
+            fail(f"expected a non-empty one-line name without surrounding spaces, got {show(v)}")
+        return v
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary (``model_dump(mode="json")``)."""
+        return self.model_dump(mode="json")
+
+    def to_toml(self) -> str:
+        """The spec as TOML; ``parse_chip(spec.to_toml()) == spec``."""
+        return chip_toml(self.to_dict())
