@@ -1,4 +1,4 @@
-"""Certified bounds under weight perturbation (hwfault.certify): soundness against sampled, vertex and
+"""Certified bounds under weight perturbation (hwfault.certification): soundness against sampled, vertex and
 attacked perturbations on tiny networks of every supported kind, exactness where the minimum is
 known, the eps = 0 identity, the IBP/CROWN ordering, and the one-line errors."""
 
@@ -8,7 +8,6 @@ import copy
 import itertools
 import json
 import math
-import sys
 from collections import OrderedDict
 
 import pytest
@@ -17,11 +16,15 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 import hwfault as hw
-import hwfault.certify  # noqa: F401  (the module; hwfault.certify is also the function's name)
+from hwfault import certification as cert
+from hwfault.certification.attack import _falsify
+from hwfault.certification.bab import _bab
+from hwfault.certification.graph import _graph
+from hwfault.certification.propagate import _margin_spec
+from hwfault.certification.sets import _Weights
 from hwfault.constraints import Box, CandidateSet, Ellipsoid, LpBall, SumSet
 from hwfault.errors import ConstraintError, ModelError
 
-cert = sys.modules["hwfault.certify"]
 PerturbationSet, ParamBound, margin_bounds = cert.PerturbationSet, cert.ParamBound, cert.margin_bounds
 TOL = 1e-9  # float64 realised margins vs float64 bounds
 
@@ -432,7 +435,7 @@ def test_zoo_mlp_crown_beats_ibp_and_the_attack_beats_both(mlp, digits, mlp_weig
 
 def test_zoo_mlp_sound_against_the_multistep_worst_case(mlp, digits, mlp_weights):
     from hwfault.evaluation import evaluate
-    from hwfault.search.worstcase import multi_step, one_step
+    from hwfault.search.methods import multi_step, one_step
 
     x, y = digits.tensors
     x, y = x[:60], y[:60]
@@ -564,7 +567,7 @@ def test_unused_parameters_are_ignored_and_empty_data_refused():
 
 def _node_values(graph, model64, x):
     """Every graph node's value for the float64 model as it is (perturbations already added)."""
-    w = cert._Weights(model64, None, graph.used, graph.buffers)
+    w = _Weights(model64, None, graph.used, graph.buffers)
     vals = []
     for n in graph.nodes:
         vals.append(x.double() if n.op is None else n.op.forward([vals[i] for i in n.inputs], w))
@@ -580,9 +583,9 @@ def test_each_branch_bound_holds_on_its_half_of_the_set(model_name):
     x = _inputs(shape, n=8)
     y = _labels(model, x)
     pset = PerturbationSet.ball(model, 0.05)
-    graph = cert._graph(model, x)
+    graph = _graph(model, x)
     w = graph.weights(pset)
-    C = cert._margin_spec(y, 3)
+    C = _margin_spec(y, 3)
     rec: dict = {}
     graph.lower(x.double(), C, w, "crown", record=rec)
     relu = [k for k, r in sorted(graph.preact.items()) if r]
@@ -641,9 +644,9 @@ def test_contradicting_clamps_make_an_empty_branch():
     model = tiny_mlp()
     x = _inputs((6,), n=4)
     y = _labels(model, x)
-    graph = cert._graph(model, x)
+    graph = _graph(model, x)
     w = graph.weights(PerturbationSet.ball(model, 1e-3))
-    C = cert._margin_spec(y, 3)
+    C = _margin_spec(y, 3)
     rec: dict = {}
     base = graph.lower(x.double(), C, w, "crown", record=rec)
     k = min(k for k, r in graph.preact.items() if r)
@@ -706,15 +709,15 @@ def test_zoo_mlp_bab_certifies_most_inputs_where_ibp_certifies_under_ten_percent
     crown_ok = (lb > 0).all(1) & (_labels(mlp, x) == y)
     assert int(crown_ok.sum()) == round(res["crown"].certified_accuracy * n)
     left = torch.nonzero(~(lb > 0).all(1) & (_labels(mlp, x) == y)).reshape(-1)
-    broken = cert._falsify(mlp, x[left], y[left], pset)
+    broken = _falsify(mlp, x[left], y[left], pset)
     assert int(broken.sum()) > 0 and not bool(crown_ok[left[broken]].any())
     # branch on the unbroken inputs and on the 40 broken ones nearest to certified: a sound search
     # never certifies an input with a counterexample
     near = left[broken][torch.argsort(lb[left[broken]].min(1).values, descending=True)][:40]
     cand = torch.cat([left[~broken], near])
-    graph = cert._graph(mlp, x)
-    got = cert._bab(graph, graph.weights(pset), x[cand], cert._margin_spec(y[cand], 10), y[cand],
-                    deadline=None, patience=None)
+    graph = _graph(mlp, x)
+    got = _bab(graph, graph.weights(pset), x[cand], _margin_spec(y[cand], 10), y[cand],
+               deadline=None, patience=None)
     assert not bool(got[len(cand) - len(near):].any())
     won = cand[got]
     assert (int(crown_ok.sum()) + len(won)) / n > 0.5
@@ -742,7 +745,7 @@ def test_falsify_is_exact_where_the_margin_is_linear_in_the_weights():
         exact = _vertex_min(model, x, y, pset)
         exact[torch.arange(len(y)), y] = math.inf
         want = exact.min(1).values < 0
-        got = cert._falsify(model, x, y, pset)
+        got = _falsify(model, x, y, pset)
         assert torch.equal(got, want), eps
         mixed += 0 < int(want.sum()) < len(x)
     assert mixed >= 3
@@ -808,8 +811,8 @@ def test_crown_and_bab_never_certify_what_the_exact_minimum_refutes():
     lb[torch.arange(len(y)), y] = math.inf
     assert bool((lb.min(1).values <= exact + TOL).all())            # the bound is below the exact minimum
     crown_ok = (lb > 0).all(1)
-    graph = cert._graph(model, x)
+    graph = _graph(model, x)
     left = torch.nonzero(~crown_ok).reshape(-1)
-    got = cert._bab(graph, graph.weights(pset), x[left], cert._margin_spec(y[left], 2), y[left],
-                    deadline=None, patience=None)
+    got = _bab(graph, graph.weights(pset), x[left], _margin_spec(y[left], 2), y[left],
+               deadline=None, patience=None)
     assert bool((exact[crown_ok] > 0).all()) and bool((exact[left[got]] > 0).all())
