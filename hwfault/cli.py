@@ -5,9 +5,6 @@ Bad input of any kind ends in one line ``error: ...`` on stderr and exit code 2.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -114,6 +111,7 @@ def sweep(
     probe: Optional[str] = PROBE,
     antithetic: bool = typer.Option(False, "--antithetic", help="Random: pair each direction with its negation."),
     float64: bool = typer.Option(False, "--float64", help="Evaluate in float64 (for loss changes below float32 round-off)."),
+    slopes: bool = typer.Option(False, "--slopes", help="Print the log-log slope of loss change vs eps per method (Theorem 1)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw accuracy vs eps per method here (.png/.svg/.pdf)."),
 ):
@@ -130,6 +128,11 @@ def sweep(
                  types=types, layers=layers, methods=methods, trials=trials, seed=seed, probe=probe, steps=steps,
                  step_size=step_size, antithetic=antithetic, float64=float64)
     _outputs(result, report.sweep_table(result), json_path, plot, report.plot_sweep)
+    if slopes:
+        found = result.slopes()
+        print("log-log slope of loss change vs eps:   " + ("   ".join(f"{m} {v:.2f}" for m, v in found.items())
+                                                             or "none (three eps with a positive loss change needed)"),
+              file=sys.stderr)
 
 
 @app.command("probe")
@@ -161,8 +164,6 @@ def probe_cmd(
 @zoo_app.command("list")
 def zoo_list(json_out: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout.")):
     """List the zoo models with their data, size and accuracy."""
-    from rich.table import Table
-
     from .zoo import get_entry, list_models, model_card
 
     rows = []
@@ -174,13 +175,7 @@ def zoo_list(json_out: bool = typer.Option(False, "--json", help="Print the list
     if json_out:
         report.write_json({"models": rows}, "-")
         return
-    t = Table(title="hwfault model zoo (models/)")
-    for col in ("name", "data", "params", "test acc %", "architecture"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["name"], r["data"], f"{r['parameters']:,}" if r["parameters"] else "-",
-                  f"{100 * r['test_accuracy']:.2f}" if r["trained"] else "untrained", r["description"])
-    report.print_table(t)
+    report.print_table(report.zoo_table(rows))
 
 
 @zoo_app.command("train")
@@ -310,45 +305,13 @@ def export(
     files.check_output(out, what="--out", suffixes=(".onnx",))
     _outs(json_path)
     rep = export_model(model, _data_for(model, data), out, fmt=fmt, opset=opset, chip=chip, trials=trials)
-    d_rep = rep.to_dict()
-    meta = rep.metadata
-    from rich.table import Table
-
-    t = Table(title=f"{out}: {rep.format} via {rep.exporter}, opset {rep.opset}, {rep.size_bytes:,} bytes")
-    t.add_column("check")
-    t.add_column("value", justify="right")
-    t.add_row("onnx.checker", "passed")
-    t.add_row(f"max |delta logit| vs {rep.reference}", f"{rep.max_abs_delta:.2e}")
-    t.add_row("prediction agreement", f"{100 * rep.agreement:.2f}%")
-    t.add_row("accuracy torch / onnxruntime", f"{report._pct(rep.reference_accuracy)} / {report._pct(rep.onnx_accuracy)}")
-    if rep.float_accuracy is not None:
-        t.add_row("float model accuracy / agreement", f"{report._pct(rep.float_accuracy)} / {100 * rep.float_agreement:.2f}%")
-    if "robustness" in meta:
-        rb = meta["robustness"]
-        t.add_row(f"on {rb['chip']}: Monte-Carlo mean / worst case",
-                  f"{report._pct(rb['mc_mean'])} / {report._pct(rb['multi_step'])}")
-    t.add_row("parity", "passed" if rep.passed else "FAILED: " + "; ".join(rep.failures))
-    report.print_table(t)
+    report.print_table(report.export_table(rep))
     if json_path:
-        report.write_json(d_rep, json_path)
+        report.write_json(rep.to_dict(), json_path)
     print(f"wrote {out}", file=sys.stderr)
     if not rep.passed:
         print(f"error: parity check failed: {'; '.join(rep.failures)}", file=sys.stderr)
         raise typer.Exit(1)
-
-
-@contextlib.contextmanager
-def _input_bar(description: str, n: int):
-    """A progress bar over inputs fed by certify's ``on_progress(done, total)`` (the total grows when
-    branch and bound starts)."""
-    with progress.task(description, n) as advance:
-        seen = {"done": 0}
-
-        def on_progress(done: int, total: int) -> None:
-            advance(done - seen["done"], total=total)
-            seen["done"] = done
-
-        yield on_progress
 
 
 @app.command()
@@ -368,9 +331,8 @@ def certify(
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Certified accuracy vs eps figure."),
 ):
     """Certified accuracy: inputs whose prediction provably survives every weight perturbation in the set."""
-    from .certification import check_method, certify as run, certify_set, quantisation_safety
-    from .data import load_data
-    from .inputs import load_model
+    from .certification import certify as run, check_method
+    from .inputs import resolve_data, resolve_model
 
     check_method(method, time_budget=time_budget)      # before any work, for every kind of set
     if (chip is None) == (eps is None):
@@ -379,53 +341,28 @@ def certify(
         validate.probability("--coverage", coverage)
     _outs(json_path, plot_path)
     d = _data_for(model, data)
-    module = load_model(model, requires_grad=False)
-    test = load_data(d, "test")
-    globs = [g.strip() for g in params.split(",")] if params else "*"
-    if types:
-        from .params import select
+    if chip is not None:
+        from .analyses.chip_bounds import certify_chip
 
-        globs = select(module, globs if params else None, types=[t.strip() for t in types.split(",")])
-    if chip is None:
+        out = {"model": model, "data": d, **certify_chip(model, d, chip, coverage=coverage, method=method,
+                                                         time_budget=time_budget,
+                                                         on_note=lambda m: print(f"note: {m}", file=sys.stderr))}
+        title = f"{model} on {d}: chip {out['chip']}"
+    else:
         if norm is None:
             raise ConstraintError("expected --norm inf or --norm 2 with --eps")
-        eps_list = parse_eps(eps)
-        parts = []
-        for i, e in enumerate(eps_list):     # a bar per eps, over inputs (it grows when branching starts)
-            with _input_bar(f"certify eps={e:g} ({i + 1}/{len(eps_list)})", len(test)) as on_progress:
-                parts.append(run(module, test, eps=e, norm=norm, relative=relative, params=globs, method=method,
-                                 time_budget=time_budget, on_progress=on_progress))
-        res = dataclasses.replace(parts[0], points=tuple(p for r in parts for p in r.points))
+        module, _ = resolve_model(model)
+        test, _ = resolve_data(d)
+        globs = [g.strip() for g in params.split(",")] if params else "*"
+        if types:
+            from .params import select
+
+            globs = select(module, globs if params else None, types=[t.strip() for t in types.split(",")])
+        res = run(module, test, eps=parse_eps(eps), norm=norm, relative=relative, params=globs, method=method,
+                  time_budget=time_budget)
         out = {"model": model, "data": d, **res.to_dict()}
         title = f"{model} on {d}: L{res.norm} weight perturbation of {res.k:,} parameters" + (
             f", relative to each {relative}" if relative else "")
-    else:
-        from .faults import Chip
-        from .spec import load_chip
-
-        spec = load_chip(chip)
-        dev = Chip.build(spec, module)
-        cov = spec.coverage if coverage is None else coverage
-        points = []
-        try:
-            with _input_bar("certify covering set", len(test)) as on_progress:
-                pt = certify_set(module, test, dev.constraint(cov), selection=dev.selection, method=method,
-                                 time_budget=time_budget, on_progress=on_progress)
-            points.append({**pt.to_dict(), "label": f"covering set ({cov})"})
-        except HwfaultError as e:
-            print(f"note: {e}", file=sys.stderr)
-        if dev.view.fmt.is_int:
-            with _input_bar(f"certify {dev.view.fmt.name} rounding", len(test)) as on_progress:
-                q = quantisation_safety(module, test, dev.view.fmt.bits,
-                                        per_channel=spec.format.scale == "per-channel",
-                                        params=list(dev.selection.names), method=method, time_budget=time_budget,
-                                        on_progress=on_progress)
-            points.append({**q.to_dict(), "label": f"{dev.view.fmt.name} rounding"})
-        if not points:
-            raise HwfaultError(f"chip '{spec.name}': nothing to certify (its faults are discrete and it stores floats)")
-        out = {"model": model, "data": d, "chip": spec.name, "coverage": cov, "norm": None, "relative": None,
-               "points": points}
-        title = f"{model} on {d}: chip {spec.name}"
     report.print_table(report.certify_table(out, title))
     if json_path:
         report.write_json(out, json_path)
@@ -458,13 +395,7 @@ def bits_cmd(
     r = run(model, _data_for(model, data), format=format, per_channel=per_channel, until=until, max_flips=max_flips,
             random_runs=runs, seed=seed, params=params)
     d = r.to_dict()
-    flips = d["flips"] if d["flips"] is not None else f"> {d['max_flips']} (not reached)"
-    rnd = f"{d['random_flips']:g}" if d["random_flips"] is not None else "not reached in most runs"
-    print(f"{d['model']} stored as {d['format']}: clean {100 * d['clean']['accuracy']:.1f}%, "
-          f"quantised {100 * d['quantized']['accuracy']:.1f}%\n"
-          f"  worst-case flips to <= {100 * until:.1f}%: {flips}  (accuracy after each: "
-          f"{', '.join(f'{100 * a:.1f}' for a in d['history'])})\n"
-          f"  random flips to <= {100 * until:.1f}% (median of {runs}): {rnd}  runs {d['random_runs']}", file=sys.stderr)
+    print(report.bits_text(d), file=sys.stderr)
     if json_path:
         report.write_json(d, json_path)
 
@@ -472,21 +403,13 @@ def bits_cmd(
 @chips_app.command("list")
 def chips_list(json_out: bool = typer.Option(False, "--json", help="Print the preset names as a JSON list on stdout.")):
     """List the shipped chip presets."""
-    from rich.table import Table
-
     from .spec import list_chips, load_chip
 
     names = list_chips()
     if json_out:
         report.write_json(names, "-")
         return
-    t = Table(title="hwfault chip presets")
-    for col in ("name", "format", "faults", "description"):
-        t.add_column(col)
-    for n in names:
-        c = load_chip(n)
-        t.add_row(n, c.format.kind, ", ".join(f.kind for f in c.faults) or "-", c.description)
-    report.print_table(t)
+    report.print_table(report.chips_table([load_chip(n) for n in names]))
 
 
 @chips_app.command("show")

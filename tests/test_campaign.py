@@ -242,3 +242,19 @@ def test_db_from_another_campaign_is_refused(tmp_path, capsys):
     assert code == 2 and "not a campaign journal" in err
     code, _, err = run(capsys, "results", "show", "--db", str(tmp_path / "none.sqlite"))
     assert code == 2 and "not found" in err
+
+
+def test_rewording_a_chip_keeps_its_journal_resumable_but_a_different_chip_does_not(tmp_path):
+    from hwfault.analyses.campaign.journal import Journal, JournalError
+
+    ident = {"model": "m", "seed": 0, "chip": {"name": "c", "description": "old words", "references": ["a"],
+                                                "faults": [{"kind": "bitflip", "ber": 1e-3, "source": "x"}]}}
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.bind(ident, resume=False)
+    reworded = {**ident, "chip": {**ident["chip"], "description": "new words", "references": ["b"],
+                                  "faults": [{"kind": "bitflip", "ber": 1e-3, "source": "y"}]}}
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.bind(reworded, resume=True)
+    other = {**ident, "chip": {**ident["chip"], "faults": [{"kind": "bitflip", "ber": 2e-3, "source": "x"}]}}
+    with Journal(tmp_path / "j.sqlite") as j, pytest.raises(JournalError, match="differs in: chip"):
+        j.bind(other, resume=True)

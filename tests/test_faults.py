@@ -137,13 +137,38 @@ def test_quantization_box_holds_every_rounding(conv2):
         assert not box.contains(1.5 * box.hi)
 
 
-@pytest.mark.parametrize("fault", [Additive(0.03), BitFlip(0.01), StuckAt(0.02, 0.02), Drift(86400.0), ReadNoise(0.01)])
-def test_realisation_is_reproducible_from_seed(conv2, fault):
+@pytest.mark.parametrize("fault", [Additive(0.03), ReadNoise(0.01, relative_to="weight"), BitFlip(0.01),
+                                   StuckAt(0.02, 0.02), Drift(86400.0, compensation=False)])
+def test_a_realisation_is_its_generator_read_as_documented(conv2, fault):
+    """Each sampler, recomputed from its documented procedure on a generator seeded the same way: the
+    realisation is a function of the generator alone (so a trial is reproducible from its seed), and it
+    is the fault the docstring describes, not merely something that repeats."""
+    from hwfault.formats import flip_bits
+
     v = view(conv2, "int8")
-    a = fault.sample(v, v.w_q.double(), torch.Generator().manual_seed(7))
-    b = fault.sample(v, v.w_q.double(), torch.Generator().manual_seed(7))
-    c = fault.sample(v, v.w_q.double(), torch.Generator().manual_seed(8))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    w = v.w_q.double()
+    got = fault.sample(v, w, torch.Generator().manual_seed(7))
+    ref_gen = torch.Generator().manual_seed(7)
+    if isinstance(fault, (Additive, ReadNoise)):        # w + sigma_i z_i, z ~ N(0, I) in generator order
+        want = w + fault.sigmas(v, w) * torch.randn(v.k, generator=ref_gen, dtype=torch.float64)
+    elif isinstance(fault, BitFlip):                     # Binomial(k bits, ber) sites, each stored bit XOR-ed
+        pos = sample_positions(v.k * v.bits, fault.ber, ref_gen)
+        codes = flip_bits(v.encode(w), pos // v.bits, pos % v.bits)
+        want = v.decode(codes).double()
+        assert 0.5 * v.k * v.bits * fault.ber < pos.numel() < 1.5 * v.k * v.bits * fault.ber
+    elif isinstance(fault, StuckAt):                     # Binomial sites; SA1 with prob sa1/rate, sign equally likely
+        pos = sample_positions(v.k, fault.rate, ref_gen)
+        one = torch.rand(pos.numel(), generator=ref_gen, dtype=torch.float64) < fault.sa1 / fault.rate
+        sign = torch.where(torch.rand(pos.numel(), generator=ref_gen) < 0.5, -1.0, 1.0).double()
+        want = w.clone()
+        want[pos] = torch.where(one, v.tmax.double()[pos] * sign, torch.zeros_like(sign))
+    else:                                                # w (t/t0)^-nu, nu ~ N(nu_mean(g), nu_std(g)) clipped at 0
+        mu, sd = fault._nu(v, w)
+        nu = (mu + sd * torch.randn(v.k, generator=ref_gen, dtype=torch.float64)).clamp(min=0)
+        want = w * (fault.t / fault.t0) ** (-nu)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    other = fault.sample(v, w, torch.Generator().manual_seed(8))
+    assert not torch.equal(other, got)
 
 
 def test_drift_compensation_removes_the_mean_decay(conv2):

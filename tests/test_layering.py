@@ -18,7 +18,7 @@ LAYERS = [
     ("base", ["errors"]),
     ("utilities", ["validate", "files", "progress", "runtime", "stats", "rng"]),
     ("data, parameters, scoring", ["formats", "params", "data", "evaluation", "pt2", "onnxio", "cards", "training"]),
-    ("sets and models", ["constraints", "onnxmodel", "quant", "zoo"]),
+    ("sets and models", ["constraints", "onnxbind", "onnxmodel", "quant", "zoo"]),
     ("inputs", ["inputs"]),
     ("search and bounds", ["search", "certification"]),
     ("device model", ["faults", "spec"]),

@@ -31,7 +31,7 @@ def test_the_readme_python_runs_as_written(tmp_path):
             except Exception as e:  # name the block, so a failure says where the README is wrong
                 pytest.fail(f"README python block {i + 1} raised {type(e).__name__}: {e}\n{block}")
             for line in block.splitlines():
-                m = re.match(r"\s*(?!#)(.+?)\s+#\s*->\s*(.+)$", line)
+                m = re.match(r"\s*(?!#)(.+?)\s+#\s*->\s*(\S+(?: \S+)*?)(?:\s{2,}.*)?$", line)
                 if m:
                     got, want = eval(m.group(1), ns), eval(m.group(2), ns)
                     assert got == pytest.approx(want, abs=1e-3) if isinstance(want, float) else got == want, line

@@ -1,7 +1,7 @@
 """Hardening: train a model that survives parameter corruption and hardware faults.
 
 Five methods, each a way of choosing the weights at which the training gradient is taken
-(formulas: facts.md sections 1, 2 and 4):
+(Sun et al. 2021, Eq. 13 and 16; Zhang et al. 2021; Stutz et al. 2021):
 
 ``crt``       L(w) + lambda ||g||_q, g = dL/dw (Sun et al., Eq. 16; double backprop). q is the dual
               of the corruption norm p (2 for the default L2).

@@ -11,15 +11,15 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from .. import validate
 from ..search import methods as corruption
 from ..search.results import CorruptionResult
 from ..constraints import LpBall, parse_norm
-from ..errors import ConstraintError, DataError, did_you_mean
+from ..errors import ConstraintError, did_you_mean
 from ..evaluation import evaluate
 from ..params import select
 from ..inputs import resolve_data, resolve_model, resolve_probe
@@ -73,12 +73,26 @@ class SweepResult:
                 return r
         raise KeyError(name)
 
+    def slopes(self) -> dict[str, float]:
+        """Theorem 1 measured: the log-log slope of loss change vs eps per method (least squares over
+        the eps with a positive loss change; a method needs three). At small eps it is about 1 for the
+        gradient-based corruption and about 2 for random corruption."""
+        out = {}
+        for r in self.results:
+            pts = [(p.eps, p.loss_change) for p in r.points
+                   if p.eps > 0 and math.isfinite(p.loss_change) and p.loss_change > 0]
+            if len(pts) >= 3:
+                x, y = np.log([e for e, _ in pts]), np.log([c for _, c in pts])
+                out[r.method] = float(np.polyfit(x, y, 1)[0])
+        return out
+
     def to_dict(self) -> dict:
         return {
             "model": self.model, "data": self.data, "norm": norm_label(self.norm),
             "n": self.n if self.n is not None else "all", "k": self.k, "params": list(self.params),
             "probe": self.probe, "clean": self.clean, **self.settings,
-            "results": [pt for r in self.results for pt in r.to_dict()], "seconds": round(self.seconds, 3),
+            "results": [pt for r in self.results for pt in r.to_dict()], "slopes": self.slopes(),
+            "seconds": round(self.seconds, 3),
         }
 
 

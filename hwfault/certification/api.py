@@ -10,6 +10,7 @@ one time budget.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import progress
 from ..constraints import ConstraintSet
 from ..errors import ConstraintError, DataError
 from ..evaluation import as_tensors, check_labels, logits
@@ -165,6 +167,22 @@ def _certify_one(graph: _Graph, model: nn.Module, x, y, pred, pset: Perturbation
                         round(time.perf_counter() - t0, 4), n, extra)
 
 
+@contextlib.contextmanager
+def _bar(description: str, n: int, on_progress: Progress | None):
+    """A bar over inputs for one certification (its total grows when branch and bound starts), shown
+    while progress is enabled, feeding the caller's ``on_progress`` too."""
+    with progress.task(description, n) as advance:
+        seen = [0]
+
+        def tick(done: int, total: int) -> None:
+            advance(done - seen[0], total=total)
+            seen[0] = done
+            if on_progress:
+                on_progress(done, total)
+
+        yield tick
+
+
 def certify(model: nn.Module | str, data, *, eps: float | Sequence[float], norm: str | float = "inf",
             relative: str | None = None, params: str | Sequence[str] | Selection | None = "*",
             method: str = "auto", intermediate: str = "crown", batch_size: int = 128, time_budget: float = 30.0,
@@ -197,19 +215,20 @@ def certify(model: nn.Module | str, data, *, eps: float | Sequence[float], norm:
     check_labels(out, y)
     pred = out.argmax(1)
     points = []
-    for e in eps_list:
+    for i, e in enumerate(eps_list):
         pset = PerturbationSet.ball(model, e, norm=p, relative=relative, params=sel)
-        points.append(_certify_one(graph, model, x, y, pred, pset, method, intermediate=intermediate,
-                                   batch_size=batch_size, time_budget=time_budget, eps=e, on_progress=on_progress))
+        with _bar(f"certify eps={e:g} ({i + 1}/{len(eps_list)})", len(x), on_progress) as tick:
+            points.append(_certify_one(graph, model, x, y, pred, pset, method, intermediate=intermediate,
+                                       batch_size=batch_size, time_budget=time_budget, eps=e, on_progress=tick))
     return CertifyResult(p, relative, tuple(sel.names), sel.numel, method, tuple(points))
 
 
 def certify_set(model: nn.Module | str, data, perturbation: PerturbationSet | ConstraintSet, *,
                 selection: Selection | None = None, method: str = "auto", intermediate: str = "crown",
                 batch_size: int = 128, time_budget: float = 30.0,
-                on_progress: Progress | None = None) -> CertifyPoint:
+                on_progress: Progress | None = None, label: str = "certify") -> CertifyPoint:
     """Certify one perturbation set: a :class:`PerturbationSet`, or an hwfault constraint set (a chip's
-    covering set, a Box, an Ellipsoid, an LpBall) over ``selection``."""
+    covering set, a Box, an Ellipsoid, an LpBall) over ``selection``. ``label`` names the progress bar."""
     check_method(method, intermediate, time_budget)
     model, x, y = _resolve(model, data)
     if not isinstance(perturbation, PerturbationSet):
@@ -220,9 +239,10 @@ def certify_set(model: nn.Module | str, data, perturbation: PerturbationSet | Co
     out = logits(model, (x, y))
     check_labels(out, y)
     pred = out.argmax(1)
-    pt = _certify_one(graph, model, x, y, pred, perturbation, method, intermediate=intermediate,
-                      batch_size=batch_size, time_budget=time_budget, eps=perturbation.description.get("eps"),
-                      on_progress=on_progress)
+    with _bar(label, len(x), on_progress) as tick:
+        pt = _certify_one(graph, model, x, y, pred, perturbation, method, intermediate=intermediate,
+                          batch_size=batch_size, time_budget=time_budget, eps=perturbation.description.get("eps"),
+                          on_progress=tick)
     return CertifyPoint(pt.eps, pt.method, pt.certified_accuracy, pt.certified_stable, pt.clean_accuracy,
                         pt.mean_margin_lower, pt.seconds, pt.n, {**pt.extra, "set": perturbation.to_dict()})
 
@@ -237,4 +257,4 @@ def quantisation_safety(model: nn.Module | str, data, bits: int, *, per_channel:
     m = _model(model)
     pset = quantisation_set(m, bits, per_channel=per_channel, params=params)
     return certify_set(m, data, pset, method=method, batch_size=batch_size, time_budget=time_budget,
-                       on_progress=on_progress)
+                       on_progress=on_progress, label=f"certify int{bits} rounding")

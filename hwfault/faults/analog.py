@@ -42,7 +42,7 @@ class MultiplicativeFault(FaultConfig):
 
 
 class PCMFault(FaultConfig):
-    """PCM-like conductance-dependent programming noise (IBM aihwkit, facts.md section 5):
+    """PCM-like conductance-dependent programming noise (IBM aihwkit's PCMLikeNoiseModel):
     sigma(g) = 0.26348 + 1.9650 g^ - 1.1731 g^^2 uS at g^ = g / g_max; ``g_max`` in uS."""
 
     units = {"g_max": "uS"}
@@ -115,7 +115,7 @@ class Multiplicative(_Gaussian):
         return {"kind": self.kind, "sigma": self.sigma, "relative_to": "|w|"}
 
 
-# PCM programming noise (IBM aihwkit's PCM-like model, facts.md section 5): in uS at normalised
+# PCM programming noise (IBM aihwkit's PCMLikeNoiseModel): in uS at normalised
 # conductance g^ = g / g_max, sigma(g^) = 0.26348 + 1.9650 g^ - 1.1731 g^^2 (1% of g_max at 0, 4.2% at g_max).
 PCM_PROG = (0.26348, 1.9650, -1.1731)
 

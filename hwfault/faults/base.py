@@ -52,7 +52,7 @@ class DeviceView:
     @functools.cached_property
     def offsets(self) -> np.ndarray:
         """Where each parameter tensor starts in the flat layout, and the total length last (int64)."""
-        return np.cumsum([0] + [p.numel() for p in self.selection.params])
+        return np.asarray(self.selection.offsets, dtype=np.int64)
 
     @functools.cached_property
     def stored(self) -> torch.Tensor:

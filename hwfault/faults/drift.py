@@ -1,7 +1,7 @@
 """Conductance drift of phase-change memory: g(t) = g_prog (t / t0)^(-nu).
 
-nu per device ~ N(nu_mean, nu_std), by default conductance-dependent (IBM aihwkit's PCM model,
-facts.md section 5): nu_mean = clamp(-0.0155 ln g^ + 0.0244, 0.049, 0.1),
+nu per device ~ N(nu_mean, nu_std), by default conductance-dependent (IBM aihwkit's
+PCMLikeNoiseModel): nu_mean = clamp(-0.0155 ln g^ + 0.0244, 0.049, 0.1),
 nu_std = clamp(-0.0125 ln g^ - 0.0059, 0.008, 0.045), g^ = |w| / max|w| of the tensor. Global drift
 compensation rescales each tensor by one factor, sum|w| / sum|w(t)| (what a calibration read of
 the whole array measures), which removes the mean decay and leaves the spread (both in
@@ -30,8 +30,8 @@ from .registry import register
 
 class DriftFault(FaultConfig):
     """Conductance drift g(t) = g_prog (t / t0)^-nu, ``t`` and ``t0`` in seconds since programming;
-    nu ~ N(nu_mean, nu_std), by default (None) the PCM conductance-dependent model of facts.md
-    section 5; ``compensation`` = global drift compensation (one rescaling per tensor)."""
+    nu ~ N(nu_mean, nu_std), by default (None) the PCM conductance-dependent model of aihwkit's
+    PCMLikeNoiseModel; ``compensation`` = global drift compensation (one rescaling per tensor)."""
 
     units = {"t": "s", "t0": "s"}
 

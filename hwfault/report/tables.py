@@ -158,3 +158,61 @@ def certify_table(d: dict, title: str):
     if upper:
         t.caption = "attack upper: correct inputs no attack broke; the robust accuracy lies between it and certified"
     return t
+
+
+def export_table(rep):
+    """What ``hwfault export`` checked (an :class:`~hwfault.export.ExportReport`)."""
+    from rich.table import Table
+
+    t = Table(title=f"{rep.path}: {rep.format} via {rep.exporter}, opset {rep.opset}, {rep.size_bytes:,} bytes")
+    t.add_column("check")
+    t.add_column("value", justify="right")
+    t.add_row("onnx.checker", "passed")
+    t.add_row(f"max |delta logit| vs {rep.reference}", f"{rep.max_abs_delta:.2e}")
+    t.add_row("prediction agreement", f"{100 * rep.agreement:.2f}%")
+    t.add_row("accuracy torch / onnxruntime", f"{_pct(rep.reference_accuracy)} / {_pct(rep.onnx_accuracy)}")
+    if rep.float_accuracy is not None:
+        t.add_row("float model accuracy / agreement", f"{_pct(rep.float_accuracy)} / {100 * rep.float_agreement:.2f}%")
+    rb = rep.metadata.get("robustness")
+    if isinstance(rb, dict):
+        t.add_row(f"on {rb['chip']}: Monte-Carlo mean / worst case", f"{_pct(rb['mc_mean'])} / {_pct(rb['multi_step'])}")
+    t.add_row("parity", "passed" if rep.passed else "FAILED: " + "; ".join(rep.failures))
+    return t
+
+
+def zoo_table(rows: list[dict]):
+    """The zoo models (rows of ``hwfault zoo list --json``)."""
+    from rich.table import Table
+
+    t = Table(title="hwfault model zoo (models/)")
+    for col in ("name", "data", "params", "test acc %", "architecture"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["data"], f"{r['parameters']:,}" if r["parameters"] else "-",
+                  f"{100 * r['test_accuracy']:.2f}" if r["trained"] else "untrained", r["description"])
+    return t
+
+
+def chips_table(specs) -> object:
+    """The chip presets (ChipSpecs)."""
+    from rich.table import Table
+
+    t = Table(title="hwfault chip presets")
+    for col in ("name", "format", "faults", "description"):
+        t.add_column(col)
+    for c in specs:
+        t.add_row(c.name, c.format.kind, ", ".join(f.kind for f in c.faults) or "-", c.description)
+    return t
+
+
+def bits_text(d: dict) -> str:
+    """The three lines ``hwfault bits`` prints (from its JSON)."""
+    until = d["until"]
+    flips = d["flips"] if d["flips"] is not None else f"> {d['max_flips']} (not reached)"
+    rnd = f"{d['random_flips']:g}" if d["random_flips"] is not None else "not reached in most runs"
+    return (f"{d['model']} stored as {d['format']}: clean {100 * d['clean']['accuracy']:.1f}%, "
+            f"quantised {100 * d['quantized']['accuracy']:.1f}%\n"
+            f"  worst-case flips to <= {100 * until:.1f}%: {flips}  (accuracy after each: "
+            f"{', '.join(f'{100 * a:.1f}' for a in d['history'])})\n"
+            f"  random flips to <= {100 * until:.1f}% (median of {len(d['random_runs'])}): {rnd}  "
+            f"runs {d['random_runs']}")

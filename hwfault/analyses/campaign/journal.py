@@ -50,6 +50,20 @@ def _sqlite_error(path: Path, e: sqlite3.Error, doing: str) -> JournalError:
     return JournalError(f"cannot {doing} journal {path}: {text}")
 
 
+def _essential(identity: dict) -> dict:
+    """The part of a campaign identity that decides its rows: the chip spec without its prose
+    (description, references, each fault's source), so rewording a preset keeps its journals resumable."""
+    out = dict(identity)
+    chip = out.get("chip")
+    if isinstance(chip, dict):
+        chip = {k: v for k, v in chip.items() if k not in ("description", "references")}
+        if isinstance(chip.get("faults"), list):
+            chip["faults"] = [{k: v for k, v in f.items() if k != "source"} if isinstance(f, dict) else f
+                              for f in chip["faults"]]
+        out["chip"] = chip
+    return out
+
+
 class Journal:
     """An open campaign journal. ``created`` tells whether opening it created the file."""
 
@@ -125,8 +139,9 @@ class Journal:
             except sqlite3.Error as e:
                 raise _sqlite_error(self.path, e, "write") from None
             return
-        if have != json.loads(json.dumps(identity, sort_keys=True)):
-            diff = sorted(k for k in set(have) | set(identity) if have.get(k) != identity.get(k))
+        want = json.loads(json.dumps(identity, sort_keys=True))
+        if _essential(have) != _essential(want):
+            diff = sorted(k for k in set(have) | set(want) if _essential(have).get(k) != _essential(want).get(k))
             raise JournalError(f"{self.path} was written for another campaign (differs in: {', '.join(diff)}); "
                                f"use a new --db")
         if not resume and self.count():

@@ -116,7 +116,7 @@ class Context:
         return self.strata[stratum.name]
 
     def _sites(self, chip: Chip, changed: torch.Tensor) -> str:
-        offs = _offsets(chip)
+        offs = chip.offsets
         out = []
         for el in changed[:MAX_SITES].tolist():
             t = int(np.searchsorted(offs, el, side="right") - 1)
@@ -130,7 +130,7 @@ class Context:
         seed = trial_seed(self.recipe.seed, trial)
         gen = torch.Generator().manual_seed(seed)
         programmed = chip.program(gen)
-        stored = _stored(chip)
+        stored = chip.stored
         changed = torch.nonzero(programmed != stored).reshape(-1)
         # faults on top of the stored (quantised) weights: the golden run is the fault-free chip
         with perturbed(self.chip.selection, self._base), perturbed(chip.selection, _sparse_delta(chip, programmed, changed)):
@@ -148,26 +148,13 @@ class Context:
                 "due": m["due"], "duration": time.perf_counter() - t0}
 
 
-def _offsets(chip: Chip) -> np.ndarray:
-    """Start of each parameter tensor in the chip's flat view (and the total last)."""
-    return np.asarray(chip.selection.offsets)
-
-
-def _stored(chip: Chip) -> torch.Tensor:
-    """The fault-free stored values (flat float64), computed once per chip."""
-    st = getattr(chip, "_stored", None)
-    if st is None:
-        st = chip._stored = chip.view.w_q.double()
-    return st
-
-
 def _sparse_delta(chip: Chip, programmed: torch.Tensor, changed: torch.Tensor) -> list:
     """The faults as one delta per parameter tensor, None for the tensors no fault touched."""
-    offs = _offsets(chip)
+    offs = chip.offsets
     out: list = [None] * len(chip.selection.params)
     if changed.numel() == 0:
         return out
-    stored = _stored(chip)
+    stored = chip.stored
     for t in np.unique(np.searchsorted(offs, changed.numpy(), side="right") - 1).tolist():
         a, b = int(offs[t]), int(offs[t + 1])
         out[t] = (programmed[a:b] - stored[a:b]).float().view(chip.selection.params[t].shape)
@@ -180,13 +167,13 @@ def _sparse(chip: Chip, programmed: torch.Tensor, changed: torch.Tensor, touched
         return None
     (name,) = touched
     t = chip.selection.names.index(name)
-    local = changed - int(_offsets(chip)[t])
-    return name, local, (programmed[changed] - _stored(chip)[changed]).float()
+    local = changed - int(chip.offsets[t])
+    return name, local, (programmed[changed] - chip.stored[changed]).float()
 
 
 def _touched(chip: Chip, changed: torch.Tensor) -> frozenset:
     """Names of the parameter tensors that hold the changed elements."""
-    seg = np.unique(np.searchsorted(_offsets(chip), changed.numpy(), side="right") - 1)
+    seg = np.unique(np.searchsorted(chip.offsets, changed.numpy(), side="right") - 1)
     return frozenset(chip.selection.names[i] for i in seg)
 
 
