@@ -273,6 +273,106 @@ def _max_delta(a: torch.Tensor, b: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- entry point
 
 
+@contextlib.contextmanager
+def _traceable(model: nn.Module):
+    """The model in eval mode, with the Transformer layers' fused inference kernel (which has no ONNX
+    export) off, for the export and the comparison; both restored afterwards."""
+    was_training, fastpath = model.training, torch.backends.mha.get_fastpath_enabled()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            model.train(was_training)
+
+
+def _check_inputs(data, sample_input):
+    """(x, y, example batch, label of the parity data): the evaluation data, or a random sample shaped
+    like ``sample_input``."""
+    from .evaluation import as_tensors
+
+    x = y = None
+    if data is not None:
+        x, y = as_tensors(data)
+        x = x.detach().float()
+    if sample_input is None and x is None:
+        raise ExportError("expected data or a sample_input to fix the model's input shape, got neither")
+    sample = _example(sample_input if sample_input is not None else x[:2])
+    label = f"evaluation data ({len(x)} inputs)" if x is not None else f"random sample ({RANDOM_SAMPLES} inputs)"
+    if x is None:
+        x = torch.randn((RANDOM_SAMPLES, *sample.shape[1:]), generator=torch.Generator().manual_seed(0))
+    return x, y, sample, label
+
+
+def _exporter(model: nn.Module, fname: str, bits: int | None, per_channel: bool):
+    """(exporter name, the torch model the file is held to, its label)."""
+    if bits is None:
+        return ("dynamo" if isinstance(model, torch.fx.GraphModule) else "torchscript"), model, "torch model"
+    from .quant import quantize_model
+
+    ref = quantize_model(model, bits, per_channel=per_channel).eval()
+    return "brevitas-qcdq", ref, f"brevitas model ({fname} {'per-channel' if per_channel else 'per-tensor'} weights)"
+
+
+def _run_exporter(exporter: str, model, reference, sample, raw: Path, opset: int, fname: str):
+    """The ModelProto from the chosen exporter (its own console output swallowed); one line if it fails."""
+    try:
+        with _quiet_fds():
+            if exporter == "torchscript":
+                return _export_torchscript(model, sample, raw, opset)
+            if exporter == "dynamo":
+                return _export_dynamo(model, sample, opset)
+            return _export_qcdq(reference, sample, raw, opset)
+    except HwfaultError:
+        raise
+    except Exception as e:  # exporters raise many types (torch.onnx errors, brevitas, onnx)
+        raise ExportError(f"{fname} export of {type(model).__name__} failed ({exporter}, opset {opset}): "
+                          f"{type(e).__name__}: {_first_line(e)}") from None
+
+
+def _parity(proto, x, y, model, reference, bits: int | None, fname: str) -> dict:
+    """The file (as bytes) in onnxruntime against the torch reference, and the criteria it fails."""
+    from .evaluation import accuracy_of, logits
+
+    try:
+        got = _run_ort(ort_session(proto, threads=1), x)
+    except Exception as e:  # onnxruntime's own exception types
+        raise ExportError(f"exported {fname} file does not run in onnxruntime: {_first_line(e)}") from None
+    with torch.no_grad():
+        want = logits(reference, (x, None))
+        flt = logits(model, (x, None)) if bits is not None else None
+    delta, agree = _max_delta(got, want), _agreement(got, want)
+    acc_onnx, acc_ref = accuracy_of(got, y), accuracy_of(want, y)
+    acc_diff = None if acc_onnx is None else acc_onnx - acc_ref
+    failures = []
+    if bits is None:
+        if not delta <= FP32_MAX_DELTA:
+            failures.append(f"max |delta logit| {delta:.3g} > {FP32_MAX_DELTA:g}")
+        if agree < 1.0:
+            failures.append(f"top-1 agreement {100 * agree:.2f}% < 100%")
+    else:
+        if agree < INT_MIN_AGREEMENT:
+            failures.append(f"top-1 agreement {100 * agree:.2f}% < {100 * INT_MIN_AGREEMENT:g}%")
+        if acc_diff is not None and abs(acc_diff) > INT_MAX_ACCURACY_DIFF + 1e-12:
+            failures.append(f"accuracy differs by {100 * acc_diff:+.2f} points (limit {100 * INT_MAX_ACCURACY_DIFF:g})")
+    if failures and bits is not None:  # is it onnxruntime's fused integer kernels? say so
+        with contextlib.suppress(Exception):
+            plain = _run_ort(ort_session(proto, threads=1, fuse=False), x)
+            plain_agree = _agreement(plain, want)
+            if plain_agree >= INT_MIN_AGREEMENT:
+                failures.append(f"onnxruntime's QDQ fusions cause it: without them the file matches the reference "
+                                f"to {_max_delta(plain, want):.2g} ({100 * plain_agree:.2f}% agreement)")
+    acc_float = accuracy_of(flt, y) if flt is not None else None
+    return {"max_abs_delta": delta, "agreement": agree, "reference_accuracy": acc_ref, "onnx_accuracy": acc_onnx,
+            "accuracy_diff": acc_diff, "float_accuracy": acc_float,
+            "float_agreement": _agreement(got, flt) if flt is not None else None,
+            "float_accuracy_diff": (acc_onnx - acc_float) if flt is not None and acc_onnx is not None else None,
+            "failures": tuple(failures)}
+
+
 def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str = "fp32", opset: int | None = None,
                 chip=None, metadata: dict | None = None, sample_input: torch.Tensor | None = None,
                 per_channel: bool | None = None) -> ExportReport:
@@ -288,7 +388,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     import onnx
 
     from . import __version__
-    from .evaluation import accuracy_of, as_tensors, check_labels, logits
+    from .evaluation import check_labels, logits
 
     t0 = time.perf_counter()
     if not differentiable(model):  # an OnnxModule: already a file, run by onnxruntime
@@ -302,126 +402,43 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     if out_path.is_dir():
         raise ExportError(f"{out_path}: is a directory; expected an .onnx file path")
     check_output(out_path, what="--out")
-    x = y = None
-    if data is not None:
-        x, y = as_tensors(data)
-        x = x.detach().float()
-    if sample_input is None and x is None:
-        raise ExportError("expected data or a sample_input to fix the model's input shape, got neither")
-    sample = _example(sample_input if sample_input is not None else x[:2])
-    label = f"evaluation data ({len(x)} inputs)" if x is not None else f"random sample ({RANDOM_SAMPLES} inputs)"
-    if x is None:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn((RANDOM_SAMPLES, *sample.shape[1:]), generator=gen)
-
-    was_training, fastpath = model.training, torch.backends.mha.get_fastpath_enabled()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        model.eval()
-    # Transformer layers' fused inference kernel has no ONNX export: trace (and compare) the plain path
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
+    x, y, sample, label = _check_inputs(data, sample_input)
+    with _traceable(model):
         with torch.no_grad():
             logits(model, (sample, None))  # a model that cannot run on this input shape fails here, in its own words
             if y is not None:
                 check_labels(logits(model, (x[:1], None)), y)  # labels beyond the model's outputs: not its data
-        if bits is None:
-            exporter = "dynamo" if isinstance(model, torch.fx.GraphModule) else "torchscript"
-            reference, ref_label = model, "torch model"
-        else:
-            from .quant import quantize_model
-
-            exporter = "brevitas-qcdq"
-            reference = quantize_model(model, bits, per_channel=per_channel).eval()
-            ref_label = f"brevitas model ({fname} {'per-channel' if per_channel else 'per-tensor'} weights)"
+        exporter, reference, ref_label = _exporter(model, fname, bits, per_channel)
         if opset is None:
             opset = DEFAULT_OPSET[exporter]
             if exporter == "brevitas-qcdq" and any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
                 opset = 14  # attention traces to scaled_dot_product_attention: ONNX ops from opset 14
         opset = _check_opset(opset, exporter)
         with _scratch(out_path) as tmp:
-            raw = Path(tmp) / "export.onnx"
-            try:
-                with _quiet_fds():
-                    if exporter == "torchscript":
-                        proto = _export_torchscript(model, sample, raw, opset)
-                    elif exporter == "dynamo":
-                        proto = _export_dynamo(model, sample, opset)
-                    else:
-                        proto = _export_qcdq(reference, sample, raw, opset)
-            except HwfaultError:
-                raise
-            except Exception as e:  # exporters raise many types (torch.onnx errors, brevitas, onnx)
-                raise ExportError(f"{fname} export of {type(model).__name__} failed ({exporter}, opset {opset}): "
-                                  f"{type(e).__name__}: {_first_line(e)}") from None
-
-            input_shape = tuple(d.dim_param or d.dim_value or "?" for d in
-                                proto.graph.input[0].type.tensor_type.shape.dim)
-            base = {"version": __version__, "format": fname, "exporter": exporter, "input_shape": list(input_shape)}
-            if bits is not None:
-                base["scale"] = "per-channel" if per_channel else "per-tensor"
-            if spec is not None:
-                base["chip"] = spec.to_toml()
-                base["chip_name"] = spec.name
-            entries = {**(metadata or {}), **base}  # the caller's entries cannot mask what the file is
-            _set_props(proto, _meta_props(entries))
-            try:
-                onnx.checker.check_model(proto, full_check=True)
-            except Exception as e:  # onnx.checker.ValidationError, shape-inference errors
-                raise ExportError(f"exported {fname} file fails onnx.checker: {_first_line(e)}") from None
-
-            # parity: the file (as bytes) in onnxruntime against the torch reference
-            try:
-                got = _run_ort(ort_session(proto, threads=1), x)
-            except Exception as e:  # onnxruntime's own exception types
-                raise ExportError(f"exported {fname} file does not run in onnxruntime: {_first_line(e)}") from None
-            with torch.no_grad():
-                want = logits(reference, (x, None))
-                flt = logits(model, (x, None)) if bits is not None else None
-            delta, agree = _max_delta(got, want), _agreement(got, want)
-            acc_onnx, acc_ref = accuracy_of(got, y), accuracy_of(want, y)
-            acc_diff = None if acc_onnx is None else acc_onnx - acc_ref
-            acc_float = accuracy_of(flt, y) if flt is not None else None
-            failures = []
-            if bits is None:
-                if not delta <= FP32_MAX_DELTA:
-                    failures.append(f"max |delta logit| {delta:.3g} > {FP32_MAX_DELTA:g}")
-                if agree < 1.0:
-                    failures.append(f"top-1 agreement {100 * agree:.2f}% < 100%")
-            else:
-                if agree < INT_MIN_AGREEMENT:
-                    failures.append(f"top-1 agreement {100 * agree:.2f}% < {100 * INT_MIN_AGREEMENT:g}%")
-                if acc_diff is not None and abs(acc_diff) > INT_MAX_ACCURACY_DIFF + 1e-12:
-                    failures.append(f"accuracy differs by {100 * acc_diff:+.2f} points (limit "
-                                    f"{100 * INT_MAX_ACCURACY_DIFF:g})")
-            if failures and bits is not None:  # is it onnxruntime's fused integer kernels? say so
-                with contextlib.suppress(Exception):
-                    plain = _run_ort(ort_session(proto, threads=1, fuse=False), x)
-                    plain_agree = _agreement(plain, want)
-                    if plain_agree >= INT_MIN_AGREEMENT:
-                        failures.append(f"onnxruntime's QDQ fusions cause it: without them the file matches the "
-                                        f"reference to {_max_delta(plain, want):.2g} ({100 * plain_agree:.2f}% "
-                                        f"agreement)")
-            parity = {"reference": ref_label, "data": label, "max_abs_delta": delta, "agreement": agree,
-                      "reference_accuracy": acc_ref, "onnx_accuracy": acc_onnx, "passed": not failures}
-            _set_props(proto, _meta_props({**entries, "parity": parity}))
-            atomic_write(out_path, lambda t: onnx.save_model(proto, str(t), save_as_external_data=False),
-                         what="--out")
-            size = out_path.stat().st_size
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            model.train(was_training)
-
+            proto = _run_exporter(exporter, model, reference, sample, Path(tmp) / "export.onnx", opset, fname)
+        input_shape = tuple(d.dim_param or d.dim_value or "?" for d in proto.graph.input[0].type.tensor_type.shape.dim)
+        base = {"version": __version__, "format": fname, "exporter": exporter, "input_shape": list(input_shape)}
+        if bits is not None:
+            base["scale"] = "per-channel" if per_channel else "per-tensor"
+        if spec is not None:
+            base["chip"], base["chip_name"] = spec.to_toml(), spec.name
+        entries = {**(metadata or {}), **base}  # the caller's entries cannot mask what the file is
+        _set_props(proto, _meta_props(entries))
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except Exception as e:  # onnx.checker.ValidationError, shape-inference errors
+            raise ExportError(f"exported {fname} file fails onnx.checker: {_first_line(e)}") from None
+        par = _parity(proto, x, y, model, reference, bits, fname)
+        _set_props(proto, _meta_props({**entries, "parity": {
+            "reference": ref_label, "data": label, "max_abs_delta": par["max_abs_delta"], "agreement": par["agreement"],
+            "reference_accuracy": par["reference_accuracy"], "onnx_accuracy": par["onnx_accuracy"],
+            "passed": not par["failures"]}}))
+        atomic_write(out_path, lambda t: onnx.save_model(proto, str(t), save_as_external_data=False), what="--out")
     return ExportReport(
-        path=str(out_path), format=fname,
-        scale=None if bits is None else ("per-channel" if per_channel else "per-tensor"),
+        path=str(out_path), format=fname, scale=None if bits is None else ("per-channel" if per_channel else "per-tensor"),
         exporter=exporter, opset=opset, input_shape=input_shape, reference=ref_label, data=label, n=len(x),
-        max_abs_delta=delta, agreement=agree, reference_accuracy=acc_ref, onnx_accuracy=acc_onnx,
-        accuracy_diff=acc_diff, float_accuracy=acc_float,
-        float_agreement=_agreement(got, flt) if flt is not None else None,
-        float_accuracy_diff=(acc_onnx - acc_float) if flt is not None and acc_onnx is not None else None,
-        initializers=_initializer_types(proto), size_bytes=size, seconds=time.perf_counter() - t0,
-        metadata=metadata_of(proto), failures=tuple(failures), passed=not failures)
+        initializers=_initializer_types(proto), size_bytes=out_path.stat().st_size, seconds=time.perf_counter() - t0,
+        metadata=metadata_of(proto), passed=not par["failures"], **par)
 
 
 def robustness_summary(model: nn.Module, data, chip, *, trials: int = 50) -> dict:
