@@ -62,34 +62,21 @@ def data_builders(marker: str) -> dict:
     """name -> builder(dir) -> file name, for every bad data file."""
     x, y = _digits_like()
 
-    def pickled(d):  # an object array whose unpickling would run the payload
+    def npy(arr, pickle: bool = False) -> bytes:
         buf = io.BytesIO()
-        np.save(buf, np.array([Payload(marker)] * N, dtype=object), allow_pickle=True)
-        good = io.BytesIO()
-        np.save(good, x)
-        return _zip(d, "pickled.npz", {"x.npy": good.getvalue(), "y.npy": buf.getvalue()})
+        np.save(buf, arr, allow_pickle=pickle)
+        return buf.getvalue()
 
-    def pickled_x(d):
-        buf = io.BytesIO()
-        np.save(buf, np.array([Payload(marker)] * N, dtype=object), allow_pickle=True)
-        ybuf = io.BytesIO()
-        np.save(ybuf, y)
-        return _zip(d, "pickled_x.npz", {"x.npy": buf.getvalue(), "y.npy": ybuf.getvalue()})
+    payload = np.array([Payload(marker)] * N, dtype=object)  # unpickling it would run the payload
 
-    def huge_header(d):
-        ybuf = io.BytesIO()
-        np.save(ybuf, y)
-        return _zip(d, "huge.npz", {"x.npy": _npy_bytes((10**12, 64), data=b"\0" * 256), "y.npy": ybuf.getvalue()})
+    def members(name, x_bytes, y_bytes):
+        return lambda d: _zip(d, name, {"x.npy": x_bytes, "y.npy": y_bytes})
 
-    def short_data(d):
-        ybuf = io.BytesIO()
-        np.save(ybuf, y)
-        return _zip(d, "short.npz", {"x.npy": _npy_bytes((N, 1, 8, 8), data=b"\0" * 100), "y.npy": ybuf.getvalue()})
-
-    def bad_magic(d):
-        ybuf = io.BytesIO()
-        np.save(ybuf, y)
-        return _zip(d, "magic.npz", {"x.npy": b"NOTNUMPY" + b"\0" * 200, "y.npy": ybuf.getvalue()})
+    pickled = members("pickled.npz", npy(x), npy(payload, pickle=True))
+    pickled_x = members("pickled_x.npz", npy(payload, pickle=True), npy(y))
+    huge_header = members("huge.npz", _npy_bytes((10**12, 64), data=b"\0" * 256), npy(y))
+    short_data = members("short.npz", _npy_bytes((N, 1, 8, 8), data=b"\0" * 100), npy(y))
+    bad_magic = members("magic.npz", b"NOTNUMPY" + b"\0" * 200, npy(y))
 
     def truncated(d):
         _npz(d, "full.npz", x=x, y=y)
