@@ -62,12 +62,11 @@ def flip_float(v: float, bit: int) -> float:
 class PyTorchFICampaign:
     """The same campaign written the way PyTorchFI users write it."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, golden: torch.Tensor):
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, golden):
         from pytorchfi.core import fault_injection
 
         self.model, self.x, self.y = model, x, y
-        self.golden_pred = golden.argmax(1)
-        self.ok = self.golden_pred == y
+        self.golden_pred, self.ok = golden.pred, golden.correct  # the golden run hwfault scores against
         self.fi = fault_injection(model, len(x), input_shape=list(x.shape[1:]), layer_types=[nn.Conv1d, nn.Linear])
         self.layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Linear))]
         self.sizes = np.array([m.weight.numel() for m in self.layers])
