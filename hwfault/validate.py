@@ -107,12 +107,8 @@ def parse_eps(text: str) -> list[float]:
     """``--eps`` as the CLI takes it: comma-separated numbers, each > 0."""
     vals = []
     for part in str(text).split(","):
-        part = part.strip()
         try:
-            v = float(part)
+            vals.append(float(part.strip()))
         except ValueError:
-            raise ConstraintError(f"expected --eps as comma-separated numbers, got '{part}'") from None
-        if not math.isfinite(v) or v <= 0:
-            raise ConstraintError(f"expected eps > 0, got {part}")
-        vals.append(v)
-    return vals
+            raise ConstraintError(f"expected --eps as comma-separated numbers, got '{part.strip()}'") from None
+    return epsilons(vals, allow_zero=False)

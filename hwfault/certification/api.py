@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .. import progress
+from .. import progress, validate
 from ..constraints import ConstraintSet
 from ..errors import ConstraintError, DataError
 from ..evaluation import as_tensors, check_labels, logits
@@ -29,7 +29,7 @@ from .attack import _falsify
 from .bab import _bab
 from .graph import _graph, _Graph
 from .propagate import _lower_all, _margin_spec, check_method
-from .sets import RELATIVE, PerturbationSet, _check_eps, _parse_norm, _selection, quantisation_set
+from .sets import RELATIVE, PerturbationSet, _parse_norm, _selection, quantisation_set
 
 Progress = Callable[[int, int], None]
 
@@ -198,10 +198,7 @@ def certify(model: nn.Module | str, data, *, eps: float | Sequence[float], norm:
     ``mean_margin_lower`` counts an input certified by branching as 0 (its bound is the least over its
     branches, > 0). ``on_progress(done, total)`` is called per chunk; ``total`` grows when branching starts.
     """
-    eps_list = [eps] if isinstance(eps, (int, float)) else list(eps)
-    if not eps_list:
-        raise ConstraintError("expected at least one eps")
-    eps_list = [_check_eps(e) for e in eps_list]
+    eps_list = validate.epsilons(eps)
     p = _parse_norm(norm)
     if relative not in RELATIVE:
         raise ConstraintError(f"certify: expected relative None, 'tensor' or 'element', got '{relative}'")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import validate
 from ..constraints import Box, CandidateSet, ConstraintSet, Ellipsoid, LpBall, SumSet
 from ..errors import ConstraintError, did_you_mean
 from ..params import Selection, select
@@ -59,16 +60,6 @@ class ParamBound:
         return ParamBound(plus(self.offset, other.offset), plus(self.radius, other.radius), self.balls + other.balls)
 
 
-def _check_eps(eps: float) -> float:
-    try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        raise ConstraintError(f"expected eps >= 0 and finite, got '{eps}'") from None
-    if not math.isfinite(e) or e < 0:
-        raise ConstraintError(f"expected eps >= 0 and finite, got {eps}")
-    return e
-
-
 def _parse_norm(norm: str | float) -> str:
     text = str(norm).strip().lower()
     if text in ("inf", "linf", "l-inf", "infinity") or (isinstance(norm, float) and math.isinf(norm) and norm > 0):
@@ -110,7 +101,7 @@ class PerturbationSet:
         ``relative``: None = absolute eps; "element" = eps |w| per element (L2: ||d / |w| ||_2 <= eps);
         "tensor" = eps max|w| (L-inf) or eps ||w||_2 (L2) of each tensor.
         """
-        e, p = _check_eps(eps), _parse_norm(norm)
+        e, p = validate.epsilons([eps])[0], _parse_norm(norm)
         if relative not in RELATIVE:
             raise ConstraintError(f"certify: expected relative None, 'tensor' or 'element', got '{relative}'")
         sel = _selection(model, params)

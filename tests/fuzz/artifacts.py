@@ -134,6 +134,14 @@ def data_builders(marker: str) -> dict:
 
 # ----------------------------------------------------------------------------- models
 
+def raw(name: str, data: bytes):
+    """A builder that writes ``data`` as file ``name``."""
+    def build(d: Path) -> str:
+        (d / name).write_bytes(data)
+        return name
+    return build
+
+
 _CACHE: dict[str, Path] = {}
 
 
@@ -303,12 +311,6 @@ def pt2_builders(marker: str, cache: Path) -> dict:
             return name
         return build
 
-    def raw(name, data: bytes):
-        def build(d: Path) -> str:
-            (d / name).write_bytes(data)
-            return name
-        return build
-
     names_inj = "linear\\n    __import__('os').system('touch " + marker + "')\\n    "
     return {
         "pt2-pickled-weight-payload": mutate("pw.pt2", pickled_weight),
@@ -369,12 +371,6 @@ def safetensors_builders() -> dict:
             fn(s)
             return s
         return make
-
-    def raw(name, data: bytes):
-        def build(d: Path) -> str:
-            (d / name).write_bytes(data)
-            return name
-        return build
 
     def truncated(d: Path) -> str:
         save_file(state(), str(d / "full.safetensors"), metadata=_header({}))
@@ -443,12 +439,6 @@ def onnx_builders(cache: Path) -> dict:
                 os.symlink(d / "secret.bin", d / "sub" / "link.bin")
             onnx.save(graph_model(nodes, inits), str(d / "sub" / "m.onnx"))
             return "sub/m.onnx"
-        return build
-
-    def raw(name, data: bytes):
-        def build(d: Path) -> str:
-            (d / name).write_bytes(data)
-            return name
         return build
 
     return {
