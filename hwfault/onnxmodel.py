@@ -29,6 +29,19 @@ classes that subclass ``nn.Conv2d``'s base, ``nn.Linear`` and ``nn.BatchNorm``'s
 onnxruntime session built once, in which those initializers became graph inputs; each call feeds
 the current parameter values (numpy views, no copies for float32 tensors in their stored layout).
 
+One output is scored. ``output`` (a name, or an index into the graph's outputs) picks it; by
+default it is the only output, else the only floating-point output, else the only floating-point
+output of rank 2, (batch, classes); anything else asks for ``output``. The graph is first cut to what
+that output depends on (:func:`hwfault.onnxbind.prune`): nodes elsewhere, such as the label branch
+of a scikit-learn model converted by skl2onnx (``ArgMax`` -> ``ai.onnx.ml::ArrayFeatureExtractor``),
+are neither checked nor run, and initializers that do not feed the output are not parameters. When
+the output is a ``Softmax`` over its last axis (through Identity nodes), the forward pass returns the
+Softmax's *input*, the logits: top-1 predictions are those of the probabilities (up to ties in
+float32), and cross-entropy is then the model's own negative log-likelihood. Any other
+probability output (a Sigmoid, a normaliser) is scored as it is: accuracy is right, but
+cross-entropy on probabilities is not the model's NLL. A ZipMap output (skl2onnx's default, a
+sequence of dicts) is refused with the hint to convert with ``options={'zipmap': False}``.
+
 Gradients do not flow through onnxruntime: :attr:`OnnxModule.differentiable` is False and a
 backward pass raises :class:`~hwfault.errors.ModelError` (worst-case analyses need the torch model).
 """
@@ -42,7 +55,7 @@ import torch
 from torch import nn
 
 from .errors import DataError, ModelError, first_line as _first_line
-from .onnxbind import OnnxBinding, _clean, _find_bindings
+from .onnxbind import OnnxBinding, _clean, _find_bindings, choose_output, prune, scores_of
 from .onnxio import check_external_data, metadata_of, ort_session
 
 __all__ = ["load_onnx", "OnnxModule", "OnnxBinding", "SUPPORTED_OPS"]
@@ -125,23 +138,34 @@ class OnnxModule(nn.Module):
     """An ONNX file run by onnxruntime, with its injectable initializers as ``nn.Parameter`` s.
 
     Attributes: ``path``; ``input_name`` and ``input_shape`` (None for a symbolic dimension);
-    ``output_name``; ``metadata`` (the file's hwfault metadata, see :func:`hwfault.export.read_metadata`);
+    ``output_name`` (the graph output chosen, see :func:`load_onnx`), ``output_names`` (all of the
+    file's outputs) and ``scores_name`` (the tensor the forward pass returns: ``output_name``, or the
+    input of the Softmax that produces it); ``metadata`` (the file's hwfault metadata, see :func:`hwfault.export.read_metadata`);
     ``bindings`` (one :class:`OnnxBinding` per parameter); ``differentiable`` (False).
     """
 
     differentiable = False
 
-    def __init__(self, proto, *, path: str | Path = "<memory>", threads: int | None = None):
+    def __init__(self, proto, *, path: str | Path = "<memory>", threads: int | None = None, output=None):
         super().__init__()
         import onnx
 
         self.path = Path(path)
         self.threads = threads
+        self.output_names = tuple(o.name for o in proto.graph.output)
+        chosen = proto.graph.output[choose_output(proto.graph, output, self.path)]
+        self.output_name = chosen.name
+        self.scores_name = scores_of(proto, chosen.name)
+        scores_vi = onnx.ValueInfoProto()
+        scores_vi.CopyFrom(chosen)
+        scores_vi.name = self.scores_name
+        proto = prune(proto, scores_vi, self.path)  # operators the scored output does not depend on are left alone
         graph = proto.graph
         for node in graph.node:
             if node.domain not in ("", "ai.onnx"):
-                raise ModelError(f"{self.path}: unsupported op '{node.domain}::{node.op_type}' (node '{node.name}'): "
-                                 f"custom domains cannot be injected; export with standard ONNX ops")
+                raise ModelError(f"{self.path}: unsupported op '{node.domain}::{node.op_type}' (node '{node.name}') "
+                                 f"on the path to output '{self.output_name}': custom domains cannot be injected; "
+                                 f"export with standard ONNX ops")
             if node.op_type not in SUPPORTED_OPS:
                 raise ModelError(f"{self.path}: unsupported ONNX op '{node.op_type}' (node '{node.name}'): fault "
                                  f"injection supports Conv/Gemm/MatMul/normalisation weights in feed-forward "
@@ -150,8 +174,6 @@ class OnnxModule(nn.Module):
         inputs = [i for i in graph.input if i.name not in inits]
         if len(inputs) != 1:
             raise ModelError(f"{self.path}: expected a model with one input, got {len(inputs)}")
-        if not graph.output:
-            raise ModelError(f"{self.path}: the model has no output")
         tt = inputs[0].type.tensor_type
         if tt.elem_type != onnx.TensorProto.FLOAT:
             raise ModelError(f"{self.path}: expected a float32 input, got "
@@ -160,12 +182,6 @@ class OnnxModule(nn.Module):
         self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
         self._input_dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                                  for d in tt.shape.dim)
-        self.output_name = graph.output[0].name
-        out_type = graph.output[0].type.tensor_type.elem_type
-        if out_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, 0):
-            raise ModelError(f"{self.path}: output '{self.output_name}' is "
-                             f"{onnx.helper.tensor_dtype_to_np_dtype(out_type).name}: expected floating-point "
-                             f"logits (class indices, e.g. an ArgMax output, cannot be scored or differentiated)")
         self.metadata = metadata_of(proto)
 
         bindings = _find_bindings(graph, self.path)
@@ -275,7 +291,7 @@ class OnnxModule(nn.Module):
         for b in self.bindings:
             feeds[b.tensor] = b.feed()
         try:
-            out = self._session_or_error().run([self.output_name], feeds)[0]
+            out = self._session_or_error().run([self.scores_name], feeds)[0]
         except Exception as e:  # onnxruntime's own exception types (InvalidArgument, Fail, ...)
             raise DataError(f"{self.path}: onnxruntime cannot run the model on data of shape {tuple(x.shape)}: "
                             f"{_first_line(e)}") from None
@@ -322,13 +338,20 @@ class OnnxModule(nn.Module):
         return [b.describe() for b in self.bindings]
 
     def extra_repr(self) -> str:
-        return f"path='{self.path}', input {self._shape_text()}, {len(self.bindings)} injectable tensors"
+        via = "" if self.scores_name == self.output_name else f" (its Softmax's input '{self.scores_name}')"
+        return (f"path='{self.path}', input {self._shape_text()}, output '{self.output_name}'{via}, "
+                f"{len(self.bindings)} injectable tensors")
 
 
-def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModule:
+def load_onnx(path: str | Path, output: str | int | None = None, *, threads: int | None = None) -> OnnxModule:
     """Load an ONNX file as an :class:`OnnxModule` (eval mode, parameters without gradients).
 
-    ``threads``: onnxruntime intra-op threads (default ``torch.get_num_threads()``). Raises
+    ``output``: the graph output to score, by name or index (an int, or a string of digits; a name
+    wins over an index if an output is named like one). None: the only output; of several, the only
+    floating-point one, else the only floating-point one of shape (batch, classes); otherwise a
+    ModelError that lists the outputs. Only the part of the graph that output depends on is checked,
+    run and injected. A Softmax output is returned as the Softmax's input (logits; see the module's
+    docstring). ``threads``: onnxruntime intra-op threads (default ``torch.get_num_threads()``). Raises
     :class:`~hwfault.errors.ModelError` for a missing, unreadable, invalid or non-injectable file.
     """
     import onnx
@@ -349,4 +372,4 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModule:
         onnx.checker.check_model(proto)
     except Exception as e:  # onnx.checker.ValidationError
         raise ModelError(f"{path}: not a valid ONNX model ({_first_line(e)})") from None
-    return OnnxModule(proto, path=path, threads=threads).eval()
+    return OnnxModule(proto, path=path, threads=threads, output=output).eval()
