@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..evaluation import logits
-from .ops import ATEN, FUNCTIONS, Activation, Bounds, Call, Op, module_builder
+from .ops import ATEN, FUNCTIONS, Activation, Bounds, Call, Op, module_builder, unsupported_error
 from .relax import FINAL_SLACK, sum_rest, widen
 from .sets import DTYPE, PerturbationSet, _Weights
 
@@ -87,12 +87,12 @@ class _Graph:
                 continue
             if meta is None or not hasattr(meta, "shape"):   # sizes, shapes and other non-tensor values
                 if node.op == "call_module":
-                    raise ModelError(f"certify: unsupported layer {self._what(node, modules)} at {node.name}")
+                    raise unsupported_error(self._what(node, modules), where=node.name)
                 continue
             shape = tuple(meta.shape)
             if not shape or shape[0] != batch:
-                raise ModelError(f"certify: unsupported layer {self._what(node, modules)} at {node.name} "
-                                 "(it does not keep the batch dimension)")
+                raise unsupported_error(self._what(node, modules), " (it does not keep the batch dimension)",
+                                        node.name)
             op, ins = self._convert(node, modules, index)
             index[node.name] = len(self.nodes)
             self.nodes.append(_Node(node.name, op, tuple(index[i.name] for i in ins), shape[1:]))

@@ -1,16 +1,21 @@
-"""Monotone element-wise activations: ReLU, LeakyReLU (0 <= slope <= 1), Sigmoid, Tanh.
+"""Element-wise activations: ReLU, LeakyReLU (0 <= slope <= 1), Sigmoid, Tanh, SiLU, GELU (exact and
+tanh-approximate).
 
 ReLU gets the CROWN planes (the chord above, the better of the two pieces below); sigmoid and tanh
-get parallel planes at the chord slope (:mod:`..relax`).
+get parallel planes at the chord slope (:mod:`..relax`); SiLU and GELU, which dip below zero to one
+minimum, get parallel planes at the chord slope too, with the extremes of f(x) - k x found piece by
+piece (:func:`..relax.smooth_planes`), and interval bounds that take the minimum into account.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..relax import relu_planes, sshape_planes, sum_rest
+from ..relax import SMOOTH, relu_planes, smooth_planes, smooth_range, sshape_planes, sum_rest
 from .base import Call, Op, register_aten, register_function, register_module, zero_const
 
 
@@ -63,6 +68,36 @@ class Activation(Op):
         return [out.reshape(lam.shape)], const
 
 
+class SmoothActivation(Activation):
+    """SiLU, GELU or tanh-approximate GELU (kind 'silu', 'gelu', 'gelu_tanh'): not monotone, so the
+    interval bounds use the minimum; the planes (a few dozen bisection steps per neuron) are kept for
+    the bounds they were computed on, as every later backward pass reuses them."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self._memo = None
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return SMOOTH[self.kind].f(x)
+
+    def ibp(self, ins, w):
+        return smooth_range(*ins[0], self.kind)
+
+    def planes(self, l, u):
+        memo = self._memo
+        if memo is not None and memo[0]() is l and memo[1]() is u and memo[2] == (l._version, u._version):
+            return memo[3]
+        p = smooth_planes(l, u, self.kind)
+        self._memo = (weakref.ref(l), weakref.ref(u), (l._version, u._version), p)
+        weakref.finalize(l, self._forget)
+        return p
+
+    def _forget(self) -> None:
+        """Drop the planes once the bounds they were computed on are gone."""
+        if self._memo is not None and self._memo[0]() is None:
+            self._memo = None
+
+
 # ============================================================================ builders
 
 
@@ -103,3 +138,44 @@ def _leaky_aten(call: Call):
     if not 0 <= slope <= 1:
         raise call.unsupported(f" (negative slope {slope})")
     return Activation("relu", slope), [call.x]
+
+
+# SiLU and GELU
+
+
+def _gelu_kind(approximate) -> str | None:
+    return {"none": "gelu", "tanh": "gelu_tanh"}.get(approximate)
+
+
+@register_module(nn.SiLU)
+def _silu_module(call: Call):
+    return SmoothActivation("silu"), call.tensor_args
+
+
+@register_module(nn.GELU)
+def _gelu_module(call: Call):
+    kind = _gelu_kind(call.module.approximate)
+    if kind is None:
+        raise call.unsupported(f" (approximate '{call.module.approximate}')")
+    return SmoothActivation(kind), call.tensor_args
+
+
+@register_function(F.silu, F.gelu, "silu", "gelu")
+def _smooth_function(call: Call):
+    """F.silu(x, inplace=False) and F.gelu(x, approximate='none'|'tanh'), positional or by keyword."""
+    name = "inplace" if call.fname == "silu" else "approximate"
+    extra = dict(zip([name], call.node.args[1:]), **call.node.kwargs)
+    setting = extra.pop(name, False if name == "inplace" else "none")
+    kind = "silu" if name == "inplace" else _gelu_kind(setting)
+    if len(call.tensor_args) != 1 or len(call.node.args) > 2 or extra or kind is None:
+        raise call.unsupported()
+    return SmoothActivation(kind), call.tensor_args
+
+
+@register_aten("silu", "silu_", "gelu", "gelu_")
+def _smooth_aten(call: Call):
+    name = call.node.target.overloadpacket.__name__.rstrip("_")
+    kind = "silu" if name == "silu" else _gelu_kind(call.arg(1, "none"))
+    if kind is None:
+        raise call.unsupported(f" (approximate '{call.arg(1)}')")
+    return SmoothActivation(kind), [call.x]

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ModelError
 from ..relax import chord_term, widen
-from .base import Call, Op, ntuple, register_aten, register_module, zero_const
+from .base import Call, Op, ntuple, register_aten, register_module, unsupported_error, zero_const
 
 
 def ball_term(lam2: torch.Tensor, s2oc: torch.Tensor, m2: torch.Tensor, groups: int) -> torch.Tensor:
@@ -172,15 +171,13 @@ class Conv(Affine):
 
 def conv_padding(mod: nn.modules.conv._ConvNd, node_name: str) -> tuple[int, ...]:
     if mod.padding_mode != "zeros":
-        raise ModelError(f"certify: unsupported layer {type(mod).__name__} (padding_mode '{mod.padding_mode}') "
-                         f"at {node_name}")
+        raise unsupported_error(type(mod).__name__, f" (padding_mode '{mod.padding_mode}')", node_name)
     if isinstance(mod.padding, str):
         if mod.padding == "valid":
             return (0,) * len(mod.kernel_size)
         total = [d * (k - 1) for d, k in zip(mod.dilation, mod.kernel_size)]
         if any(t % 2 for t in total):
-            raise ModelError(f"certify: unsupported layer {type(mod).__name__} (asymmetric 'same' padding) "
-                             f"at {node_name}")
+            raise unsupported_error(type(mod).__name__, " (asymmetric 'same' padding)", node_name)
         return tuple(t // 2 for t in total)
     return tuple(mod.padding)
 

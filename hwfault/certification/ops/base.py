@@ -19,6 +19,19 @@ from ..sets import _Weights
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
 
+# what certify reads, for the one-line refusal (tests check that every name here has a builder)
+SUPPORTED = ("Linear, Conv1d/2d/3d, BatchNorm1d/2d/3d (eval), ReLU, LeakyReLU, Sigmoid, Tanh, SiLU, GELU, "
+             "MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, Flatten/view/reshape, Identity, Dropout (eval), "
+             "residual add and scalar affine maps")
+
+
+def unsupported_error(what: str, extra: str = "", where: str | None = None) -> ModelError:
+    """The one-line refusal of a layer certify has no bound for: what it is, where, what is supported
+    and what to do instead."""
+    at = f" at {where}" if where else ""
+    return ModelError(f"certify: unsupported layer {what}{extra}{at}; supported: {SUPPORTED}; "
+                      "replace it, or run sweep/estimate, which need no bound")
+
 
 class Op:
     """One node of the certified graph. ``forward`` runs the centre network (for the self-check),
@@ -55,7 +68,7 @@ class Call:
         self._graph, self._index = graph, index
 
     def unsupported(self, extra: str = "") -> ModelError:
-        return ModelError(f"certify: unsupported layer {self.what}{extra} at {self.node.name}")
+        return unsupported_error(self.what, extra, self.node.name)
 
     def is_tensor(self, a) -> bool:
         """True if ``a`` is a traced tensor (a node computed from the input)."""

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ModelError
 from ..sets import DTYPE
-from .base import Call, Op, ntuple, register_aten, register_module
+from .base import Call, Op, ntuple, register_aten, register_module, unsupported_error
 from .shape import PositiveLinear
 
 
@@ -34,7 +33,7 @@ class MaxPool(Op):
         pos = torch.arange(sp[0] * sp[1], dtype=DTYPE).reshape(1, 1, *sp)
         win = self._windows(pos, -1.0)
         if win.shape[-1] != osp[0] * osp[1]:
-            raise ModelError(f"certify: unsupported layer MaxPool{dims}d configuration {self.args}")
+            raise unsupported_error(f"MaxPool{dims}d", f" (configuration {self.args})")
         self.index = win[0, 0].long()  # (K, P) flat input position of each window element
 
     def _windows(self, x: torch.Tensor, fill: float) -> torch.Tensor:
