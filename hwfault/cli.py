@@ -39,55 +39,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Hardware-fault simulation for neural-network accelerators."""
 
 
-# ----------------------------------------------------------------------------- parsing helpers
-
-
-parse_eps = validate.parse_eps
-
-
-def _outs(json_path: Optional[str] = None, plot: Optional[str] = None, *, report_path: Optional[str] = None,
-          json_what: str = "--json", plot_what: str = "--plot") -> None:
-    """Check the output paths of a command before its work starts."""
-    files.check_output(json_path, what=json_what, allow_stdout=True)
-    files.check_output(plot, what=plot_what, suffixes=files.FIGURE_SUFFIXES)
-    files.check_output(report_path, what="--report", suffixes=files.REPORT_SUFFIXES)
-
-
-def parse_n(text: str) -> Optional[int]:
-    if text.strip().lower() in ("all", "k"):
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        raise ConstraintError(f"expected --n as a positive integer or 'all', got '{text}'") from None
-    if n <= 0:
-        raise ConstraintError(f"expected n > 0 (number of corrupted parameters), got {n}")
-    return n
-
-
-def _outputs(result, table, json_path: Optional[str], plot_path: Optional[str], plot) -> None:
-    report.print_table(table)
-    if json_path:
-        report.write_json(result.to_dict(), json_path)
-        if json_path != "-":
-            print(f"wrote {json_path}", file=sys.stderr)
-    if plot_path:
-        plot(result, plot_path)
-        print(f"wrote {plot_path}", file=sys.stderr)
-
-
-MODEL = typer.Option(..., "--model", "-m", help="Zoo name, hwfault .safetensors checkpoint or torch.export .pt2.")
-DATA = typer.Option(None, "--data", "-d", help="digits, mnist1d or an .npz with x and y (default: the zoo model's data).")
-PARAMS = typer.Option(None, "--params", help="Comma-separated name globs of the parameters to corrupt (default: all).")
-TYPES = typer.Option(None, "--types", help="Comma-separated component types: conv, linear, norm, embedding, attention, recurrent, bias, weight.")
-LAYERS = typer.Option(None, "--layers", help="Comma-separated layer positions (0 = first; -1 = last).")
-PROBE = typer.Option(None, "--probe", help="Take the gradient on this split (train or test) instead of the evaluation data.")
-
-
-def _data_for(model: str, data: Optional[str]) -> str:
-    from .inputs import default_data
-
-    return default_data(model, data)
+from .cliargs import (CHIP, DATA, LAYERS, MODEL, OUTPUT, PARAMS, PROBE, TASK, TOLERANCE, TYPES, WEIGHTS,  # noqa: F401
+                      _certifiable, _data_for, _outputs, _outs, _task_kw, parse_eps, parse_n)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -114,6 +67,10 @@ def sweep(
     slopes: bool = typer.Option(False, "--slopes", help="Print the log-log slope of loss change vs eps per method (Theorem 1)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw accuracy vs eps per method here (.png/.svg/.pdf)."),
+    task: Optional[str] = TASK,
+    tolerance: Optional[float] = TOLERANCE,
+    output: Optional[str] = OUTPUT,
+    weights: Optional[str] = WEIGHTS,
 ):
     """Accuracy under random vs gradient-based vs multi-step parameter corruption, over eps."""
     from .analyses.sweep import sweep as run
@@ -126,7 +83,8 @@ def sweep(
     _outs(json_path, plot)
     result = run(model, _data_for(model, data), epsilons=parse_eps(eps), norm=norm, n=parse_n(n), params=params,
                  types=types, layers=layers, methods=methods, trials=trials, seed=seed, probe=probe, steps=steps,
-                 step_size=step_size, antithetic=antithetic, float64=float64)
+                 step_size=step_size, antithetic=antithetic, float64=float64,
+                 **_task_kw(task, tolerance, output, weights))
     _outputs(result, report.sweep_table(result), json_path, plot, report.plot_sweep)
     if slopes:
         found = result.slopes()
@@ -149,6 +107,10 @@ def probe_cmd(
     probe: Optional[str] = PROBE,
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw the group x eps accuracy heatmap here."),
+    task: Optional[str] = TASK,
+    tolerance: Optional[float] = TOLERANCE,
+    output: Optional[str] = OUTPUT,
+    weights: Optional[str] = WEIGHTS,
 ):
     """Vulnerability probe: gradient-based corruption restricted to each component type or layer."""
     from .analyses.sweep import probe as run
@@ -157,7 +119,7 @@ def probe_cmd(
         raise HwfaultError(f"expected --by component or layer, got '{by}'")
     _outs(json_path, plot)
     result = run(model, _data_for(model, data), epsilons=parse_eps(eps), by=by, norm=norm, n=parse_n(n),
-                 params=params, types=types, layers=layers, probe=probe)
+                 params=params, types=types, layers=layers, probe=probe, **_task_kw(task, tolerance, output, weights))
     _outputs(result, report.probe_table(result), json_path, plot, report.plot_probe)
 
 
@@ -196,7 +158,6 @@ def zoo_train(
           f"{card['train_seconds']} s -> {(out or Path('models')) / (name + '.safetensors')}", file=sys.stderr)
 
 
-CHIP = typer.Option(..., "--chip", "-c", help="A chip preset name (hwfault chips list) or a chip TOML file.")
 
 
 @app.command()
@@ -213,6 +174,10 @@ def estimate(
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     report_path: Optional[str] = typer.Option(None, "--report", help="Write an HTML (.html) or Markdown (.md) report with plots."),
     certify_method: str = typer.Option("ibp", "--certify", help="Certified floor over the covering set: ibp, crown, auto, bab or none."),
+    task: Optional[str] = TASK,
+    tolerance: Optional[float] = TOLERANCE,
+    output: Optional[str] = OUTPUT,
+    weights: Optional[str] = WEIGHTS,
 ):
     """How a model fares on a chip: Monte-Carlo over its faults vs the worst case inside their covering set."""
     from .certification import METHODS
@@ -228,7 +193,8 @@ def estimate(
     _outs(json_path, report_path=report_path)
     result = run(model, _data_for(model, data), chip, coverage=coverage, trials=trials, seed=seed, steps=steps,
                  probe=probe, per_fault=not no_breakdown, severities=() if no_breakdown else (0.25, 0.5, 1.0, 2.0, 4.0),
-                 certified=None if certify_method == "none" else certify_method)
+                 certified=None if certify_method == "none" else certify_method,
+                 **_task_kw(task, tolerance, output, weights))
     _outputs(result, report.estimate_table(result), json_path, report_path, report.write_report)
 
 
@@ -255,6 +221,8 @@ def harden(
     json_path: Optional[str] = typer.Option(None, "--json", help="Hardening report JSON (default: beside --out, .hardening.json)."),
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Hardening figure (default: beside --out, .hardening.png)."),
     train_on_eval: bool = typer.Option(False, "--train-on-eval", help="Train on the evaluation data when the data have no train split (the report says so)."),
+    task: Optional[str] = TASK,
+    tolerance: Optional[float] = TOLERANCE,
 ):
     """Train a corruption-resistant model, then compare it with the base model on the chip."""
     import shlex
@@ -271,6 +239,7 @@ def harden(
     with progress.task(f"harden ({cfg.method})", cfg.epochs) as advance:
         run = harden_checkpoint(model, _data_for(model, data), cfg, out=out, chip=chip, qat=not no_qat, trials=trials,
                                 train_on_eval=train_on_eval, command=command, on_epoch=lambda e, row: advance(1),
+                                **_task_kw(task, tolerance),
                                 on_note=lambda msg: print(f"note: {msg}", file=sys.stderr))
     print(f"wrote {run.out} (test accuracy {100 * run.hardened.accuracy:.1f}%, base {100 * run.base.accuracy:.1f}%)",
           file=sys.stderr)
@@ -297,6 +266,10 @@ def export(
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 17 for fp32; 13 for int8 QCDQ, 14 if the model has attention)."),
     trials: int = typer.Option(50, "--trials", help="Monte-Carlo chips for the robustness summary (with --chip)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the export report as JSON here ('-' = stdout)."),
+    task: Optional[str] = TASK,
+    tolerance: Optional[float] = TOLERANCE,
+    output: Optional[str] = OUTPUT,
+    weights: Optional[str] = WEIGHTS,
 ):
     """Export to ONNX and check the file: onnx.checker, then onnxruntime parity against the torch model."""
     from .export import export_model
@@ -304,7 +277,8 @@ def export(
     validate.trials("--trials", trials)
     files.check_output(out, what="--out", suffixes=(".onnx",))
     _outs(json_path)
-    rep = export_model(model, _data_for(model, data), out, fmt=fmt, opset=opset, chip=chip, trials=trials)
+    rep = export_model(model, _data_for(model, data), out, fmt=fmt, opset=opset, chip=chip, trials=trials,
+                       **_task_kw(task, tolerance, output, weights))
     report.print_table(report.export_table(rep))
     if json_path:
         report.write_json(rep.to_dict(), json_path)
@@ -329,12 +303,14 @@ def certify(
     coverage: Optional[float] = typer.Option(None, "--coverage", help="Coverage of the chip's covering set (default: the spec's)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Certified accuracy vs eps figure."),
+    task: Optional[str] = TASK,
 ):
     """Certified accuracy: inputs whose prediction provably survives every weight perturbation in the set."""
     from .certification import certify as run, check_method
     from .inputs import resolve_data, resolve_model
 
     check_method(method, time_budget=time_budget)      # before any work, for every kind of set
+    _certifiable(model, task)
     if (chip is None) == (eps is None):
         raise ConstraintError("expected either --chip C or --norm inf|2 --eps E[,E...]")
     if coverage is not None:
@@ -379,12 +355,17 @@ def bits_cmd(
     data: Optional[str] = DATA,
     format: str = typer.Option("int8", "--format", help="Stored number format: int2..int16, fp16, bf16, fp32."),
     per_channel: bool = typer.Option(False, "--per-channel", help="intN: one scale per output channel."),
-    until: float = typer.Option(0.11, "--until", help="Target accuracy (0..1)."),
+    until: Optional[float] = typer.Option(None, "--until", help="Target of the task's metric: an accuracy (0..1, default 0.11) or a perplexity / MSE."),
+    until_factor: Optional[float] = typer.Option(None, "--until-factor", help="Target relative to the quantised model: perplexity or MSE x F, accuracy / F (default 10 for lm and regression)."),
     max_flips: int = typer.Option(100, "--max-flips", help="Give up the search after this many flips."),
     runs: int = typer.Option(5, "--runs", help="Random-flip runs (the median is reported)."),
     seed: int = typer.Option(0, "--seed"),
     params: Optional[str] = PARAMS,
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
+    task: Optional[str] = TASK,
+    tolerance: Optional[float] = TOLERANCE,
+    output: Optional[str] = OUTPUT,
+    weights: Optional[str] = WEIGHTS,
 ):
     """Worst-case bit flips (progressive bit search) vs random flips needed to reach a target accuracy."""
     from .analyses.bits import bits as run
@@ -392,8 +373,9 @@ def bits_cmd(
     validate.trials("--runs", runs)
     validate.seed(seed)
     _outs(json_path)
-    r = run(model, _data_for(model, data), format=format, per_channel=per_channel, until=until, max_flips=max_flips,
-            random_runs=runs, seed=seed, params=params)
+    r = run(model, _data_for(model, data), format=format, per_channel=per_channel, until=until,
+            until_factor=until_factor, max_flips=max_flips, random_runs=runs, seed=seed, params=params,
+            **_task_kw(task, tolerance, output, weights))
     d = r.to_dict()
     print(report.bits_text(d), file=sys.stderr)
     if json_path:
@@ -449,6 +431,11 @@ def campaign(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results (or, with --dry-run, the plan) as JSON."),
     plot: Optional[str] = typer.Option(None, "--plot", help="With --by layer: draw the per-layer heatmap here."),
+    task: Optional[str] = TASK,
+    tolerance: Optional[float] = TOLERANCE,
+    output: Optional[str] = OUTPUT,
+    weights: Optional[str] = WEIGHTS,
+    cache_mb: float = typer.Option(2048, "--cache-mb", help="Memory budget of the fault-free activation cache (MB); beyond it trials recompute the whole forward pass."),
 ):
     """A statistically sized, resumable fault-injection campaign on a chip's fault model."""
     from .analyses.campaign.api import campaign as run, plan_campaign
@@ -459,7 +446,7 @@ def campaign(
     d = _data_for(model, data)
     if dry_run:
         plan, est = plan_campaign(model, d, chip, trials=trials, margin=margin, confidence=confidence, seed=seed,
-                                  params=params, by=by)
+                                  params=params, by=by, cache_mb=cache_mb, **_task_kw(task, tolerance, output, weights))
         out = {**plan.to_dict(), "estimate": {**est, "workers": workers or 1,
                                                "within_ceiling": plan.planned_trials <= validate.MAX_CAMPAIGN_TRIALS}}
         report.print_table(report.plan_table(plan, est, workers or 1))
@@ -468,7 +455,8 @@ def campaign(
         return
     try:
         result = run(model, d, chip, trials=trials, margin=margin, confidence=confidence, seed=seed, db=db,
-                     resume=resume, workers=workers, scheduler=scheduler, params=params, by=by)
+                     resume=resume, workers=workers, scheduler=scheduler, params=params, by=by, cache_mb=cache_mb,
+                     **_task_kw(task, tolerance, output, weights))
     except KeyboardInterrupt:
         if db and Path(db).is_file():
             print(f"note: trials done so far are in {db}; rerun with --resume to continue", file=sys.stderr)

@@ -1,7 +1,10 @@
-"""Data sets: the two shipped ones (generated locally, never downloaded) and users' ``.npz`` files.
+"""Data sets: the shipped ones (generated locally, never downloaded) and users' files.
 
-:func:`load_data` returns a :class:`torch.utils.data.TensorDataset` of ``(x, y)`` with ``x`` float32
-and ``y`` int64 class labels; the tensors are ``dataset.tensors``. Shapes:
+:func:`load_data` returns a :class:`torch.utils.data.TensorDataset` of ``(x, y)`` (the tensors are
+``dataset.tensors``) for the shipped sets and ``.npz`` files, and a lazily read
+:class:`~hwfault.arrays.ArrayDataset` for ``.npy`` files and shard directories. Inputs are float32,
+or int64 for a task that feeds token ids (``lm``); targets are int64 labels or token ids, or float32
+for ``regression``. What the targets must be is the task's (:mod:`hwfault.tasks`). Shapes:
 
 - ``digits``: sklearn's 8x8 digits, ``x`` of shape (N, 1, 8, 8) scaled to [0, 1]; a stratified
   70/30 train/test split with seed 0 (1257 train, 540 test).
@@ -9,7 +12,12 @@ and ``y`` int64 class labels; the tensors are ``dataset.tensors``. Shapes:
   arguments and seed 42, ``x`` of shape (N, 1, 40); 4000 train, 1000 test.
 - a path to an ``.npz`` with arrays ``x`` (numeric, first axis = samples) and ``y`` (integer
   labels). If the file holds ``x_<split>``/``y_<split>`` those are used for that split; otherwise
-  the same ``x``/``y`` serve every split.
+  the same ``x``/``y`` serve every split. Only the split's arrays are read.
+- ``pycode`` (task ``lm``): the shipped Python standard-library corpus (:mod:`hwfault.text`) as
+  64-character windows, ``x`` and next characters ``y`` of shape (N, 64), int64.
+- a ``.npy`` file ``x*.npy`` (targets in ``y*.npy`` beside it) or a directory holding
+  ``x[_<split>].npy``/``y[_<split>].npy`` or ``.npz`` shards (``<split>*.npz`` when present), read a
+  batch (a shard) at a time.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .arrays import has_split_dir, npy_header, open_arrays
 from .errors import DataError, did_you_mean
 
 SPLITS = ("train", "test")
@@ -59,7 +68,14 @@ def _mnist1d(split: str) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32)[:, None, :], y.astype(np.int64)
 
 
-_BUILTIN = {"digits": _digits, "mnist1d": _mnist1d}
+def _pycode(split: str) -> tuple[np.ndarray, np.ndarray]:
+    from .text import text_arrays
+
+    return text_arrays(split)
+
+
+_BUILTIN = {"digits": _digits, "mnist1d": _mnist1d, "pycode": _pycode}
+DATA_TASKS = {"pycode": "lm"}  # the shipped sets that are not classification
 
 
 def list_datasets() -> list[str]:
@@ -71,20 +87,12 @@ def _npy_header(zf: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.d
     """(shape, dtype, data bytes available) of one array of an .npz, read from its header alone."""
     info = zf.getinfo(member)
     with zf.open(info) as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
-            shape, _, dtype = np.lib.format._read_array_header(fh, version)
-        return tuple(int(d) for d in shape), dtype, info.file_size - fh.tell()
+        shape, dtype, _ = npy_header(fh)
+        return shape, dtype, info.file_size - fh.tell()
 
 
-def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, str, str]:
     if not path.is_file():
-        if path.is_dir():
-            raise DataError(f"{path}: is a directory; expected an .npz file")
         raise DataError(f"data file not found: {path}")
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a readable .npz file (expected a zip archive written by numpy.savez)")
@@ -111,35 +119,48 @@ def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: its arrays do not fit in memory") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, TypeError) as e:
         raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {str(e).strip()[:160]})") from None
-    if x.dtype.kind not in "fiub" or x.ndim < 2:
-        raise DataError(f"{path}: expected '{kx}' numeric with shape (N, ...), got {x.dtype} {x.shape}")
-    if y.ndim != 1 or (y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.isfinite(y))
-                                                          and np.all(y == np.round(y)))):
-        raise DataError(f"{path}: expected '{ky}' integer labels of shape (N,), got {y.dtype} {y.shape}")
+    return x, y, kx, ky
+
+
+def _check_arrays(where: str, x: np.ndarray, y: np.ndarray, kx: str, ky: str, task) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert in-memory arrays for ``task``: inputs float32 (integers stay int64 for a
+    task that feeds token ids), targets int64 or float32."""
+    if x.dtype.kind not in "fiub" or x.ndim < 2 and not task.integer_inputs or x.ndim < 1:
+        raise DataError(f"{where}: expected '{kx}' numeric with shape (N, ...), got {x.dtype} {x.shape}")
+    if y.ndim < 1 or y.dtype.kind not in "fiub":
+        raise DataError(f"{where}: expected '{ky}' numeric targets with samples on the first axis, got {y.dtype} {y.shape}")
     if len(x) != len(y):
-        raise DataError(f"{path}: '{kx}' has {len(x)} samples but '{ky}' has {len(y)}")
+        raise DataError(f"{where}: '{kx}' has {len(x)} samples but '{ky}' has {len(y)}")
     if len(x) == 0:
-        raise DataError(f"{path}: no samples")
+        raise DataError(f"{where}: no samples")
+    if y.dtype.kind == "u" and y.dtype.itemsize >= 8 and y.size and int(y.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"{where}: '{ky}' has labels beyond int64")
+    if task.name == "classification" and y.dtype.kind == "f" and y.ndim == 1 and bool(np.all(np.isfinite(y))) \
+            and bool(np.all(y == np.round(y))):
+        y = y.astype(np.int64)  # integral float labels
+    task.check_data(x, y, where)
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
-        raise DataError(f"{path}: '{kx}' contains NaN or Inf")
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{path}: '{kx}' has values beyond float32's range")
-    if y.dtype.kind == "u" and y.dtype.itemsize >= 8 and int(y.max()) > np.iinfo(np.int64).max:
-        raise DataError(f"{path}: '{ky}' has labels beyond int64")
-    y = y.astype(np.int64)
-    if y.min() < 0:
-        raise DataError(f"{path}: '{ky}' has negative labels")
+        raise DataError(f"{where}: '{kx}' contains NaN or Inf")
+    if x.dtype.kind in "iu" and task.integer_inputs:
+        x = x.astype(np.int64)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = x.astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"{where}: '{kx}' has values beyond float32's range")
+    y = y.astype(np.int64) if y.dtype.kind in "iub" else y.astype(np.float32)
     return x, y
 
 
 def has_split(name: str | Path, split: str) -> bool:
-    """Whether a data set has its own ``split`` (the shipped sets do; an .npz needs ``x_<split>``)."""
+    """Whether a data set has its own ``split`` (the shipped sets do; an .npz needs ``x_<split>``, a
+    directory ``x_<split>*.npy`` files or ``<split>*`` shards)."""
     key = str(name)
     if key in _BUILTIN:
         return True
     path = Path(key)
+    if path.is_dir() or path.suffix == ".npy":
+        return has_split_dir(path, split)
     try:
         with zipfile.ZipFile(path) as zf:
             return f"x_{split}.npy" in zf.namelist() and f"y_{split}.npy" in zf.namelist()
@@ -147,17 +168,35 @@ def has_split(name: str | Path, split: str) -> bool:
         return False
 
 
-def load_data(name: str | Path, split: str = "test") -> TensorDataset:
-    """Load a data set by name (``digits``, ``mnist1d``) or ``.npz`` path; see the module docstring."""
+def load_data(name: str | Path, split: str = "test", *, task=None):
+    """Load a data set by name (``digits``, ``mnist1d``, ``pycode``), an ``.npz`` path (read into a
+    TensorDataset), or a ``.npy`` file or directory of shards (an :class:`~hwfault.arrays.ArrayDataset`
+    read lazily); see the module docstring. ``task`` (default: the current task, i.e. classification)
+    decides what the targets must be."""
+    from .tasks import get_task
+
+    t = get_task(DATA_TASKS.get(str(name)) if task is None and str(name) in DATA_TASKS else task)
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}'{did_you_mean(split, SPLITS)}")
     key = str(name)
     if key in _BUILTIN:
         x, y = _BUILTIN[key](split)
-    elif key.endswith(".npz") or Path(key).exists():
-        x, y = _load_npz(Path(key), split)
+        x, y = _check_arrays(key, x, y, "x", "y", t)
     else:
-        raise DataError(f"unknown data set '{key}'{did_you_mean(key, _BUILTIN)}; or give a path to an .npz with arrays x and y")
+        path = Path(key)
+        if path.is_dir() or path.suffix == ".npy":
+            if not path.exists():
+                raise DataError(f"data file not found: {path}")
+            ds = open_arrays(path, split)
+            px, py = ds.probes()
+            t.check_data(px, py, key)
+            return ds
+        if key.endswith(".npz") or path.exists():
+            x, y, kx, ky = _load_npz(path, split)
+            x, y = _check_arrays(key, x, y, kx, ky, t)
+        else:
+            raise DataError(f"unknown data set '{key}'{did_you_mean(key, _BUILTIN)}; or give a path to an .npz "
+                            f"with arrays x and y, a .npy file or a directory of shards")
     return TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
 
 

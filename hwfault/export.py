@@ -42,7 +42,9 @@ import torch
 from torch import nn
 
 from .errors import ExportError, HwfaultError, OutputError, first_line as _first_line
-from .evaluation import differentiable
+from .evaluation import differentiable, model_input
+from .inputs import analysis
+from .tasks import current
 from .files import atomic_write, check_output
 from .onnxio import meta_props as _meta_props, metadata_of, ort_session, read_metadata, set_props as _set_props
 
@@ -199,7 +201,7 @@ def _scratch(out_path: Path):
 
 def _example(sample: torch.Tensor) -> torch.Tensor:
     """An example batch of at least 2 inputs (a batch of 1 would let exporters fix the batch size)."""
-    sample = sample.detach().float()
+    sample = model_input(sample.detach(), current())
     return sample if sample.shape[0] >= 2 else sample[:1].expand(2, *sample.shape[1:]).contiguous()
 
 
@@ -255,14 +257,21 @@ def _strip_initializer_inputs(proto):
 
 
 def _run_ort(session, x: torch.Tensor) -> torch.Tensor:
-    name = session.get_inputs()[0].name
-    arr = x.detach().float().contiguous().numpy()
+    inp = session.get_inputs()[0]
+    arr = (x.detach().long() if inp.type == "tensor(int64)" else x.detach().float()).contiguous().numpy()
+    name = inp.name
     outs = [session.run(None, {name: arr[i:i + _BATCH]})[0] for i in range(0, len(arr), _BATCH)]
     return torch.from_numpy(np.concatenate(outs)).float()
 
 
 def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.argmax(dim=1) == b.argmax(dim=1)).double().mean())
+    """Top-1 agreement of two outputs (per input, or per token for (batch, T, vocab) logits); for
+    regression, the share of inputs whose outputs agree within the task's tolerance."""
+    t = current()
+    if t.name == "regression":
+        d = (a.double() - b.double()).reshape(a.shape[0], -1).abs()
+        return float((d <= t.tolerance).all(1).double().mean())
+    return float((a.argmax(dim=-1) == b.argmax(dim=-1)).double().mean())
 
 
 def _max_delta(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -297,7 +306,7 @@ def _check_inputs(data, sample_input):
     x = y = None
     if data is not None:
         x, y = as_tensors(data)
-        x = x.detach().float()
+        x = model_input(x.detach(), current())
     if sample_input is None and x is None:
         raise ExportError("expected data or a sample_input to fix the model's input shape, got neither")
     sample = _example(sample_input if sample_input is not None else x[:2])
@@ -388,7 +397,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     import onnx
 
     from . import __version__
-    from .evaluation import check_labels, logits
+    from .evaluation import check_targets, logits
 
     t0 = time.perf_counter()
     if not differentiable(model):  # an OnnxModule: already a file, run by onnxruntime
@@ -407,7 +416,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
         with torch.no_grad():
             logits(model, (sample, None))  # a model that cannot run on this input shape fails here, in its own words
             if y is not None:
-                check_labels(logits(model, (x[:1], None)), y)  # labels beyond the model's outputs: not its data
+                check_targets(logits(model, (x[:1], None)), y)  # labels beyond the model's outputs: not its data
         exporter, reference, ref_label = _exporter(model, fname, bits, per_channel)
         if opset is None:
             opset = DEFAULT_OPSET[exporter]
@@ -452,15 +461,16 @@ def robustness_summary(model: nn.Module, data, chip, *, trials: int = 50) -> dic
     return {"chip": r.chip["name"], "trials": trials, **summary(r.to_dict())}
 
 
+@analysis
 def export_model(model: str, data: str, out: str | Path, *, fmt: str = "fp32", opset: int | None = None,
                  chip=None, trials: int = 50) -> ExportReport:
     """``hwfault export`` as one call: load ``model`` (a zoo name, checkpoint or ``.pt2``; an ONNX file is
     refused), summarise its robustness on ``chip`` (if given) and write the self-checked ONNX file with
     that summary and the chip in its metadata (see :func:`export_onnx`)."""
     from .data import load_data
-    from .inputs import load_model
+    from .inputs import resolve_model
 
-    module = load_model(model, requires_grad=False)
+    module, model = resolve_model(model)
     if not differentiable(module):
         raise HwfaultError(f"{model}: already an ONNX file; export takes a torch model")
     test = load_data(data, "test")

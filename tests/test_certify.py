@@ -470,7 +470,7 @@ class _Sine(nn.Module):
     (hw.zoo.LSTMClassifier(), (1, 40), "LSTM"),
     (_Sine(), (4,), "sin"),
     (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 3)), (4,), "LayerNorm"),
-    (nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 3)), (4,), "GELU"),
+    (nn.Sequential(nn.Linear(4, 4), nn.Hardswish(), nn.Linear(4, 3)), (4,), "Hardswish"),
 ])
 def test_unsupported_layers_raise_one_line_model_errors(model, shape, name):
     model.eval()

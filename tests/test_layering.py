@@ -17,14 +17,14 @@ PKG = Path(hwfault.__file__).resolve().parent
 LAYERS = [
     ("base", ["errors"]),
     ("utilities", ["validate", "files", "progress", "runtime", "stats", "rng"]),
-    ("data, parameters, scoring", ["formats", "params", "text", "data", "tasks", "evaluation", "pt2", "onnxio", "cards", "training"]),
+    ("data, parameters, scoring", ["formats", "params", "text", "arrays", "data", "tasks", "evaluation", "pt2", "onnxio", "cards", "training"]),
     ("sets and models", ["constraints", "onnxbind", "onnxmodel", "quant", "zoo"]),
     ("inputs", ["inputs"]),
     ("search and bounds", ["search", "certification"]),
     ("device model", ["faults", "spec"]),
     ("report", ["report"]),
     ("analyses and deployment", ["analyses", "export"]),
-    ("command line", ["cli", "__init__", "__main__"]),
+    ("command line", ["cliargs", "cli", "__init__", "__main__"]),
 ]
 LAYER = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 

@@ -1,5 +1,6 @@
 """The bit-flip attack's headline metric: how many flipped bits take a quantised model to a target
-accuracy, found by progressive bit search (Rakin et al., ICCV 2019), against random flips.
+accuracy (or, for a language model, a target perplexity: ``until_factor=10`` is ten times the
+quantised model's), found by progressive bit search (Rakin et al., ICCV 2019), against random flips.
 
 The model's conv and linear weights are stored in ``format`` (intN with symmetric scale, or a float
 format); the search and the random baseline flip bits of those stored values (bit 0 = LSB), one
@@ -23,7 +24,17 @@ from ..evaluation import evaluate
 from ..faults.base import DeviceView
 from ..formats import NumberFormat
 from ..params import perturbed, select
-from ..search.bitsearch import bit_search
+from ..inputs import analysis, resolve_data, resolve_model
+from ..search.bitsearch import bit_search, reached
+from ..tasks import current
+
+
+def reached_point(res, until: float, like) -> bool:
+    """Whether a worst case (accuracy, loss and task metrics) reached the target."""
+    m = res.accuracy if like.metric_name == "accuracy" else res.extra.get(like.metric_name)
+    if m is None:
+        return not like.higher_is_better  # a non-finite perplexity is past any target
+    return m <= until if like.higher_is_better else m >= until
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,8 @@ class BitsResult:
     random_runs: tuple[int | None, ...]
     max_flips: int
     seconds: float
+    until_factor: float | None = None
+    task: dict | None = None
 
     def to_dict(self) -> dict:
         return {"model": self.model, "data": self.data, "format": self.format, "until": self.until,
@@ -48,46 +61,59 @@ class BitsResult:
                 "random_flips": self.random_flips, "random_runs": list(self.random_runs),
                 "history": list(self.history), "flip_list": list(self.flip_list), "max_flips": self.max_flips,
                 "ratio": (self.random_flips / self.flips) if self.flips and self.random_flips else None,
-                "seconds": round(self.seconds, 2)}
+                "until_factor": self.until_factor, "task": self.task, "seconds": round(self.seconds, 2)}
 
 
 def _random_flips(model, data, sel, view, deltas, until, gen, limit) -> int | None:
     """Smallest m such that the first m flips of a random order (one bit of a distinct weight each)
-    take accuracy to <= until: doubling, then bisection on the same order."""
+    take the task's metric to the target ``until``: doubling, then bisection on the same order."""
     k, bits = deltas.shape
     order = torch.randperm(k, generator=gen)[:limit]
     which = torch.randint(bits, (order.numel(),), generator=gen)
 
-    def acc(m: int) -> float:
+    def short(m: int) -> bool:  # m flips do not reach the target
         a = torch.zeros(k, dtype=torch.float64)
         a[order[:m]] = deltas[order[:m], which[:m]]
         with perturbed(sel, a.float()):
-            return evaluate(model, data).accuracy
+            return not reached(evaluate(model, data), until)
 
     hi = 1
-    while acc(hi) > until:
+    while short(hi):
         if hi >= order.numel():
             return None
         hi = min(2 * hi, order.numel())
-    lo = hi // 2  # acc(lo) > until (or lo == 0)
+    lo = hi // 2  # short(lo) (or lo == 0)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if acc(mid) <= until:
+        if not short(mid):
             hi = mid
         else:
             lo = mid
     return hi
 
 
-def bits(model, data, *, format: str = "int8", per_channel: bool = False, until: float = 0.11,
-         max_flips: int = 100, random_runs: int = 5, seed: int = 0, params=None, types="conv,linear",
-         candidates: int = 5) -> BitsResult:
-    """Worst-case flips (progressive bit search) and random flips needed to reach accuracy ``until``."""
-    from ..inputs import resolve_data, resolve_model
-
+@analysis
+def bits(model, data, *, format: str = "int8", per_channel: bool = False, until: float | None = None,
+         until_factor: float | None = None, max_flips: int = 100, random_runs: int = 5, seed: int = 0, params=None,
+         types="conv,linear", candidates: int = 5) -> BitsResult:
+    """Worst-case flips (progressive bit search) and random flips needed to reach the target ``until``
+    of the task's headline metric: an accuracy (default 0.11), or a perplexity / MSE. ``until_factor``
+    sets the target relative to the quantised model instead (perplexity or MSE times the factor,
+    accuracy divided by it); a task whose metric is not accuracy defaults to ``until_factor=10``."""
     t0 = time.perf_counter()
-    if not 0 <= until <= 1:
+    task = current()
+    if until is not None and until_factor is not None:
+        raise ConstraintError("give --until or --until-factor, not both")
+    if until_factor is not None:
+        validate.positive("--until-factor", until_factor)
+    elif until is None and task.metric_name == "accuracy":
+        until = 0.11
+    elif until is None:
+        until_factor = 10.0
+    if until is not None and task.metric_name == "accuracy" and not 0 <= until <= 1:
         raise ConstraintError(f"expected --until as an accuracy in [0, 1], got {until}")
+    if until is not None and not math.isfinite(until):
+        raise ConstraintError(f"expected a finite --until, got {until}")
     if max_flips < 1:
         raise ConstraintError(f"expected max flips >= 1, got {max_flips}")
     validate.trials("--runs", random_runs)
@@ -105,9 +131,11 @@ def bits(model, data, *, format: str = "int8", per_channel: bool = False, until:
     deltas = torch.where(torch.isfinite(deltas), deltas, torch.zeros_like(deltas))
     with perturbed(sel, (view.w_q - view.w).float()):
         quant = evaluate(module, dset)
+        if until_factor is not None:
+            until = quant.metric * until_factor if not quant.higher_is_better else quant.metric / until_factor
         cset = SumSet((CandidateSet(deltas, max_flips),), ("bitflip",))
         res = bit_search(module, dset, cset, selection=sel, clean=quant, until=until, candidates=candidates)
-        flips = res.extra["flips"] if res.accuracy <= until else None
+        flips = res.extra["flips"] if reached_point(res, until, quant) else None
         changed = torch.nonzero(res.parts[0]).reshape(-1)
         flip_list = []
         for el, (t, local) in zip(changed.tolist(), zip(*(v.tolist() for v in sel.locate(changed)))):
@@ -122,8 +150,8 @@ def bits(model, data, *, format: str = "int8", per_channel: bool = False, until:
     # a run that never reached the target counts as infinitely many flips
     median = float(np.median([math.inf if r is None else r for r in runs])) if runs else math.inf
     median = None if math.isinf(median) else median
-    return BitsResult(mlabel, dlabel, fmt.name, until, {"accuracy": clean.accuracy, "loss": clean.loss},
-                      {"accuracy": quant.accuracy, "loss": quant.loss}, flips, tuple(res.extra["history"]),
-                      tuple(flip_list), median, tuple(runs), max_flips, time.perf_counter() - t0)
+    return BitsResult(mlabel, dlabel, fmt.name, until, clean.row(), quant.row(), flips, tuple(res.extra["history"]),
+                      tuple(flip_list), median, tuple(runs), max_flips, time.perf_counter() - t0,
+                      until_factor, task.describe())
 
 

@@ -35,7 +35,11 @@ from ..params import perturbed
 from ..search.bitsearch import bit_search
 from ..search.methods import multi_step, one_step
 from ..search.results import WorstCase
+from ..inputs import analysis, resolve_data, resolve_model, resolve_probe
+from ..tasks import current
 from .realise import chip_logits
+
+METRIC_KEYS = ("perplexity", "token_accuracy", "mse", "mae", "metric")
 
 class _Mapping:
     """Read access by key to a typed result (``result["accuracy_mean"]``), as to its JSON."""
@@ -57,6 +61,9 @@ class MonteCarlo(_Mapping):
     accuracies: tuple[float, ...]
     losses: tuple[float, ...]
     nonfinite: int
+    metrics: tuple[float, ...] = ()       # the task's headline metric per trial (when it is not accuracy)
+    metric_name: str = "accuracy"
+    higher_is_better: bool = True
 
     @property
     def trials(self) -> int:
@@ -74,11 +81,33 @@ class MonteCarlo(_Mapping):
                 "accuracy_p01": float(np.percentile(a, 1, method="lower")), "accuracy_min": float(a.min()),
                 "accuracy_max": float(a.max()), "accuracy_std": float(a.std(ddof=1)) if self.trials > 1 else 0.0,
                 "loss_mean": float(np.mean(finite)) if finite else math.nan, "trials_nonfinite": int(self.nonfinite),
-                "accuracies": [float(v) for v in a]}
+                "accuracies": [float(v) for v in a], **self._metric_stats()}
+
+    def _metric_stats(self) -> dict:
+        """For a task whose headline is not accuracy (perplexity, mse): its mean, t interval, the worst
+        1% (the 99th percentile of a lower-is-better metric) and the worst trial."""
+        if self.metric_name == "accuracy" or not self.metrics:
+            return {}
+        m, name = np.asarray(self.metrics, dtype=float), self.metric_name
+        lo, hi = stats.t_interval(m, 0.95) if np.all(np.isfinite(m)) else (math.nan, math.nan)
+        q = 1 if self.higher_is_better else 99
+        return {"metric": name, f"{name}_mean": float(m.mean()), f"{name}_ci95": [float(lo), float(hi)],
+                f"{name}_p{q:02d}": float(np.percentile(m, q, method="lower" if q == 1 else "higher")),
+                f"{name}_worst": float(m.min() if self.higher_is_better else m.max()),
+                f"{name}_best": float(m.max() if self.higher_is_better else m.min()),
+                f"{name}s": [float(v) for v in m]}
+
+    @property
+    def metric_mean(self) -> float:
+        return float(np.mean(self.metrics)) if self.metrics else self.accuracy_mean
 
     def brief(self) -> dict:
         d = self.to_dict()
-        return {k: d[k] for k in ("trials", "accuracy_mean", "accuracy_ci95", "accuracy_p01", "accuracy_min")}
+        keys = ["trials", "accuracy_mean", "accuracy_ci95", "accuracy_p01", "accuracy_min"]
+        if "metric" in d:
+            n = d["metric"]
+            keys += [f"{n}_mean", f"{n}_ci95", f"{n}_worst"]
+        return {k: d[k] for k in keys}
 
 
 @dataclass(frozen=True)
@@ -103,7 +132,8 @@ class WorstCases(_Mapping):
     def brief(self) -> dict:
         if self.skipped:
             return {"skipped": self.skipped}
-        out = {k: {"accuracy": w.accuracy, "loss_change": w.loss_change}
+        out = {k: {"accuracy": w.accuracy, "loss_change": w.loss_change,
+                   **{m: v for m, v in w.extra.items() if m in METRIC_KEYS}}
                for k, w in (("one_step", self.one_step), ("multi_step", self.multi_step), ("bit_search", self.bit_search))
                if w is not None}
         if self.bit_search is not None:
@@ -118,15 +148,19 @@ def run_trial(chip: Chip, model, data, gen: torch.Generator) -> EvalResult:
 
 def monte_carlo(chip: Chip, model, data, *, trials: int, seed: int, label: str = "Monte-Carlo") -> MonteCarlo:
     """Accuracy statistics over ``trials`` chips (trial t seeded from (seed, t))."""
-    accs, losses, nonfinite = [], [], 0
+    accs, losses, metrics, nonfinite = [], [], [], 0
+    r = None
     with progress.task(label, trials) as advance:
         for t in range(trials):
             r = run_trial(chip, model, data, generator(seed, t))
             accs.append(r.accuracy)
             losses.append(r.loss)
+            metrics.append(r.metric)
             nonfinite += r.nonfinite > 0
             advance(1)
-    return MonteCarlo(tuple(accs), tuple(losses), nonfinite)
+    task = current()
+    return MonteCarlo(tuple(accs), tuple(losses), nonfinite, tuple(metrics) if task.metric_name != "accuracy" else (),
+                      task.metric_name, task.higher_is_better)
 
 
 def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, steps: int, probe=None) -> WorstCases:
@@ -164,13 +198,13 @@ class EstimateResult:
                 "seconds": round(self.seconds, 2)}
 
 
+@analysis
 def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 100, seed: int = 0,
              steps: int = 10, probe: str | None = None, per_fault: bool = True,
              severities: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), severity_trials: int | None = None,
              certified: str | None = "ibp") -> EstimateResult:
     """The bracket for ``model`` on ``chip`` (a preset name, a TOML path or a ChipSpec)."""
     from ..spec import ChipSpec, load_chip
-    from ..inputs import resolve_data, resolve_model, resolve_probe
 
     t0 = time.perf_counter()
     trials = validate.trials("--trials", trials)
@@ -219,6 +253,8 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
             mc = monte_carlo(scaled, module, dset, trials=st, seed=seed, label=f"severity x{s:g}")
             sev["factors"].append(s)
             sev["random_mean"].append(mc.accuracy_mean)
+            if mc.metrics:
+                sev.setdefault(f"random_{mc.metric_name}", []).append(mc.metric_mean)
             if not grads:
                 sev["one_step"].append(None)
                 sev["multi_step"].append(None)
@@ -229,15 +265,17 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
                             probe=pdata)
             sev["one_step"].append(os_.accuracy)
             sev["multi_step"].append(ms.accuracy)
+            if mc.metrics:
+                sev.setdefault(f"one_step_{mc.metric_name}", []).append(os_.extra.get(mc.metric_name))
+                sev.setdefault(f"multi_step_{mc.metric_name}", []).append(ms.extra.get(mc.metric_name))
 
     cert = certified_floor(module, dset, dev, cov, method=certified) if certified else {
         "accuracy": None, "method": None, "reason": "not requested"}
 
     return EstimateResult(
         mlabel, dlabel, {"name": spec.name, "coverage": cov, **dev.describe()},
-        {"accuracy": base.accuracy, "loss": base.loss}, {"accuracy": quant.accuracy, "loss": quant.loss},
-        random, worst, tuple(faults), sev, time.perf_counter() - t0,
-        {"seed": seed, "steps": steps, "probe": plabel, "certified": cert})
+        base.row(), quant.row(), random, worst, tuple(faults), sev, time.perf_counter() - t0,
+        {"task": current().describe(), "seed": seed, "steps": steps, "probe": plabel, "certified": cert})
 
 
 def certified_floor(model, data, chip: Chip, coverage: float, method: str = "ibp") -> dict:
@@ -247,6 +285,9 @@ def certified_floor(model, data, chip: Chip, coverage: float, method: str = "ibp
     (tighter, slower on large sets; auto and bab stop at 30 s); see :mod:`hwfault.certify`."""
     from ..errors import HwfaultError
 
+    task = current()
+    if task.name != "classification":
+        return {"accuracy": None, "method": None, "reason": no_bound_reason(task)}
     if not differentiable(model):
         return {"accuracy": None, "method": None, "reason": f"{type(model).__name__}: certification needs the torch model"}
     try:
@@ -257,3 +298,10 @@ def certified_floor(model, data, chip: Chip, coverage: float, method: str = "ibp
         return {"accuracy": None, "method": None, "reason": str(e)}
     return {"accuracy": pt.certified_accuracy, "method": pt.method, "stable": pt.certified_stable,
             "seconds": round(pt.seconds, 2)}
+
+
+def no_bound_reason(task) -> str:
+    """Why there is no certified bound for a task other than classification."""
+    return (f"task {task.name}: the certified bounds cover classification margins (a (batch, classes) top-1 that "
+            f"provably stays top-1); a bound on {task.metric_name} is not implemented, so only the Monte-Carlo and "
+            f"worst-case estimates apply")

@@ -40,8 +40,10 @@ from torch import nn
 
 from ..constraints import LpBall
 from ..errors import ConstraintError, ModelError, did_you_mean
+from ..evaluation import model_input, output_of
 from ..params import Selection, perturbed, select
 from ..search.ascent import iterates
+from ..tasks import current
 from ..training import deterministic, train_epochs
 
 METHODS = ("crt", "crt-star", "apd", "noise", "randbet")
@@ -133,13 +135,21 @@ def _frozen_bn(model: nn.Module):
                 m.num_batches_tracked.copy_(tracked)
 
 
+def task_loss(model: nn.Module, x, y) -> torch.Tensor:
+    """The current task's mean loss of ``model`` on a minibatch (cross-entropy for classification,
+    next-token cross-entropy for ``lm``, MSE for ``regression``), differentiable."""
+    t = current()
+    loss, units = t.loss_sum(output_of(model, model_input(x, t)), y)
+    return loss / max(units, 1)
+
+
 def _grads(model, params, x, y, delta=None, sel: Selection | None = None, faulty: bool = False):
     """Loss and d loss / d params at w + delta (delta flat over ``sel``; None: at w)."""
     if delta is None:
-        loss = F.cross_entropy(model(x), y)
+        loss = task_loss(model, x, y)
         return loss.detach(), torch.autograd.grad(loss, params)
     with perturbed(sel, delta), (_frozen_bn(model) if faulty else contextlib.nullcontext()):
-        loss = F.cross_entropy(model(x), y)
+        loss = task_loss(model, x, y)
         g = torch.autograd.grad(loss, params)
     return loss.detach(), g
 
@@ -163,7 +173,7 @@ class Trainer:
     def step(self, x, y) -> float:
         m = self.cfg.method
         if m == "crt":
-            loss = F.cross_entropy(self.model(x), y)
+            loss = task_loss(self.model, x, y)
             g = torch.autograd.grad(loss, self.params, create_graph=True)
             penalty = torch.sqrt(sum((gi * gi).sum() for gi in g))  # ||g||_2 (q = 2 for the L2 ball)
             total = loss + self.cfg.lam * penalty
@@ -199,7 +209,7 @@ class Trainer:
             if delta is not None and torch.isfinite(delta).all():
                 fparams = list(sel.params)
                 with perturbed(sel, delta), _frozen_bn(self.model):
-                    lf = F.cross_entropy(self.model(x), y)
+                    lf = task_loss(self.model, x, y)
                     if torch.isfinite(lf):
                         g1 = dict(zip(fparams, torch.autograd.grad(lf, fparams, allow_unused=True)))
                     else:
@@ -280,12 +290,12 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
     for ``cfg.epochs`` instead. For integer chips training runs through brevitas fake-quantised
     weights (unless ``qat`` is False). Returns the float model (eval mode) with the hardened weights.
     """
-    from ..evaluation import as_tensors, check_labels, logits
+    from ..evaluation import as_tensors, check_targets, logits
 
     x, y = as_tensors(data)
     if len(x) == 0:
         raise ModelError("harden: expected training data, got an empty data set")
-    check_labels(logits(model, (x[:2], y[:2])), y)  # every training label must be one of the model's outputs
+    check_targets(logits(model, (x[:2], y[:2])), y)  # the outputs fit the targets, every label among them
     bits, per_channel = _qat_bits(chip_spec) if qat else (None, False)
     cfg = HardenConfig(**{**cfg.to_dict(), "qat_bits": bits, "qat_per_channel": per_channel})
     t0 = time.perf_counter()

@@ -18,7 +18,8 @@ from ..data import has_split, load_data
 from ..errors import HwfaultError
 from ..evaluation import EvalResult, evaluate
 from ..files import check_output
-from ..inputs import load_model
+from ..inputs import analysis, load_model
+from ..tasks import current
 from ..spec import load_chip
 from ..zoo import get_entry
 from .harden import HardenConfig, HardenResult, harden, hardening_report, save_hardened, source_arch
@@ -37,6 +38,7 @@ class HardenRun:
     out: Path
 
 
+@analysis
 def harden_checkpoint(model: str, data: str, cfg: HardenConfig, *, out: str | Path, chip=None, qat: bool = True,
                       trials: int = 100, train_on_eval: bool = False, command: str | None = None,
                       on_epoch: Callable[[int, dict], None] | None = None,
@@ -75,7 +77,8 @@ def harden_checkpoint(model: str, data: str, cfg: HardenConfig, *, out: str | Pa
         rep = hardening_report(base, result.model, test, spec, trials=trials, seed=cfg.seed, labels=(model, out.name))
     card = {"method": cfg.method, "base_model": model, "data": data, "chip": spec.name if spec else None,
             "config": result.config.to_dict(), "test_accuracy": hard_eval.accuracy,
-            "base_test_accuracy": base_eval.accuracy, "train_seconds": round(result.seconds, 1),
+            "base_test_accuracy": base_eval.accuracy, "task": current().name, "test": hard_eval.row(),
+            "base_test": base_eval.row(), "train_seconds": round(result.seconds, 1),
             "trained_on_evaluation_data": not own_split, "history": result.history,
             "command": command or f"hwfault harden --model {model} --method {cfg.method}",
             "report": {"summary": rep["summary"]} if rep else None}

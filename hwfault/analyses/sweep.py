@@ -22,7 +22,8 @@ from ..constraints import LpBall, parse_norm
 from ..errors import ConstraintError, did_you_mean
 from ..evaluation import evaluate
 from ..params import select
-from ..inputs import resolve_data, resolve_model, resolve_probe
+from ..inputs import analysis, resolve_data, resolve_model, resolve_probe
+from ..tasks import current
 
 METHOD_NAMES = tuple(corruption.METHODS)
 
@@ -96,6 +97,7 @@ class SweepResult:
         }
 
 
+@analysis
 def sweep(model, data, *, epsilons: Sequence[float], norm: float | str = 2, n: int | None = None,
           params: str | Sequence[str] | None = None, types=None, layers=None,
           methods: str | Sequence[str] = METHOD_NAMES, trials: int = 10, seed: int = 0,
@@ -130,10 +132,9 @@ def sweep(model, data, *, epsilons: Sequence[float], norm: float | str = 2, n: i
         if m == "multistep":
             kw.update(steps=steps, step_size=step_size)
         results.append(corruption.METHODS[m](module, dset, ball, epsilons=eps, **kw))
-    return SweepResult(mlabel, dlabel, p, n, sel.numel, sel.names, plabel,
-                       {"accuracy": base.accuracy, "loss": base.loss}, tuple(results),
+    return SweepResult(mlabel, dlabel, p, n, sel.numel, sel.names, plabel, base.row(), tuple(results),
                        time.perf_counter() - t0,
-                       {"trials": trials, "seed": seed, "steps": steps, "methods": names,
+                       {"task": current().describe(), "trials": trials, "seed": seed, "steps": steps, "methods": names,
                         "dtype": "float64" if float64 else "float32"})
 
 
@@ -165,6 +166,7 @@ class ProbeResult:
                 "groups": list(self.rows), "seconds": round(self.seconds, 3)}
 
 
+@analysis
 def probe(model, data, *, epsilons: Sequence[float], by: str = "component", norm: float | str = "inf",
           n: int | None = None, params=None, types=None, layers=None, probe: str | None = None) -> ProbeResult:
     """Vulnerability probe (Sun et al. 2021, Fig. 4): the one-step corruption restricted to each group.
@@ -188,6 +190,6 @@ def probe(model, data, *, epsilons: Sequence[float], by: str = "component", norm
             rows.append({"group": gname, "params": list(gsel.names), "numel": gsel.numel,
                          "n_effective": min(n, gsel.numel) if n else gsel.numel, "eps": pt.eps,
                          "accuracy": pt.accuracy, "loss": pt.loss, "loss_change": pt.loss_change,
-                         "first_order": pt.extra["first_order"]})
-    return ProbeResult(mlabel, dlabel, by, p, n, plabel, {"accuracy": base.accuracy, "loss": base.loss},
+                         **{k: v for k, v in pt.extra.items() if k != "grad_norm_q"}})
+    return ProbeResult(mlabel, dlabel, by, p, n, plabel, base.row(),
                        tuple(rows), time.perf_counter() - t0)

@@ -63,8 +63,10 @@ def iterates(start, value_and_grad: Callable[[Any], tuple[Any, Any]], update: Ca
 
 
 def stronger(a, b) -> bool:
-    """True if evaluation ``a`` is a stronger corruption than ``b``: lower accuracy, then higher loss
-    (a NaN loss counts as +inf, the strongest)."""
+    """True if evaluation ``a`` is a stronger corruption than ``b``: a worse headline metric (lower
+    accuracy, higher perplexity or MSE), then higher loss (a NaN loss counts as +inf, the strongest)."""
+    if hasattr(a, "rank") and hasattr(b, "rank"):
+        return a.rank() < b.rank()
     la = a.loss if not math.isnan(a.loss) else math.inf
     lb = b.loss if not math.isnan(b.loss) else math.inf
     return (a.accuracy, -la) < (b.accuracy, -lb)

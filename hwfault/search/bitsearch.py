@@ -16,7 +16,13 @@ from ..constraints import CandidateSet, SumSet
 from ..evaluation import EvalResult, evaluate, loss_and_grad
 from ..params import Selection, perturbed
 from .ascent import stronger, strongest
-from .results import WorstCase, check_parts, evaluate_parts, total
+from .results import WorstCase, check_parts, evaluate_parts, task_extra, total
+
+
+def reached(r: EvalResult, until: float) -> bool:
+    """Whether an evaluation reached the target value ``until`` of the task's headline metric (accuracy
+    down to it; perplexity or MSE up to it)."""
+    return r.metric <= until if r.higher_is_better else r.metric >= until
 
 
 def bit_search(model: nn.Module, data, cset: SumSet, *, selection: Selection, clean: EvalResult,
@@ -53,7 +59,7 @@ def bit_search(model: nn.Module, data, cset: SumSet, *, selection: Selection, cl
         best = (evaluate_parts(model, hdata, selection, base.parts), list(base.parts), 0, 0)
     with progress.task("bit search", budget) as advance:
         while any(spent[i] < cset.parts[i].n for i in disc):
-            if until is not None and r_now.accuracy <= until:
+            if until is not None and reached(r_now, until):
                 break
             with perturbed(selection, total(parts)):
                 _, grads = loss_and_grad(model, pdata, selection.params)
@@ -96,7 +102,7 @@ def bit_search(model: nn.Module, data, cset: SumSet, *, selection: Selection, cl
             spent[i] += el.numel()
             advance(el.numel())
             r_now = r if hdata is pdata else evaluate_parts(model, hdata, selection, parts)
-            history.append(r_now.accuracy)
+            history.append(r_now.metric)
             flips.append(sum(spent.values()))
             if stronger(r_now, best[0]):
                 best = (r_now, list(parts), len(history), flips[-1])
@@ -106,5 +112,5 @@ def bit_search(model: nn.Module, data, cset: SumSet, *, selection: Selection, cl
     n_flips = sum(int(torch.count_nonzero(parts[i])) for i in disc)  # changed weights (bits or cells)
     check_parts(cset, parts)
     return WorstCase("bit_search", r.accuracy, r.loss, r.loss - clean.loss, tuple(parts),
-                     {"flips": n_flips, "budget": budget, "best_round": best_round, "history": history,
+                     {**task_extra(r), "flips": n_flips, "budget": budget, "best_round": best_round, "history": history,
                       "flips_history": flips, "nonfinite": r.nonfinite})

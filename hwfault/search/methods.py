@@ -35,7 +35,8 @@ from ..evaluation import EvalResult, evaluate, finite_gradient, loss_and_grad
 from ..params import Selection, perturbed, select
 from ..rng import trial_seed
 from .ascent import best_iterate, iterates, set_step
-from .results import CorruptionPoint, CorruptionResult, WorstCase, check_parts, evaluate_parts, total
+from .results import (CorruptionPoint, CorruptionResult, WorstCase, check_parts, evaluate_parts, mean_extra,
+                      task_extra, total)
 
 
 def _sum(constraint: ConstraintSet) -> SumSet:
@@ -92,6 +93,7 @@ def random(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Seque
     unit = constraint.at(1.0)
     accs: list[list[float]] = [[] for _ in eps_list]
     losses: list[list[float]] = [[] for _ in eps_list]
+    extras: list[list[dict]] = [[] for _ in eps_list]
     with progress.task("random corruption", trials * len(eps_list)) as advance:
         for t in range(trials):  # one direction at a time (drawn from (seed, t)), never all of them at once
             j, sign = (t // 2, -1.0 if t % 2 else 1.0) if antithetic else (t, 1.0)
@@ -105,6 +107,7 @@ def random(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Seque
                     r = evaluate(model, data)
                 accs[i].append(r.accuracy)
                 losses[i].append(r.loss)
+                extras[i].append(task_extra(r))
                 advance(1)
     points = []
     for i, e in enumerate(eps_list):
@@ -115,6 +118,7 @@ def random(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Seque
             "accuracy_std": float(acc.std(ddof=1)) if trials > 1 else 0.0,
             "loss_change_std": float(change.std(ddof=1)) if trials > 1 else 0.0,
             "trials": trials, "antithetic": antithetic, "trial_accuracies": [float(v) for v in acc],
+            **mean_extra(extras[i]),
         }))
     return CorruptionResult("random", tuple(points))
 
@@ -145,7 +149,7 @@ def gradient(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Seq
             a = _one(parts)
             with perturbed(sel, a):
                 r = evaluate(model, data)
-            extra = {"first_order": float(torch.dot(a.double(), g.double()))}
+            extra = {**task_extra(r), "first_order": float(torch.dot(a.double(), g.double()))}
             if isinstance(c, LpBall):
                 extra["grad_norm_q"] = c.first_order(g) / e if e else 0.0
             if nonfinite:
@@ -220,7 +224,7 @@ def multistep(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Se
                 with perturbed(sel, _one(best.point)):
                     r = evaluate(model, data)
             points.append(CorruptionPoint("multistep", e, r.accuracy, r.loss, r.loss - base.loss, {
-                "steps": steps, "step_size": eta, "best_step": best.step,
+                **task_extra(r), "steps": steps, "step_size": eta, "best_step": best.step,
                 "probe_accuracy": best.value.accuracy, "probe_loss": best.value.loss,
             }))
     return CorruptionResult("multistep", tuple(points))
@@ -241,7 +245,7 @@ def one_step(model: nn.Module, data, cset: ConstraintSet, *, selection: Selectio
     r = evaluate_parts(model, data, selection, parts)
     first = float(torch.dot(total(parts).double(), g.double()))
     return WorstCase("one_step", r.accuracy, r.loss, r.loss - clean.loss, tuple(parts),
-                     {"first_order": first, "nonfinite": r.nonfinite})
+                     {**task_extra(r), "first_order": first, "nonfinite": r.nonfinite})
 
 
 def multi_step(model: nn.Module, data, cset: ConstraintSet, *, selection: Selection, clean: EvalResult,
@@ -255,4 +259,4 @@ def multi_step(model: nn.Module, data, cset: ConstraintSet, *, selection: Select
     check_parts(s, best.point)
     r = best.value if probe is None else evaluate_parts(model, data, selection, best.point)
     return WorstCase("multi_step", r.accuracy, r.loss, r.loss - clean.loss, tuple(best.point),
-                     {"steps": steps, "best_step": best.step, "nonfinite": r.nonfinite})
+                     {**task_extra(r), "steps": steps, "best_step": best.step, "nonfinite": r.nonfinite})

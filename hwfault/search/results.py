@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..evaluation import evaluate
@@ -74,6 +75,21 @@ class WorstCase:
 
     def to_dict(self) -> dict:
         return {"accuracy": self.accuracy, "loss": self.loss, "loss_change": self.loss_change, **self.extra}
+
+
+def task_extra(r) -> dict:
+    """What a point carries beyond accuracy and loss: the task's metrics (perplexity, token accuracy,
+    mse, ... and the headline ``metric``; none for classification)."""
+    return {k: v for k, v in r.row().items() if k not in ("accuracy", "loss")}
+
+
+def mean_extra(rows: list[dict]) -> dict:
+    """The per-key mean of task metrics over trials (None where a trial has none)."""
+    out = {}
+    for k in (rows[0] if rows else {}):
+        vals = [r[k] for r in rows]
+        out[k] = None if any(v is None for v in vals) else float(np.mean(vals))
+    return out
 
 
 def total(parts) -> torch.Tensor:

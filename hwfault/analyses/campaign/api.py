@@ -14,18 +14,28 @@ from torch import nn
 from ... import validate
 from ...errors import ConstraintError, HwfaultError
 from ...faults import Chip
-from ...inputs import load_model
+from ...inputs import load_model, resolve_task
+from ...tasks import TASKS
 from ...spec import load_chip
 from .plan import Plan, check_plan, make_plan
-from .run import CampaignResult, Recipe, context, measure_trials, run_campaign
+from .run import CACHE_MB, CampaignResult, Recipe, context, measure_trials, run_campaign
+
+TASK_TYPES = tuple(TASKS.values())  # built-in tasks travel by name; a user's Task object as itself
 
 
-def _recipe(model, data, chip, *, seed: int, params, by, critical: float):
+def _recipe(model, data, chip, *, seed: int, params, by, critical: float, task=None, tolerance=None, output=None,
+            weights=None, cache_mb: float = CACHE_MB):
     spec = load_chip(chip)
-    module = model if isinstance(model, nn.Module) else load_model(model, requires_grad=False)
+    t = resolve_task(task, model, tolerance)
+    module = model if isinstance(model, nn.Module) else load_model(model, requires_grad=False, output=output,
+                                                                   weights=weights)
     label = type(model).__name__ if isinstance(model, nn.Module) else str(model)
     dlabel = str(data) if isinstance(data, str) or hasattr(data, "__fspath__") else "<dataset>"
-    return spec, module, Recipe(label, dlabel, spec.to_dict(), seed, params, by, critical)
+    validate.positive("--cache-mb", cache_mb)
+    tol = getattr(t, "tolerance", None) if t.name == "regression" else None
+    return spec, module, Recipe(label, dlabel, spec.to_dict(), seed, params, by, critical,
+                                t.name if type(t) in TASK_TYPES else t, tol, output,
+                                None if weights is None else str(weights), cache_mb)
 
 
 def _objects(model, data):
@@ -37,12 +47,14 @@ def _objects(model, data):
 
 def plan_campaign(model, data, chip, *, trials: int | None = None, margin: float | None = None,
                   confidence: float = 0.95, seed: int = 0, params: str | None = None, by: str | None = None,
-                  measure: bool = True) -> tuple[Plan, dict | None]:
+                  measure: bool = True, task=None, tolerance: float | None = None, output=None, weights=None,
+                  cache_mb: float = CACHE_MB) -> tuple[Plan, dict | None]:
     """The plan of a campaign (trials per stratum) and, with ``measure``, a few real trials timed:
     ``{"seconds_per_trial", "measured_trials", "estimated_seconds"}`` (what ``--dry-run`` prints)."""
     validate.seed(seed)
     validate.probability("--confidence", confidence)
-    spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=0.01)
+    spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=0.01, task=task,
+                                   tolerance=tolerance, output=output, weights=weights, cache_mb=cache_mb)
     plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
     if not measure:
         return plan, None
@@ -53,13 +65,16 @@ def plan_campaign(model, data, chip, *, trials: int | None = None, margin: float
 def campaign(model, data, chip, *, trials: int | None = None, margin: float | None = None, confidence: float = 0.95,
              seed: int = 0, db: str | None = None, resume: bool = False, workers: int | None = None,
              scheduler: str | None = None, params: str | None = None, by: str | None = None, critical: float = 0.01,
-             chunk: int | None = None, on_rows=None) -> CampaignResult:
+             chunk: int | None = None, on_rows=None, task=None, tolerance: float | None = None, output=None,
+             weights=None, cache_mb: float = CACHE_MB) -> CampaignResult:
     """A statistically sized, resumable fault-injection campaign of ``chip`` on ``model``.
 
     Size it with ``trials`` (per stratum) or ``margin`` at ``confidence`` (Leveugle et al. 2009);
     ``by="layer"`` makes one stratum per layer. ``db`` is the SQLite journal (committed per chunk of
     trials; ``resume=True`` runs only what is missing); ``workers`` runs a local Dask cluster and
-    ``scheduler`` an existing one. Trial t is a pure function of (seed, t)."""
+    ``scheduler`` an existing one. Trial t is a pure function of (seed, t). ``task`` (default: the
+    model's), ``tolerance``, ``output`` and ``weights`` as for every analysis; ``cache_mb`` bounds the
+    fault-free activation cache (beyond it, trials recompute the whole forward pass)."""
     if workers is not None and scheduler:
         raise HwfaultError("give --workers or --scheduler, not both")
     if workers is not None:
@@ -74,7 +89,8 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
     if (workers or scheduler) and (obj_model is not None or obj_data is not None):
         raise ConstraintError("a campaign on Dask needs the model and data as names or files (every worker "
                               "rebuilds them); pass them so, or run without workers")
-    spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=critical)
+    spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=critical, task=task,
+                                   tolerance=tolerance, output=output, weights=weights, cache_mb=cache_mb)
     plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
     check_plan(plan)
     context(recipe, obj_model if obj_model is not None else module, obj_data)

@@ -226,9 +226,38 @@ def _fetch(mod: nn.Module, target: str):
     return obj
 
 
-def try_cache(model: nn.Module, x: torch.Tensor) -> ForwardCache | None:
-    """A :class:`ForwardCache`, or None if the model cannot be traced."""
+def cache_bytes(cache: ForwardCache) -> int:
+    """The bytes a cache holds (every cached tensor, including those inside tuples)."""
+    total, seen = 0, set()
+
+    def add(v):
+        nonlocal total
+        if isinstance(v, torch.Tensor):
+            key = (v.untyped_storage().data_ptr(), v.untyped_storage().nbytes())
+            if key not in seen:
+                seen.add(key)
+                total += key[1]
+        elif isinstance(v, (tuple, list)):
+            for u in v:
+                add(u)
+        elif isinstance(v, dict):
+            for u in v.values():
+                add(u)
+
+    for v in cache.env.values():
+        add(v)
+    return total
+
+
+def try_cache(model: nn.Module, x: torch.Tensor, *, budget_mb: float | None = None) -> ForwardCache | None:
+    """A :class:`ForwardCache`, or None if the model cannot be traced or its activations on all of ``x``
+    would exceed ``budget_mb`` megabytes (measured on a few inputs first; trials then recompute fully)."""
     try:
+        if budget_mb is not None:
+            m = min(len(x), 8)
+            per_input = cache_bytes(ForwardCache(model, x[:m])) / max(m, 1)
+            if per_input * len(x) > budget_mb * 2**20:
+                return None
         cache = ForwardCache(model, x)
     except Exception:  # fx raises many types for untraceable code; the full forward pass still works
         return None

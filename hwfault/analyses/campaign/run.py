@@ -9,8 +9,14 @@ layer recomputes only that layer and what follows (:mod:`hwfault.campaign.increm
 
 Metrics per trial (against the golden run of the fault-free chip, i.e. the weights stored in the
 chip's format): accuracy and loss; ``sdc``, whether any input the golden run classifies correctly
-changed its top-1 class; ``sdc_rate``, the share of those inputs that did; ``critical_sdc``, whether
-accuracy fell by more than ``critical`` (default 1 point); ``due``, whether any output was NaN/Inf.
+changed its top-1 class (for ``lm``: any correctly predicted token changed; for ``regression``: any
+output moved by more than the tolerance); ``sdc_rate``, the share of those inputs (tokens) that did;
+``critical_sdc``, whether accuracy fell by more than ``critical`` (default 1 point; perplexity or MSE:
+rose by more than that fraction); ``due``, whether any output was NaN/Inf. Rows of an ``lm`` campaign
+also carry ``perplexity`` and ``token_accuracy``, of a ``regression`` one ``mse``.
+
+The fault-free activation cache is used when it fits ``cache_mb`` (default :data:`CACHE_MB`);
+otherwise every trial runs the full forward pass.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from torch import nn
 from ... import progress
 from ...rng import trial_seed
 from ...errors import ConstraintError, HwfaultError
-from ...evaluation import Golden, as_tensors, logits as run_logits, score_against
+from ...evaluation import Golden, as_output, as_tensors, logits as run_logits, model_input, score_against
 from ...faults import Chip
 from ...params import perturbed
 from ... import stats
@@ -41,6 +47,7 @@ from .journal import Journal
 from .plan import Plan, Stratum, check_plan, sub_chip
 
 MAX_SITES = 16  # sites listed per trial row; the count is always exact
+CACHE_MB = 2048  # default memory budget of the fault-free activation cache
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,25 @@ class Recipe:
     params: str | None = None
     by: str | None = None
     critical: float = 0.01
+    task: object = "classification"   # a task name, or a (picklable) hwfault.Task
+    tolerance: float | None = None    # regression's SDC tolerance
+    output: str | int | None = None   # which output of the model is scored
+    weights: str | None = None        # the state dict of a package.module:factory model
+    cache_mb: float = CACHE_MB         # how it runs, not what it computes: not part of the identity
 
     def identity(self) -> dict:
-        return {"model": self.model, "model_sha": _file_sha(self.model), "data": self.data, "chip": self.chip,
-                "seed": self.seed, "params": self.params, "by": self.by, "critical": self.critical}
+        ident = {"model": self.model, "model_sha": _file_sha(self.weights or self.model), "data": self.data,
+                 "chip": self.chip, "seed": self.seed, "params": self.params, "by": self.by, "critical": self.critical}
+        name = self.task if isinstance(self.task, str) else getattr(self.task, "name", type(self.task).__name__)
+        extra = {"task": name if name != "classification" else None, "tolerance": self.tolerance,
+                 "output": self.output, "weights": self.weights}
+        ident.update({k: v for k, v in extra.items() if v is not None})  # old journals keep their identity
+        return ident
+
+    def get_task(self):
+        from ...tasks import get_task
+
+        return get_task(self.task, tolerance=self.tolerance)
 
     @property
     def key(self) -> str:
@@ -87,8 +109,13 @@ class Context:
 
         tune_allocator()  # trials reuse freed activation buffers instead of mapping fresh pages
         self.recipe = recipe
-        self.model = model if model is not None else load_model(recipe.model, requires_grad=False)
-        self.x, self.y = as_tensors(data if data is not None else load_data(recipe.data))
+        self.task = recipe.get_task()
+        self.model = model if model is not None else load_model(recipe.model, requires_grad=False,
+                                                                output=recipe.output, weights=recipe.weights)
+        if model is not None and recipe.output is not None:
+            self.model.hwfault_output = recipe.output
+        x, self.y = as_tensors(data if data is not None else load_data(recipe.data, task=self.task))
+        self.x = model_input(x, self.task)
         spec = ChipSpec.model_validate(recipe.chip)
         self.chip = Chip.build(spec, self.model)
         if recipe.params:
@@ -104,8 +131,8 @@ class Context:
         base = self.chip.delta(self.chip.view.w_q.double())
         self._base = base if bool(torch.any(base)) else None  # float32 chips store the weights exactly
         with single_thread(), perturbed(self.chip.selection, base):
-            self.golden = Golden.of(run_logits(self.model, (self.x, self.y)), self.y)
-            self.cache = None if self.chip.transient else try_cache(self.model, self.x)
+            self.golden = Golden.of(run_logits(self.model, (self.x, self.y), task=self.task), self.y, task=self.task)
+            self.cache = None if self.chip.transient else try_cache(self.model, self.x, budget_mb=recipe.cache_mb)
         self.golden_acc = self.golden.accuracy
 
     def chip_for(self, stratum: Stratum) -> Chip:
@@ -138,14 +165,19 @@ class Context:
                 out = transient_logits(self.model, self.x, chip, programmed, gen, relative_to=programmed)
             elif self.cache is not None:
                 touched = _touched(chip, changed)
-                out = self.cache.logits(touched, _sparse(chip, programmed, changed, touched)) if touched else self.golden.logits
+                out = self._scored(self.cache.logits(touched, _sparse(chip, programmed, changed, touched))) \
+                    if touched else self.golden.logits
             else:
-                out = run_logits(self.model, (self.x, self.y))
+                out = run_logits(self.model, (self.x, self.y), task=self.task)
         m = score_against(out, self.y, self.golden, critical=self.recipe.critical)
         return {"trial": trial, "stratum": stratum.name, "seed": seed,
                 "n_faults": int(changed.numel()), "faults": self._sites(chip, changed), "accuracy": m["accuracy"],
                 "loss": m["loss"], "sdc": m["sdc"], "sdc_rate": m["sdc_rate"], "critical_sdc": m["critical_sdc"],
-                "due": m["due"], "duration": time.perf_counter() - t0}
+                "due": m["due"], "duration": time.perf_counter() - t0,
+                **self.task.row_metrics(m["accuracy"], m["loss"])}
+
+    def _scored(self, out):
+        return as_output(out, getattr(self.model, "hwfault_output", None))
 
 
 def _sparse_delta(chip: Chip, programmed: torch.Tensor, changed: torch.Tensor) -> list:
@@ -223,13 +255,14 @@ class CampaignResult:
     seconds: float
     trials_per_second: float
     totals: dict = field(default_factory=dict, repr=False)
+    golden: dict | None = None  # the golden run's accuracy, loss and task metrics
 
     def summary(self) -> dict:
         return self.totals or summarize(self.rows, self.golden_accuracy)
 
     def to_dict(self) -> dict:
         return {"campaign": self.identity, "plan": self.plan, "golden_accuracy": self.golden_accuracy,
-                **self.summary(), "seconds": round(self.seconds, 2),
+                **({"golden": self.golden} if self.golden else {}), **self.summary(), "seconds": round(self.seconds, 2),
                 "trials_per_second": round(self.trials_per_second, 2)}
 
 
@@ -240,6 +273,7 @@ class _Agg:
         self.n, self.mean, self.m2, self.min = 0, 0.0, 0.0, math.inf
         self.hits = {"sdc": 0, "critical_sdc": 0, "due": 0}
         self.sdc_inputs, self.first = 0.0, None
+        self.loss_n, self.loss_sum = 0, 0.0
 
     def add(self, r: dict) -> None:
         self.n += 1
@@ -251,6 +285,9 @@ class _Agg:
         for k in self.hits:
             self.hits[k] += int(r[k])
         self.sdc_inputs += float(r["sdc_rate"])
+        if r.get("loss") is not None and math.isfinite(r["loss"]):
+            self.loss_n += 1
+            self.loss_sum += float(r["loss"])
         if self.first is None:
             self.first = r["trial"]
 
@@ -264,6 +301,7 @@ class _Agg:
             out[f"{k}_rate"] = hits / n if n else None
             out[f"{k}_ci95"] = list(stats.wilson(hits, n, confidence)) if n else None
         out["sdc_inputs_mean"] = self.sdc_inputs / n if n else None
+        out["loss_mean"] = self.loss_sum / self.loss_n if self.loss_n else None  # over trials with a finite loss
         return out
 
 
@@ -322,6 +360,7 @@ def run_campaign(recipe: Recipe, plan: Plan, *, db: str | None = None, resume: b
         size = chunk or max(1, min(64, math.ceil(todo / (8 * (workers or 1)))))
         chunks = _chunks(_missing(plan.planned_trials, done), size)
         journal.set_meta("golden_accuracy", ctx.golden_acc)
+        journal.set_meta("golden", ctx.golden.result.row())
         ok = True
         with progress.task("campaign", plan.planned_trials) as advance:
             advance(n_done)
@@ -336,7 +375,7 @@ def run_campaign(recipe: Recipe, plan: Plan, *, db: str | None = None, resume: b
                         on_rows(rows)
         count = journal.count()
         totals = summarize(journal.iter_rows(), ctx.golden_acc)
-        rows = tuple(journal.iter_rows()) if count <= ROWS_IN_MEMORY else ()
+        rows = tuple(with_metrics(journal.iter_rows(), ctx.task)) if count <= ROWS_IN_MEMORY else ()
     except BaseException:
         with contextlib.suppress(Exception):
             if not ok or journal.count() == 0:
@@ -346,7 +385,14 @@ def run_campaign(recipe: Recipe, plan: Plan, *, db: str | None = None, resume: b
         journal.close()
     seconds = time.perf_counter() - t0
     return CampaignResult(identity, plan.to_dict(), rows, ctx.golden_acc, seconds,
-                          todo / seconds if seconds else 0.0, totals)
+                          todo / seconds if seconds else 0.0, totals, ctx.golden.result.row())
+
+
+def with_metrics(rows: Iterable[dict], task) -> Iterator[dict]:
+    """Journal rows with the task's metrics that follow from accuracy and loss (perplexity, mse)."""
+    for r in rows:
+        extra = task.row_metrics(r["accuracy"], r["loss"])
+        yield {**r, **extra} if extra else r
 
 
 def measure_trials(recipe: Recipe, plan: Plan, *, seconds: float = 1.0, max_trials: int = 20) -> dict:
