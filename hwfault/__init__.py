@@ -1,5 +1,8 @@
 """hwfault: hardware-fault simulation toolkit for neural-network accelerators.
 
+Every analysis takes ``task=`` (``"classification"``, ``"lm"``, ``"regression"`` or your own
+:class:`Task`) and any map-style ``Dataset``, ``DataLoader`` or ``(x, y)`` pair as data.
+
 The Python API mirrors the CLI: each command is one call (:func:`sweep`, :func:`probe`,
 :func:`estimate`, :func:`bits`, :func:`campaign`, :func:`certify`, :func:`harden`, :func:`export_onnx`);
 the corruption methods, constraint sets, chip specs and parameter selection beneath them are public
@@ -37,6 +40,8 @@ from .params import Selection, describe, perturbed, select
 from .search.methods import gradient, multistep, random
 from .search.results import CorruptionPoint, CorruptionResult
 from .spec import ChipSpec, list_chips, load_chip
+from .arrays import ArrayDataset
+from .tasks import Classification, LanguageModel, Regression, Task
 from .zoo import list_models, save_checkpoint
 
 __all__ = [
@@ -46,6 +51,8 @@ __all__ = [
     "ChipSpec",
     # parameters and evaluation
     "select", "describe", "Selection", "perturbed", "evaluate", "loss_and_grad", "EvalResult",
+    # tasks: what an output means and how it is scored; data read lazily
+    "Task", "Classification", "LanguageModel", "Regression", "ArrayDataset",
     # constraint sets and corruption methods
     "ConstraintSet", "LpBall", "Box", "Ellipsoid", "random", "gradient", "multistep", "CorruptionPoint",
     "CorruptionResult",

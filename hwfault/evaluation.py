@@ -73,8 +73,8 @@ def batches(data, batch_size: int = DEFAULT_BATCH, *, task=None) -> Iterator[tup
     else:
         raise DataError(f"expected a data set name, an .npz/.npy path, a Dataset, a DataLoader or an (x, y) pair, "
                         f"got {type(data).__name__}")
-    for x, y in it:
-        yield _model_input(x, task), y
+    for xb, yb in it:  # (not x, y: the generators above read those)
+        yield _model_input(xb, task), yb
 
 
 def as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:

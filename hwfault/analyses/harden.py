@@ -43,6 +43,7 @@ from ..errors import ConstraintError, ModelError, did_you_mean
 from ..evaluation import model_input, output_of
 from ..params import Selection, perturbed, select
 from ..search.ascent import iterates
+from ..inputs import analysis
 from ..tasks import current
 from ..training import deterministic, train_epochs
 
@@ -282,6 +283,7 @@ def _copy_back(src: nn.Module, dst: nn.Module) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
+@analysis
 def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: Callable[[], nn.Module] | None = None,
            qat: bool = True, on_epoch: Callable[[int, dict], None] | None = None) -> HardenResult:
     """Harden a copy of ``model`` on the training data ``data`` (a TensorDataset or (x, y)).
