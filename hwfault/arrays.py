@@ -64,6 +64,7 @@ class NpySource:
         return self.shape[0]
 
     def read(self, a: int, b: int) -> np.ndarray:
+        a, b = max(a, 0), min(b, self.shape[0])
         if b <= a or self.row == 0:
             return np.zeros((max(b - a, 0), *self.shape[1:]), self.dtype)
         m = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset + a * self.row,
