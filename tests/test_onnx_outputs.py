@@ -141,7 +141,7 @@ def test_faults_are_injected_into_the_file_and_undone(skl, snapshot):
     assert same(m, snap)
 
 
-def test_cli_sweep_and_estimate_on_the_converted_file(skl, capsys):
+def test_cli_sweep_estimate_and_campaign_on_the_converted_file(skl, capsys):
     from hwfault.cli import main
 
     out = skl["dir"] / "sweep.json"
@@ -153,6 +153,15 @@ def test_cli_sweep_and_estimate_on_the_converted_file(skl, capsys):
                  "--trials", "3", "--no-breakdown", "--json", str(out)]) == 0
     capsys.readouterr()
     assert out.stat().st_size > 0
+    est = json.loads(out.read_text())
+    assert est["clean"]["accuracy"] == skl["accuracy"] and len(est["random"]["accuracies"]) == 3
+    out = skl["dir"] / "campaign.json"
+    assert main(["campaign", "-m", str(skl["path"]), "-d", str(skl["npz"]), "-c", "int8-sram-0.5v",
+                 "--trials", "8", "--output", "probabilities", "--json", str(out)]) == 0
+    camp = json.loads(out.read_text())
+    assert abs(camp["golden"]["accuracy"] - skl["accuracy"]) <= 0.01 and camp["overall"]["trials"] == 8  # int8-stored
+    assert camp["campaign"]["output"] == "probabilities"
+    capsys.readouterr()
     assert main(["sweep", "-m", str(skl["zipmap"]), "-d", str(skl["npz"]), "--eps", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "zipmap': False" in err and "\n" not in err
