@@ -1,14 +1,24 @@
 """Choosing the parameters to corrupt, and applying a perturbation that is always undone bit-exactly.
 
 Every parameter carries tags: its component type — ``conv``, ``linear``, ``norm``, ``embedding``,
-``attention`` or ``recurrent``, from the module that owns it (a Linear inside a MultiheadAttention is
-``attention``) — plus ``bias`` or ``weight`` from its name. Layers are the modules that own
-parameters directly, numbered in registration order from 0 (negative positions count from the end).
-A :class:`Selection` is the intersection of the filters given (globs on names, types, layer
-positions); within a filter, alternatives are OR-ed.
+``attention``, ``recurrent`` or ``elementwise``, from the module that owns it (a Linear inside a
+MultiheadAttention is ``attention``) or the graph that reads it (below) — plus ``bias`` or
+``weight`` from its name. Layers are the modules that own parameters directly, numbered in
+registration order from 0 (negative positions count from the end). A :class:`Selection` is the
+intersection of the filters given (globs on names, types, layer positions); within a filter,
+alternatives are OR-ed.
 
 Models loaded from a ``torch.export`` archive have lost their module types; their parameters are
-typed from their shapes (4-D/3-D weight: conv; 2-D: linear; 1-D weight: norm).
+typed by the operators that read them in the graph (the weight or bias of ``aten.conv*`` is conv; of
+``linear``/``addmm``/``mm``/``matmul``: linear; ``embedding``: embedding; ``layer_norm``,
+``batch_norm``, ``group_norm``: norm; ``lstm``/``gru``: recurrent; read only by elementwise ops such
+as ``x * self.gate``: ``elementwise``, which the ONNX path does not inject into either, so both count
+the same device weights; a bias added after its layer's matmul takes the layer's type, and a table
+named like an embedding (``pos``, ``token``, ``embed``) stays ``embedding``). Views and casts (``t``,
+``view``, ``permute``, ...) are looked through; a parameter read by several kinds of op takes the
+first of conv, linear, attention, recurrent, embedding, norm, elementwise (a tied embedding that is
+also the output projection is ``linear``, as in ONNX). Parameters of a module without a graph,
+or not read in it, are typed from their shapes (4-D/3-D weight: conv; 2-D: linear; 1-D weight: norm).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from torch import nn
 
 from .errors import SelectionError, did_you_mean
 
-COMPONENT_TYPES = ("conv", "linear", "norm", "embedding", "attention", "recurrent")
+COMPONENT_TYPES = ("conv", "linear", "norm", "embedding", "attention", "recurrent", "elementwise")
 TAGS = COMPONENT_TYPES + ("bias", "weight")
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -50,7 +60,7 @@ def _module_type(module: nn.Module) -> str | None:
 
 
 def _shape_type(name: str, weight: torch.Tensor | None) -> str:
-    """Component type of an untyped layer (e.g. from a torch.export archive) from its weight's shape."""
+    """Component type of an untyped layer without a graph that reads it, from its weight's shape."""
     if weight is None:
         return "linear"
     if weight.ndim >= 3:
@@ -58,6 +68,82 @@ def _shape_type(name: str, weight: torch.Tensor | None) -> str:
     if weight.ndim == 2:
         return "embedding" if any(t in name.lower() for t in ("embed", "pos", "token")) else "linear"
     return "norm"
+
+
+# ATen (and torch.nn.functional / tensor-method) operator names -> the component type of what they read
+_GRAPH_OPS = {
+    **dict.fromkeys(("convolution", "_convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                     "conv_transpose2d", "conv_transpose3d", "conv_tbc", "mkldnn_convolution"), "conv"),
+    **dict.fromkeys(("linear", "addmm", "mm", "matmul", "bmm", "baddbmm", "addmv", "mv", "einsum", "bilinear",
+                     "_addmm_activation"), "linear"),
+    **dict.fromkeys(("embedding", "embedding_bag", "_embedding_bag", "index_select", "index", "take"), "embedding"),
+    **dict.fromkeys(("layer_norm", "native_layer_norm", "batch_norm", "native_batch_norm",
+                     "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+                     "_native_batch_norm_legit_functional", "group_norm", "native_group_norm", "instance_norm",
+                     "rms_norm", "_fused_rms_norm", "local_response_norm"), "norm"),
+    **dict.fromkeys(("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell",
+                     "rnn_relu_cell", "_thnn_fused_lstm_cell", "_thnn_fused_gru_cell"), "recurrent"),
+    **dict.fromkeys(("_native_multi_head_attention", "multi_head_attention_forward", "scaled_dot_product_attention"),
+                    "attention"),
+}
+# ops that pass a tensor on (views, copies, casts): the parameter is typed by what reads their result
+_LOOK_THROUGH = {
+    "t", "permute", "transpose", "view", "_unsafe_view", "reshape", "_reshape_alias", "expand", "unsqueeze",
+    "squeeze", "clone", "contiguous", "detach", "alias", "_to_copy", "to", "type_as", "flatten", "unflatten",
+    "select", "slice", "narrow", "getitem", "split", "split_with_sizes", "chunk", "unbind", "lift_fresh_copy",
+    "view_as", "reshape_as", "expand_as", "float", "double", "half", "bfloat16", "movedim", "numpy_T",
+    "_conj", "resolve_conj", "resolve_neg",
+}
+_PRIORITY = ("conv", "linear", "attention", "recurrent", "embedding", "norm", "elementwise")
+
+
+def _op_name(node) -> str | None:
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op != "call_function":
+        return None
+    packet = getattr(node.target, "overloadpacket", None)  # an ATen OpOverload
+    return getattr(packet if packet is not None else node.target, "__name__", None)
+
+
+def _graph_types(model: nn.Module) -> dict[str, str]:
+    """Component type of each parameter of a graph module (``torch.export`` or ``torch.fx``) from the
+    operators that read it; parameters the graph does not read are left out."""
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        return {}
+    first: dict[int, str] = {}
+    canonical = {name: first.setdefault(id(p), name)  # a tied parameter is read under each of its names
+                 for name, p in model.named_parameters(remove_duplicate=False)}
+    kinds: dict[str, set[str]] = {}
+    for node in graph.nodes:
+        if node.op != "get_attr" or str(node.target) not in canonical:
+            continue
+        found, stack, seen = kinds.setdefault(canonical[str(node.target)], set()), [node], {node}
+        while stack:
+            for user in stack.pop().users:
+                name = _op_name(user)
+                if name is None or user in seen:
+                    continue
+                seen.add(user)
+                if name in _LOOK_THROUGH:
+                    stack.append(user)
+                else:
+                    found.add(_GRAPH_OPS.get(name, "elementwise"))
+    out = {}
+    for name, found in kinds.items():
+        if not found:
+            continue
+        comp = next(c for c in _PRIORITY if c in found)
+        if comp == "elementwise" and any(t in name.lower() for t in ("embed", "pos", "token")):
+            comp = "embedding"  # a learned positional/token table added to its input
+        out[name] = comp
+    for name, comp in list(out.items()):  # a bias added after its layer's matmul is that layer's
+        layer, _, leaf = name.rpartition(".")
+        weight = out.get(f"{layer}.weight" if layer else "weight")
+        if comp == "elementwise" and leaf.endswith("bias") and weight not in (None, "elementwise"):
+            out[name] = weight
+    return out
 
 
 @dataclass(frozen=True)
@@ -99,10 +185,11 @@ def describe(model: nn.Module) -> list[ParamInfo]:
     infos: list[ParamInfo] = []
     layer_pos: dict[str, int] = {}
     named = dict(model.named_parameters())
+    used = _graph_types(model)
     for name, p in named.items():
         layer, comp = owners.get(name, (name.rsplit(".", 1)[0] if "." in name else "", ""))
-        if not comp:  # no typed module: type the layer from its weight's shape
-            comp = _shape_type(name, named.get(f"{layer}.weight" if layer else "weight", p))
+        if not comp:  # no typed module: how the graph uses it, else the layer's weight's shape
+            comp = used.get(name) or _shape_type(name, named.get(f"{layer}.weight" if layer else "weight", p))
         layer_pos.setdefault(layer, len(layer_pos))
         infos.append(ParamInfo(name, layer, comp, layer_pos[layer], p.numel(), tuple(p.shape)))
     return infos

@@ -19,6 +19,12 @@ torch sees the file :func:`check_archive` reads the archive as data and refuses 
 
 The load itself then runs with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` (belt and braces), and torch's own
 log output (a 15-line traceback for a bad file) is captured into the one-line error.
+
+A program exported without dynamic shapes (``torch.export.export(model, (x,))``) has its example's
+batch size baked in and refuses any other. :func:`load_pt2` wraps such a program in a
+:class:`FixedBatchModule`, which runs any batch in chunks of that size (the last one padded with
+copies of its last row, whose outputs are dropped); programs with a dynamic batch are returned as
+they are.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ import re
 import threading
 import zipfile
 from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .errors import ModelError, first_line
 
@@ -296,9 +306,116 @@ def _weights_only():
                     os.environ[k] = v
 
 
+def static_batch(ep) -> int | None:
+    """The batch size baked into an ``ExportedProgram``: dim 0 of its first tensor user input when
+    that is a fixed integer; None for a dynamic (symbolic) batch or no tensor input."""
+    from torch.export.graph_signature import InputKind
+
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind != InputKind.USER_INPUT or getattr(spec.arg, "name", None) not in placeholders:
+            continue
+        val = placeholders[spec.arg.name].meta.get("val")
+        if isinstance(val, torch.Tensor):
+            dim = val.shape[0] if val.ndim else None
+            return dim if type(dim) is int and dim >= 1 else None
+    return None
+
+
+def _symbolic_tracing() -> bool:
+    fx = torch.fx._symbolic_trace
+    return bool((getattr(fx, "is_fx_symbolic_tracing", None) or fx.is_fx_tracing)())
+
+
+def _padded(t, batch: int):
+    """``t`` (at most ``batch`` rows) grown to ``batch`` rows with copies of its last row (zeros if empty)."""
+    if len(t) == batch:
+        return t
+    if len(t) == 0:
+        return t.new_zeros((batch, *t.shape[1:]))
+    return torch.cat([t, t[-1:].expand(batch - len(t), *t.shape[1:])])
+
+
+_SHARED = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
+
+
+class FixedBatchModule(nn.Module):
+    """A ``torch.export`` program traced at one batch size, run on any batch size.
+
+    ``forward`` cuts every tensor argument whose dim 0 is the batch into chunks of ``batch_size``
+    rows (the last chunk padded with copies of its last row), runs ``program`` on each and joins
+    the outputs' batched tensor leaves (tuples and dicts too) without the padding rows. Integer
+    inputs pass through as they are. Gradients flow through. The module *is* the program as far as
+    its state goes: the same parameter, buffer and submodule tables (so the same names, tensors and
+    state dict); ``graph`` is the program's graph.
+    """
+
+    def __init__(self, program: nn.Module, batch_size: int):
+        super().__init__()
+        self._attach(program)
+        self.batch_size = int(batch_size)
+        self.training = program.training
+
+    def _attach(self, program: nn.Module) -> None:
+        object.__setattr__(self, "program", program)  # not a child: names stay the program's own
+        for key in _SHARED:
+            self.__dict__[key] = program.__dict__[key]
+
+    @property
+    def graph(self):
+        return self.program.graph
+
+    def train(self, mode: bool = True):
+        self.program.train(mode)  # the program refuses train()/eval() where torch.export makes it do so
+        return super().train(mode)
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        program = copy.deepcopy(self.program, memo)
+        for key, value in self.__dict__.items():
+            if key not in _SHARED and key != "program":
+                new.__dict__[key] = copy.deepcopy(value, memo)
+        new._attach(program)
+        return new
+
+    def forward(self, *args, **kwargs):
+        b = self.batch_size
+        if _symbolic_tracing():  # torch.fx (certify): the batch is a Proxy, there is nothing to cut
+            raise TypeError(f"a torch.export program with a fixed batch of {b}; export it with a dynamic batch "
+                            f"to trace it")
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or first is None or first.ndim == 0 \
+                or first.shape[0] == b:  # traced for an export (the tracer's sample), or one chunk's worth
+            return self.program(*args, **kwargs)
+        n = first.shape[0]
+        leaves, spec = tree_flatten((args, kwargs))
+        batched = [isinstance(a, torch.Tensor) and a.ndim >= 1 and a.shape[0] == n for a in leaves]
+        outs, keeps = [], []
+        for start in range(0, max(n, 1), b):
+            chunk = [_padded(a[start:start + b], b) if t else a for a, t in zip(leaves, batched)]
+            a, k = tree_unflatten(chunk, spec)
+            outs.append(tree_flatten(self.program(*a, **k)))
+            keeps.append(min(b, n - start))
+        out_spec = outs[0][1]
+        joined = []
+        for parts in zip(*(o[0] for o in outs)):
+            if all(isinstance(p, torch.Tensor) and p.ndim >= 1 and p.shape[0] == b for p in parts):
+                joined.append(torch.cat([p[:keep] for p, keep in zip(parts, keeps)]))
+            else:  # not batched (e.g. a scalar): the first chunk's
+                joined.append(parts[0])
+        return tree_unflatten(joined, out_spec)
+
+    def extra_repr(self) -> str:
+        return f"batch_size={self.batch_size}"
+
+
 def load_pt2(path: str | Path):
-    """The ``nn.Module`` of a checked ``.pt2`` archive (``ExportedProgram.module()``); a one-line
-    :class:`ModelError` for a file that is unsafe or unreadable."""
+    """The ``nn.Module`` of a checked ``.pt2`` archive (``ExportedProgram.module()``; for a program
+    exported with a fixed batch size, a :class:`FixedBatchModule` around it that runs any batch size);
+    a one-line :class:`ModelError` for a file that is unsafe or unreadable."""
     import torch
 
     path = Path(path)
@@ -306,7 +423,8 @@ def load_pt2(path: str | Path):
     with _torch_log_captured() as cap, _weights_only():
         try:
             ep = torch.export.load(str(path))
-            return ep.module()
+            module = ep.module()
+            batch = static_batch(ep)
         except Exception as e:  # torch.export raises many types for a bad archive
             first = first_line(e)
             logged = [r.getMessage().splitlines()[0] for r in cap.records if r.levelno >= logging.WARNING]
@@ -314,3 +432,4 @@ def load_pt2(path: str | Path):
             if logged and not first:
                 hint += f"; torch said: {logged[-1][:120]}"
             raise ModelError(f"{path}: not a readable torch.export archive ({hint})") from None
+    return module if batch is None else FixedBatchModule(module, batch)
