@@ -2,7 +2,9 @@
 
 For each model, n = k (all parameters) and n = 100, and each eps: accuracy under the one-step
 gradient corruption (Eq. 10), the mean over --trials random corruptions (Eq. 5) of the same norm and
-sparsity, and the multi-step corruption. Writes JSON and markdown; prints the markdown to stdout.
+sparsity, and the multi-step corruption. Language models (task ``lm``, e.g. ``pycode-charlm``) get
+the paper's language-model row: log-perplexity (mean next-token cross-entropy, nats) instead of
+accuracy. Writes JSON and markdown; prints the markdown to stdout.
 
     .venv/bin/python bench/seed_table1.py [--models digits-cnn,...] [--eps 0.01,0.1,1] [--trials 10]
 """
@@ -13,6 +15,7 @@ import argparse
 import time
 
 import hwfault
+from hwfault import zoo
 from hwfault.report import write_json
 
 from _common import RESULTS, add_common_args, data_of, log, machine, md_table, setup, write_md
@@ -27,13 +30,21 @@ def cell(acc: float, clean: float) -> str:
     return "*" if abs(change) < 0.1 else f"{100 * acc:.1f} ({change:+.1f})"
 
 
-def table(sweeps: dict, models: list[str], eps: list[float], methods: tuple[str, ...]) -> str:
+def lm_cell(loss: float, clean: float) -> str:
+    """Log-perplexity (change), '*' when the change is under 0.01 nats (the paper's LM column)."""
+    change = loss - clean
+    return "*" if abs(change) < 0.01 else f"{loss:.2f} ({change:+.2f})"
+
+
+def table(sweeps: dict, models: list[str], eps: list[float], methods: tuple[str, ...], lm: bool = False) -> str:
     header = ["setting"] + [f"{m} {meth}" for m in models for meth in methods]
-    rows = [["w/o corruption"] + [f"{100 * sweeps[m, None].clean['accuracy']:.1f}" for m in models for _ in methods]]
+    key = "loss" if lm else "accuracy"
+    fmt = (lambda v: f"{v:.2f}") if lm else (lambda v: f"{100 * v:.1f}")
+    rows = [["w/o corruption"] + [fmt(sweeps[m, None].clean[key]) for m in models for _ in methods]]
     for n in NS:
         for e in eps:
             rows.append([f"n={'k' if n is None else n}, eps={e:g}"] + [
-                cell(sweeps[m, n].method(meth)[e].accuracy, sweeps[m, n].clean["accuracy"])
+                (lm_cell if lm else cell)(getattr(sweeps[m, n].method(meth)[e], key), sweeps[m, n].clean[key])
                 for m in models for meth in methods])
     return md_table(header, rows)
 
@@ -43,8 +54,15 @@ def anomalies(sweeps: dict, eps: list[float]) -> list[str]:
     out = []
     for (m, n), r in sweeps.items():
         for e in eps:
-            rnd, grd, mst = (r.method(x)[e].accuracy for x in ("random", "gradient", "multistep"))
             where = f"{m}, n={'k' if n is None else n}, eps={e:g}"
+            if r.to_dict()["task"]["name"] == "lm":  # log-perplexity: higher is more damaging
+                rnd, grd, mst = (r.method(x)[e].loss for x in ("random", "gradient", "multistep"))
+                if rnd > grd + 1e-3:
+                    out.append(f"{where}: random ({rnd:.3f} nats) more damaging than gradient ({grd:.3f})")
+                if mst < grd - 1e-9:
+                    out.append(f"{where}: multistep ({mst:.3f} nats) less damaging than gradient ({grd:.3f})")
+                continue
+            rnd, grd, mst = (r.method(x)[e].accuracy for x in ("random", "gradient", "multistep"))
             if rnd < grd - 0.005:
                 out.append(f"{where}: random ({100 * rnd:.1f}) more damaging than gradient ({100 * grd:.1f})")
             if mst > grd:
@@ -69,18 +87,26 @@ def main() -> None:
                               trials=args.trials, seed=args.seed)
             sweeps[m, n] = r
             log(f"[table1] {m:20s} n={'k=' + str(r.k) if n is None else n:<8} "
-                f"clean {100 * r.clean['accuracy']:.1f}%  {time.perf_counter() - t:5.1f}s")
+                f"clean {100 * r.clean['accuracy']:.1f}% (loss {r.clean['loss']:.3f})  {time.perf_counter() - t:5.1f}s")
 
     seconds, mach = time.perf_counter() - t0, machine()
     notes = anomalies(sweeps, args.eps)
+    lms = [m for m in args.models if zoo.model_task(m) == "lm"]
+    cls = [m for m in args.models if m not in lms]
+    lm_part = [
+        "## Language model: log-perplexity (nats per token) under corruption\n\n"
+        "The paper's language-model row (Table 1 reports log-perplexity for its LSTM language model): mean "
+        "next-token cross-entropy on the test split (change vs clean); `*` = change < 0.01 nats.",
+        table(sweeps, lms, args.eps, MAIN + EXTRA, lm=True)] if lms else []
     md = "\n\n".join([
         f"# Table 1 (shape): random vs gradient-based corruption, L2 norm\n\n"
         f"Accuracy % under corruption (change vs clean in points); `*` = change < 0.1 points. "
         f"Random = mean of {args.trials} trials (seed {args.seed}). k = all parameters of the model "
         f"({', '.join(f'{m}: {sweeps[m, None].k:,}' for m in args.models)}).",
-        table(sweeps, args.models, args.eps, MAIN),
+        table(sweeps, cls, args.eps, MAIN),
         "## Multi-step corruption (10 steps, step 1.5 eps / 10, best iterate)",
-        table(sweeps, args.models, args.eps, EXTRA),
+        table(sweeps, cls, args.eps, EXTRA),
+        *lm_part,
         "## Ordering checks\n\n" + ("\n".join(f"- {s}" for s in notes) if notes else
                                     "- gradient is at least as damaging as random, and multistep as gradient, everywhere."),
         f"Total time {seconds:.0f} s; {mach['platform']}, torch {mach['torch']}, "

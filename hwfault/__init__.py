@@ -21,28 +21,8 @@ if "torch" not in _sys.modules:
     # the machine is idle. Set before torch loads its OpenMP runtime; a user's own setting wins.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .analyses.bits import BitsResult, bits
-from .analyses.campaign.api import campaign, plan_campaign
-from .analyses.campaign.run import CampaignResult
-from .analyses.estimate import EstimateResult, estimate
-from .analyses.harden import HardenConfig, harden
-from .analyses.hardening import harden_checkpoint
-from .analyses.realise import faulty_copy, realised
-from .analyses.sweep import ProbeResult, SweepResult, probe, sweep
-from .certification import certify
-from .constraints import Box, ConstraintSet, Ellipsoid, LpBall
-from .data import list_datasets, load_data
 from .errors import (ConstraintError, DataError, ExportError, HwfaultError, LimitError, ModelError, OutputError,
                      SelectionError, SpecError)
-from .evaluation import EvalResult, evaluate, loss_and_grad
-from .inputs import load_model
-from .params import Selection, describe, perturbed, select
-from .search.methods import gradient, multistep, random
-from .search.results import CorruptionPoint, CorruptionResult
-from .spec import ChipSpec, list_chips, load_chip
-from .arrays import ArrayDataset
-from .tasks import Classification, LanguageModel, Regression, Task
-from .zoo import list_models, save_checkpoint
 
 __all__ = [
     "__version__",
@@ -69,15 +49,69 @@ __all__ = [
 ]
 
 
-_LAZY = {"export_onnx": ("export", "export_onnx"), "export_model": ("export", "export_model"),
-         "load_onnx": ("onnxmodel", "load_onnx")}
+# every public name but the errors is imported on first use: ``import hwfault`` (and so the CLI's
+# start-up, and a Ctrl-C during it) costs no torch, scipy or onnx import until a name is used
+_LAZY = {
+    "BitsResult": "analyses.bits",
+    "bits": "analyses.bits",
+    "campaign": "analyses.campaign.api",
+    "plan_campaign": "analyses.campaign.api",
+    "CampaignResult": "analyses.campaign.run",
+    "EstimateResult": "analyses.estimate",
+    "estimate": "analyses.estimate",
+    "HardenConfig": "analyses.harden",
+    "harden": "analyses.harden",
+    "harden_checkpoint": "analyses.hardening",
+    "faulty_copy": "analyses.realise",
+    "realised": "analyses.realise",
+    "ProbeResult": "analyses.sweep",
+    "SweepResult": "analyses.sweep",
+    "probe": "analyses.sweep",
+    "sweep": "analyses.sweep",
+    "certify": "certification",
+    "Box": "constraints",
+    "ConstraintSet": "constraints",
+    "Ellipsoid": "constraints",
+    "LpBall": "constraints",
+    "list_datasets": "data",
+    "load_data": "data",
+    "EvalResult": "evaluation",
+    "evaluate": "evaluation",
+    "loss_and_grad": "evaluation",
+    "load_model": "inputs",
+    "Selection": "params",
+    "describe": "params",
+    "perturbed": "params",
+    "select": "params",
+    "gradient": "search.methods",
+    "multistep": "search.methods",
+    "random": "search.methods",
+    "CorruptionPoint": "search.results",
+    "CorruptionResult": "search.results",
+    "ChipSpec": "spec",
+    "list_chips": "spec",
+    "load_chip": "spec",
+    "ArrayDataset": "arrays",
+    "Classification": "tasks",
+    "LanguageModel": "tasks",
+    "Regression": "tasks",
+    "Task": "tasks",
+    "list_models": "zoo",
+    "save_checkpoint": "zoo",
+    "export_onnx": "export", "export_model": "export", "load_onnx": "onnxmodel",
+}
 
 
 def __getattr__(name: str):
-    """Heavy entry points (onnx, onnxruntime, brevitas) are imported on first use."""
+    """The public names are imported on first use (and then cached in the module)."""
     if name in _LAZY:
         import importlib
 
-        mod, attr = _LAZY[name]
-        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'hwfault' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

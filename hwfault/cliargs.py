@@ -56,7 +56,7 @@ TOLERANCE = typer.Option(None, "--tolerance", help="regression: an output that m
 OUTPUT = typer.Option(None, "--output", help="The model output to score when it returns several: a name or an index.")
 WEIGHTS = typer.Option(None, "--weights", help="A .safetensors state dict for --model package.module:factory.")
 PARAMS = typer.Option(None, "--params", help="Comma-separated name globs of the parameters to corrupt (default: all).")
-TYPES = typer.Option(None, "--types", help="Comma-separated component types: conv, linear, norm, embedding, attention, recurrent, bias, weight.")
+TYPES = typer.Option(None, "--types", help="Comma-separated component types: conv, linear, norm, embedding, attention, recurrent, elementwise, bias, weight.")
 LAYERS = typer.Option(None, "--layers", help="Comma-separated layer positions (0 = first; -1 = last).")
 PROBE = typer.Option(None, "--probe", help="Take the gradient on this split (train or test) instead of the evaluation data.")
 

@@ -184,6 +184,8 @@ def load_data(name: str | Path, split: str = "test", *, task=None):
         x, y = _check_arrays(key, x, y, "x", "y", t)
     else:
         path = Path(key)
+        if path.is_dir() and path.suffix == ".npz":
+            raise DataError(f"{path}: is a directory; expected an .npz file (a directory of shards is not named .npz)")
         if path.is_dir() or path.suffix == ".npy":
             if not path.exists():
                 raise DataError(f"data file not found: {path}")

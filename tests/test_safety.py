@@ -19,6 +19,7 @@ import torch
 
 import hwfault as hw
 from hwfault import files
+from hwfault.zoo import get_entry
 from hwfault.errors import DataError, LimitError, ModelError, OutputError
 from hwfault.pt2 import check_archive, safe_shape_expression
 
@@ -148,7 +149,7 @@ def test_shape_expressions_are_an_allowlist(expr, safe):
 def test_every_zoo_model_exports_to_an_archive_the_check_accepts(tmp_path):
     for name in hw.list_models():
         m = hw.load_model(name)
-        x = hw.load_data(hw.zoo.get_entry(name).data).tensors[0][:4]
+        x = hw.load_data(get_entry(name).data).tensors[0][:4]
         ep = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
         torch.export.save(ep, str(tmp_path / f"{name}.pt2"))
         check_archive(tmp_path / f"{name}.pt2")

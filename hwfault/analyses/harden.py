@@ -383,6 +383,13 @@ def source_arch(model_ref: str) -> str | None:
                      f"not a '{p.suffix or 'plain'}' file")
 
 
+def _batch_of(example: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` rows of ``example`` (its last row repeated when it has fewer)."""
+    if len(example) >= n:
+        return example[:n]
+    return torch.cat([example, example[-1:].expand(n - len(example), *example.shape[1:])])
+
+
 def save_hardened(model: nn.Module, out, *, arch: str | None, card: dict, example: torch.Tensor):
     """Write the hardened model: an hwfault safetensors checkpoint (zoo architectures) or a
     torch.export ``.pt2`` archive (user models), plus a Markdown card beside it."""
@@ -401,8 +408,13 @@ def save_hardened(model: nn.Module, out, *, arch: str | None, card: dict, exampl
     else:
         if out.suffix != ".pt2":
             raise ConstraintError(f"--out {out}: expected a .pt2 path for a torch.export model")
-        batch = torch.export.Dim("batch", min=1)
-        ep = torch.export.export(model, (example[:2],), dynamic_shapes=({0: batch},))
+        from ..pt2 import FixedBatchModule
+
+        if isinstance(model, FixedBatchModule):  # a fixed-batch archive stays one, at its own batch size
+            ep = torch.export.export(model.program, (_batch_of(example, model.batch_size),))
+        else:
+            batch = torch.export.Dim("batch", min=1)
+            ep = torch.export.export(model, (example[:2],), dynamic_shapes=({0: batch},))
         atomic_write(out, lambda t: torch.export.save(ep, str(t)), what="--out")
     s = (card.get("report") or {}).get("summary")
     lines = [f"# Hardened model: {out.stem}", "",
