@@ -161,7 +161,9 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
                                                         or "indices element out of data bounds" in msg):
             raise DataError(f"token id {int(x.max())} in the data is beyond the model's vocabulary "
                             f"(its embedding raised: {msg[:120]})") from None
-        raise ModelError(f"model cannot run on data of shape {tuple(x.shape[1:])}: {msg[:200]}") from None
+        hint = ("; a model of token ids needs --task lm (for other tasks integer inputs reach the model as float32)"
+                if "'indices'" in msg and x.is_floating_point() else "")
+        raise ModelError(f"model cannot run on data of shape {tuple(x.shape[1:])}: {msg[:200]}{hint}") from None
     return as_output(out, getattr(model, "hwfault_output", None))
 
 

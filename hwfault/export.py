@@ -382,6 +382,7 @@ def _parity(proto, x, y, model, reference, bits: int | None, fname: str) -> dict
             "failures": tuple(failures)}
 
 
+@analysis
 def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str = "fp32", opset: int | None = None,
                 chip=None, metadata: dict | None = None, sample_input: torch.Tensor | None = None,
                 per_channel: bool | None = None) -> ExportReport:

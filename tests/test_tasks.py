@@ -384,3 +384,23 @@ def test_get_task_and_using():
     assert get_task(None).name == "classification"
     with pytest.raises(hw.HwfaultError, match="did you mean 'lm'"):
         get_task("lmm")
+
+
+@pytest.mark.parametrize("kind", ["fixed-batch", "two-outputs"])
+def test_fixed_batch_and_two_output_archives_through_sweep_estimate_and_campaign(tmp_path, capsys, digits, kind):
+    torch.manual_seed(0)
+    m = TwoHeads().eval()
+    x, y = (t[:120] for t in digits.tensors)
+    path = _pt2(m, x[:2], tmp_path / f"{kind}.pt2", batch="fixed" if kind == "fixed-batch" else "dynamic")
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    with torch.no_grad():
+        want = float((m(x)[0].argmax(1) == y).double().mean())
+    for cmd in (("sweep", "--eps", "0.3", "--methods", "random,gradient", "--trials", "2"),
+                ("estimate", "-c", "int8-sram-nominal", "--trials", "3", "--no-breakdown", "--steps", "2"),
+                ("campaign", "-c", "int8-sram-0.5v", "--trials", "6")):
+        js = tmp_path / f"{cmd[0]}.json"
+        code, _, err = _cli(capsys, cmd[0], "-m", path, "-d", tmp_path / "d.npz", *cmd[1:], "--json", js)
+        assert code == 0, err
+        d = json.loads(js.read_text())
+        clean = d["golden"]["accuracy"] if cmd[0] == "campaign" else d["clean"]["accuracy"]
+        assert abs(clean - want) <= (0.01 if cmd[0] == "campaign" else 1e-9)  # the campaign's golden run is int8
