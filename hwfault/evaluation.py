@@ -196,6 +196,9 @@ def as_output(out, select: str | int | None = None) -> torch.Tensor:
             raise ModelError(f"the model returns a dict with keys {keys[:8]} (no 'logits'); pick the output to "
                              f"score with --output NAME (output= in Python)")
         out = out["logits"]
+    elif select is not None and str(select) != "0":
+        raise ModelError(f"--output {select}: the model returns a single tensor {tuple(out.shape)}, not several "
+                         f"outputs to choose from")
     if isinstance(out, (tuple, list)):
         if not out:
             raise ModelError("expected the model to return an output tensor, got an empty sequence")

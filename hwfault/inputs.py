@@ -247,12 +247,18 @@ def analysis(fn):
     def run(model, *args, task=None, tolerance=None, output=None, weights=None, **kwargs):
         t = resolve_task(task, model, tolerance)
         restore = None
-        if isinstance(model, (str, Path)) and (output is not None or weights is not None):
+        if isinstance(model, (str, Path)) and (output is not None or weights is not None):  # loaded here
             model = (load_model(model, requires_grad=False, output=output, weights=weights), str(model))
         elif output is not None:
             module = model[0] if isinstance(model, tuple) else model
-            restore = (module, getattr(module, "hwfault_output", None))
-            module.hwfault_output = output
+            if hasattr(module, "output_names"):  # an ONNX file: its output is chosen when it is loaded
+                if str(output) not in (str(module.output_name), str(module.output_names.index(module.output_name))):
+                    raise ModelError(f"output={output!r}: this ONNX model scores '{module.output_name}'; load it "
+                                     f"with hw.load_model(path, output={output!r})")
+                output = None
+            if output is not None:
+                restore = (module, getattr(module, "hwfault_output", None))
+                module.hwfault_output = output
         try:
             with using(t):
                 return fn(model, *args, **kwargs)

@@ -181,6 +181,9 @@ def cli_cases() -> list[Case]:
         ("export", EXP, "--trials", ("0", "1000000000000")),
         ("export", EXP, "--opset", ("0", "-1", "abc")),
         ("zoo", ("zoo", "train", "digits-mlp", "--out", "zoo-out"), "--epochs", ("0", "-1")),
+        ("sweep", SWEEP + ("--task", "regression"), "--tolerance", ("-1", "nan", "inf", "abc")),
+        ("campaign", CAMP + ("--trials", "2"), "--cache-mb", ("0", "-1", "nan", "abc")),
+        ("bits", BITS, "--until-factor", ("0", "-1", "nan", "abc")),
     ]
     for cmd, base, flag, values in numeric:
         c += _flag_cases(cmd, base, flag, values)
@@ -188,6 +191,11 @@ def cli_cases() -> list[Case]:
     # names and choices
     choices = [
         ("sweep", SWEEP, "--methods", ("gradiant", "", "random,foo")),
+        ("sweep", SWEEP, "--task", ("translation", "", "lm", "regression")),  # lm, regression: not this model's
+        ("sweep", SWEEP, "--output", ("5", "features", "-1")),
+        ("sweep", SWEEP, "--weights", ("w.safetensors", "w.pt")),
+        ("sweep", ("sweep", "--data", "digits", "--eps", "0.1"), "--model", ("nomodule:build", "hwfault.zoo:nothing",
+                                                                           "hwfault.zoo:list_models")),
         ("sweep", SWEEP, "--types", ("convolution", "")),
         ("sweep", SWEEP, "--params", ("nothing*",)),
         ("sweep", SWEEP, "--probe", ("val", "")),
