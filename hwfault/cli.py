@@ -133,7 +133,8 @@ def zoo_list(json_out: bool = typer.Option(False, "--json", help="Print the list
         e, card = get_entry(name), model_card(name)
         rows.append({"name": name, "data": e.data, "description": e.description,
                      "parameters": card.get("parameters"), "test_accuracy": card.get("test_accuracy"),
-                     "trained": bool(card)})
+                     "trained": bool(card), "task": getattr(e, "task", "classification"),
+                     **({"test_perplexity": card["test_perplexity"]} if "test_perplexity" in card else {})})
     if json_out:
         report.write_json({"models": rows}, "-")
         return
@@ -154,7 +155,9 @@ def zoo_train(
     total = entry.epochs if epochs is None else epochs
     with progress.task(f"training {name}", total) as advance:
         card = train(name, out_dir=out, seed=seed, epochs=epochs, on_epoch=lambda e, loss: advance(1))
-    print(f"{name}: test accuracy {100 * card['test_accuracy']:.2f}%, {card['parameters']:,} parameters, "
+    score = (f"test perplexity {card['test_perplexity']:.3f} ({100 * card['test_accuracy']:.2f}% tokens)"
+             if "test_perplexity" in card else f"test accuracy {100 * card['test_accuracy']:.2f}%")
+    print(f"{name}: {score}, {card['parameters']:,} parameters, "
           f"{card['train_seconds']} s -> {(out or Path('models')) / (name + '.safetensors')}", file=sys.stderr)
 
 

@@ -185,11 +185,17 @@ def zoo_table(rows: list[dict]):
     from rich.table import Table
 
     t = Table(title="hwfault model zoo (models/)")
-    for col in ("name", "data", "params", "test acc %", "architecture"):
+    for col in ("name", "data", "task", "params", "test score", "architecture"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["name"], r["data"], f"{r['parameters']:,}" if r["parameters"] else "-",
-                  f"{100 * r['test_accuracy']:.2f}" if r["trained"] else "untrained", r["description"])
+        if not r["trained"]:
+            score = "untrained"
+        elif r.get("test_perplexity") is not None:
+            score = f"perplexity {r['test_perplexity']:.2f} ({100 * r['test_accuracy']:.1f}% tokens)"
+        else:
+            score = f"{100 * r['test_accuracy']:.2f}% accuracy"
+        t.add_row(r["name"], r["data"], r.get("task", "classification"),
+                  f"{r['parameters']:,}" if r["parameters"] else "-", score, r["description"])
     return t
 
 
