@@ -5,6 +5,8 @@ one thread, deterministic algorithms) and stored in ``models/NAME.safetensors`` 
 ``models/NAME.md``. :func:`load_model` takes a zoo name, an hwfault checkpoint (``.safetensors``
 written by hwfault, whose metadata names the architecture) or a ``torch.export`` archive (``.pt2``)
 of a model whose source hwfault does not have; it always returns an eval-mode ``nn.Module``.
+Each entry has a task: ``classification``, or ``lm`` for the character-level language model
+``pycode-charlm`` ((B, T) token ids in, (B, T, vocab) logits out; :func:`model_task`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .cards import card
@@ -135,6 +138,46 @@ class TransformerClassifier(nn.Module):
         return self.head(self.norm(h).mean(dim=1))
 
 
+class CausalBlock(nn.Module):
+    """Pre-LayerNorm Transformer block: causal multi-head self-attention (one qkv Linear, scaled dot
+    product with a causal mask, output Linear), then a GELU MLP; both residual."""
+
+    def __init__(self, dim: int, heads: int, ff: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ln2, self.fc1, self.act, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, ff), nn.GELU(), nn.Linear(ff, dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, t, d = h.shape
+        q, k, v = self.qkv(self.ln1(h)).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, heads, t, d / heads)
+        h = h + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return h + self.fc2(self.act(self.fc1(self.ln2(h))))
+
+
+class CharTransformer(nn.Module):
+    """Character-level causal language model: token and learned position embeddings, ``depth``
+    pre-LN causal blocks, final LayerNorm, Linear head; (B, T) int64 ids in, (B, T, vocab) logits out."""
+
+    def __init__(self, vocab: int | None = None, context: int | None = None, dim: int = 128, heads: int = 4,
+                 depth: int = 3, ff: int = 512):
+        super().__init__()
+        from .text import CONTEXT, VOCAB_SIZE
+
+        self.tok = nn.Embedding(vocab or VOCAB_SIZE, dim)
+        self.pos = nn.Embedding(context or CONTEXT, dim)
+        self.blocks = nn.ModuleList([CausalBlock(dim, heads, ff) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab or VOCAB_SIZE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tok(x) + self.pos(torch.arange(x.shape[1], device=x.device))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h))
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -152,6 +195,7 @@ class ZooEntry:
     weight_decay: float = 1e-4
     seed: int = 0
     kwargs: dict = field(default_factory=dict)
+    task: str = "classification"  # or "lm": (B, T) token ids in, (B, T, vocab) next-token logits out
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
@@ -172,6 +216,10 @@ register(ZooEntry("mnist1d-lstm", "mnist1d", LSTMClassifier, "LSTM (hidden 64) o
 register(ZooEntry("mnist1d-transformer", "mnist1d", TransformerClassifier,
                   "Transformer encoder: patch Linear + position Embedding, 2 pre-LN blocks (4 heads), FC",
                   epochs=60, lr=2e-3, batch_size=128))
+register(ZooEntry("pycode-charlm", "pycode", CharTransformer,
+                  "Character-level causal Transformer LM: token + position Embedding, 3 pre-LN blocks (dim 128, "
+                  "4 heads, GELU MLP 512), LayerNorm, Linear head over 98 characters; context 64",
+                  epochs=6, lr=6e-3, batch_size=64, weight_decay=0.3, task="lm"))
 
 
 def list_models() -> list[str]:
@@ -285,6 +333,20 @@ def model_data(name_or_path: str | Path) -> str | None:
     return None
 
 
+def model_task(name_or_path: str | Path) -> str:
+    """The task of a zoo model or hwfault checkpoint (``classification`` or ``lm``); ``classification``
+    when it is not known (e.g. a ``.pt2`` or ``.onnx`` file)."""
+    key = str(name_or_path)
+    if key in _REGISTRY:
+        return _REGISTRY[key].task
+    path = checkpoint_path(key)
+    if path is not None and path.suffix == ".safetensors" and path.is_file():
+        info = checkpoint_metadata(path)
+        return info["meta"].get("task") or (_REGISTRY[info["arch"]].task if info["arch"] in _REGISTRY
+                                            else "classification")
+    return "classification"
+
+
 def model_card(name: str) -> dict:
     """Metadata stored with a zoo checkpoint (accuracy, parameter count, seed, ...); ``{}`` if untrained."""
     path = models_dir() / f"{name}.safetensors"
@@ -295,9 +357,10 @@ def model_card(name: str) -> dict:
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
-        weight_decay: float, seed: int, on_epoch: Callable[[int, dict], None] | None = None) -> nn.Module:
-    """The zoo recipe: AdamW with a one-cycle cosine schedule, cross-entropy, shuffled minibatches from
-    a seeded generator; trains in place."""
+        weight_decay: float, seed: int, on_epoch: Callable[[int, dict], None] | None = None,
+        task: str = "classification") -> nn.Module:
+    """The zoo recipe: AdamW with a one-cycle cosine schedule, cross-entropy (for ``task="lm"`` the mean
+    next-token cross-entropy over all tokens), shuffled minibatches from a seeded generator; trains in place."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -306,7 +369,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
     loss_fn = nn.CrossEntropyLoss()
 
     def step(xb, yb) -> float:
-        loss = loss_fn(model(xb), yb)
+        out = model(xb)
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1)) if task == "lm" else loss_fn(out, yb)
         loss.backward()
         return loss.item()
 
@@ -340,19 +404,20 @@ def train(name: str, *, out_dir: str | Path | None = None, seed: int | None = No
         torch.manual_seed(seed)
         model = entry.build()
         fit(model, x, y, epochs=epochs, lr=entry.lr, batch_size=entry.batch_size,
-            weight_decay=entry.weight_decay, seed=seed, on_epoch=on_epoch)
+            weight_decay=entry.weight_decay, seed=seed, on_epoch=on_epoch, task=entry.task)
     seconds = time.perf_counter() - t0
     for p in model.parameters():
         p.requires_grad_(False)
-    test = evaluate(model, load_data(entry.data, "test"))
-    train_eval = evaluate(model, load_data(entry.data, "train"))
+    test, train_eval = (evaluate(model, load_data(entry.data, split), task=entry.task) for split in ("test", "train"))
     command = f"hwfault zoo train {name}" + (f" --seed {seed}" if seed != entry.seed else "") + (
         f" --epochs {epochs}" if epochs != entry.epochs else "")
     card = {
         "name": name, "arch": name, "description": entry.description, "data": entry.data,
-        "split": _split_text(entry.data),
+        "split": _split_text(entry.data), "task": entry.task,
         "test_accuracy": round(test.accuracy, 6), "test_loss": round(test.loss, 6),
         "train_accuracy": round(train_eval.accuracy, 6),
+        **({"test_perplexity": round(test.metrics["perplexity"], 6), "test_token_accuracy": round(test.accuracy, 6),
+            "train_loss": round(train_eval.loss, 6)} if entry.task == "lm" else {}),
         "parameters": sum(p.numel() for p in model.parameters()),
         "command": command, "seed": seed, "epochs": epochs, "lr": entry.lr, "batch_size": entry.batch_size,
         "weight_decay": entry.weight_decay, "optimizer": "AdamW + one-cycle cosine schedule",
@@ -365,17 +430,36 @@ def train(name: str, *, out_dir: str | Path | None = None, seed: int | None = No
 
 
 def _split_text(data: str) -> str:
+    if data == "pycode":
+        return _pycode_split()
     return {
         "digits": "sklearn load_digits, stratified 70/30 split (seed 0): 1257 train / 540 test, pixels / 16",
         "mnist1d": "mnist1d make_dataset(get_dataset_args()) with seed 42: 4000 train / 1000 test, length 40",
     }.get(data, data)
 
 
+def _pycode_split() -> str:
+    from .text import CONTEXT, CORPUS_FILES, CORPUS_PYTHON, text_arrays
+
+    n = {s: len(text_arrays(s)[0]) for s in ("train", "test")}
+    return (f"{len(CORPUS_FILES)} modules of the CPython {CORPUS_PYTHON} standard library (hwfault/corpus), "
+            f"last 10% of the text is test: {n['train']} train / {n['test']} test windows of {CONTEXT} characters")
+
+
 def _card_markdown(c: dict) -> str:
-    fields = [
-        ("data", f"`{c['data']}`: {c['split']}"),
+    scores = [
         ("test accuracy", f"{100 * c['test_accuracy']:.2f}% (loss {c['test_loss']:.4f})"),
         ("train accuracy", f"{100 * c['train_accuracy']:.2f}%"),
+    ] if c.get("task", "classification") == "classification" else [
+        ("task", "lm: next-character prediction, (B, T) int64 ids in, (B, T, vocab) logits out"),
+        ("test loss", f"{c['test_loss']:.4f} nats/char ({c['test_loss'] / math.log(2):.3f} bits/char)"),
+        ("test perplexity", f"{c['test_perplexity']:.4f}"),
+        ("test token accuracy", f"{100 * c['test_token_accuracy']:.2f}%"),
+        ("train loss", f"{c['train_loss']:.4f} nats/char (token accuracy {100 * c['train_accuracy']:.2f}%)"),
+    ]
+    fields = [
+        ("data", f"`{c['data']}`: {c['split']}"),
+        *scores,
         ("parameters", f"{c['parameters']:,}"),
         ("training", f"{c['epochs']} epochs, {c['optimizer']}, lr {c['lr']}, batch {c['batch_size']}, weight decay "
                      f"{c['weight_decay']}"),
