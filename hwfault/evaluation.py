@@ -297,7 +297,7 @@ def check_targets(sample_out: torch.Tensor, y: torch.Tensor, *, task=None) -> No
 @torch.no_grad()
 def logits(model: nn.Module, data, *, batch_size: int = DEFAULT_BATCH, task=None) -> torch.Tensor:
     """All outputs of ``model`` on ``data`` (eval mode is the caller's responsibility)."""
-    outs = [_forward(model, x) for x, _ in batches(data, batch_size, task=task)]
+    outs = [_forward(model, x) for x, _ in batches(data, batch_size, task=_tasks.for_model(task, model))]
     if not outs:
         raise DataError("the data set is empty")
     return torch.cat(outs)
@@ -317,8 +317,8 @@ def score(out: torch.Tensor, y: torch.Tensor, *, task=None) -> EvalResult:
 
 def evaluate(model: nn.Module, data, *, batch_size: int = DEFAULT_BATCH, task=None) -> EvalResult:
     """The task's scores of ``model`` on ``data``, streamed batch by batch (memory does not grow with
-    the number of inputs)."""
-    t = _tasks.get_task(task)
+    the number of inputs). ``task``: default the running analysis's, else the model's own."""
+    t = _tasks.for_model(task, model)
     total: dict = {}
     with torch.no_grad():
         for x, y in batches(data, batch_size, task=t):
@@ -336,7 +336,7 @@ def loss_and_grad(model: nn.Module, data, params: Sequence[torch.Tensor], *,
     Gradients are accumulated over batches (weighted by their units), so the result does not depend
     on ``batch_size``. ``requires_grad`` on ``params`` is switched on only for the call.
     """
-    t = _tasks.get_task(task)
+    t = _tasks.for_model(task, model)
     flags = [p.requires_grad for p in params]
     grads = [torch.zeros_like(p) for p in params]
     total: dict = {}

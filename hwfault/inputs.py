@@ -172,6 +172,13 @@ def load_model(name_or_path: str | Path, *, requires_grad: bool = True, output: 
         p.requires_grad_(requires_grad)
     if output is not None:
         model.hwfault_output = output  # read by hwfault.evaluation when it picks the scored output
+    if not is_factory(key) and Path(key).suffix not in (".pt2",):
+        from .zoo import model_task
+
+        with contextlib.suppress(HwfaultError, OSError):
+            t = model_task(key)
+            if t and t != "classification":
+                model.task = t  # evaluate() and every analysis score it as that task by default
     return model
 
 

@@ -321,7 +321,7 @@ class Regression(Task):
 
 TASKS = {"classification": Classification, "lm": LanguageModel, "regression": Regression}
 CLASSIFICATION = Classification()
-_CURRENT: contextvars.ContextVar[Task] = contextvars.ContextVar("hwfault_task", default=CLASSIFICATION)
+_CURRENT: contextvars.ContextVar[Task | None] = contextvars.ContextVar("hwfault_task", default=None)
 
 
 def get_task(task: str | Task | None = None, *, tolerance: float | None = None) -> Task:
@@ -341,7 +341,20 @@ def get_task(task: str | Task | None = None, *, tolerance: float | None = None) 
 
 def current() -> Task:
     """The task of the analysis that is running (classification outside any)."""
-    return _CURRENT.get()
+    t = _CURRENT.get()
+    return CLASSIFICATION if t is None else t
+
+
+def for_model(task, model) -> Task:
+    """The task to score ``model`` with: ``task`` if given; else the running analysis's; else the
+    model's own (a zoo language model carries ``task = "lm"``); else classification."""
+    if task is not None:
+        return get_task(task)
+    t = _CURRENT.get()
+    if t is not None:
+        return t
+    own = getattr(model, "task", None)
+    return get_task(own) if isinstance(own, (str, Task)) and (not isinstance(own, str) or own in TASKS) else CLASSIFICATION
 
 
 @contextlib.contextmanager
