@@ -404,3 +404,31 @@ def test_fixed_batch_and_two_output_archives_through_sweep_estimate_and_campaign
         d = json.loads(js.read_text())
         clean = d["golden"]["accuracy"] if cmd[0] == "campaign" else d["clean"]["accuracy"]
         assert abs(clean - want) <= (0.01 if cmd[0] == "campaign" else 1e-9)  # the campaign's golden run is int8
+
+
+@pytest.fixture(scope="module")
+def charlm():
+    model = hw.load_model("pycode-charlm", requires_grad=False)
+    x, y = hw.load_data("pycode").tensors
+    return model, TensorDataset(x[:24], y[:24])
+
+
+def test_the_zoo_language_model_knows_its_task_through_sweep_and_campaign(charlm):
+    model, data = charlm
+    assert model.task == "lm" and hw.evaluate(model, data).metric_name == "perplexity"
+    s = hw.sweep(model, data, epsilons=[1.0], trials=2, steps=3)  # task from the model
+    ppl = {r.method: r.points[0].extra["perplexity"] for r in s.results}
+    assert ppl["multistep"] >= ppl["gradient"] > 1.2 * ppl["random"]
+    c = hw.campaign(model, data, "int8-sram-0.5v", trials=4).to_dict()
+    assert c["campaign"]["task"] == "lm" and 0 < c["overall"]["sdc_inputs_mean"] < 1  # a share of tokens
+
+
+@pytest.mark.slow  # ~70 candidate evaluations of the 628k-parameter model per flip: 1-2 minutes
+def test_the_zoo_language_model_bits_and_export(charlm, tmp_path):
+    model, data = charlm
+    few = TensorDataset(*(t[:6] for t in data.tensors))
+    b = hw.bits(model, few, until_factor=2.0, max_flips=30, random_runs=1).to_dict()
+    assert b["flips"] is not None and b["flips"] <= 30
+    assert b["history"][-1] >= 2 * b["quantized"]["perplexity"]  # reached twice the perplexity
+    rep = hw.export_onnx(model, tmp_path / "lm.onnx", data=few)
+    assert rep.passed and rep.agreement == 1.0 and rep.max_abs_delta < 1e-4  # per-token parity on (B, T, V)

@@ -21,13 +21,44 @@ def sweep_table(result):
     d = result.to_dict()
     t = Table(title=f"{d['model']} on {d['data']}: L{d['norm']} corruption, n = {d['n']} of k = {d['k']:,} "
                     f"(clean {_pct(d['clean']['accuracy'])}%; gradient from {d['probe']})")
-    for col in ("method", "eps", "accuracy %", "min-max %", "loss change", "first order"):
+    metric = _task_metric(d)
+    cols = ("method", "eps", *((metric,) if metric else ()), "accuracy %", "min-max %", "loss change", "first order")
+    for col in cols:
         t.add_column(col, justify="left" if col == "method" else "right")
     for r in d["results"]:
         rng = (f"{_pct(r['accuracy_min'])}-{_pct(r['accuracy_max'])}" if "accuracy_min" in r else "")
-        t.add_row(r["method"], f"{r['eps']:g}", _pct(r["accuracy"]), rng, _num(r["loss_change"]),
-                  _num(r["first_order"]) if "first_order" in r else "")
+        t.add_row(r["method"], f"{r['eps']:g}", *((_metric_cell(r.get(metric)),) if metric else ()), _pct(r["accuracy"]), rng,
+                  _num(r["loss_change"]), _num(r["first_order"]) if "first_order" in r else "")
     return t
+
+
+def _metric_cell(v) -> str:
+    return "-" if v is None else _num(v)
+
+
+def _task_metric(d: dict) -> str | None:
+    """The headline metric of a result's task when it is not accuracy (perplexity, mse, ...)."""
+    task = d.get("task") or {}
+    m = task.get("metric")
+    return m if m and m != "accuracy" else None
+
+
+def _bracket_metric(d: dict, metric: str) -> list:
+    """The task's metric beside each row of :func:`bracket_rows` (the worst Monte-Carlo trials are the
+    highest for a lower-is-better metric)."""
+    r, w = d["random"], d["worst_case"]
+    worst_q = "p01" if (d.get("task") or {}).get("higher_is_better", True) else "p99"
+    vals = [d["clean"].get(metric), d["quantized"].get(metric), r.get(f"{metric}_mean"), r.get(f"{metric}_{worst_q}"),
+            r.get(f"{metric}_worst")]
+    if "skipped" in w:
+        vals.append(None)
+    else:
+        vals += [w["one_step"].get(metric), w["multi_step"].get(metric)]
+    if "bit_search" in w:
+        vals.append(w["bit_search"].get(metric))
+    if "certified" in d:
+        vals.append(None)
+    return vals
 
 
 def probe_table(result):
@@ -52,11 +83,15 @@ def estimate_table(result):
     d = result.to_dict()
     t = Table(title=f"{d['model']} on {d['data']}, chip {d['chip']['name']} "
                     f"({d['chip']['format']}, {d['chip']['k']:,} weights on the device; coverage {d['chip']['coverage']})")
+    metric = _task_metric(d)
     t.add_column("")
+    if metric:
+        t.add_column(metric, justify="right")
     t.add_column("accuracy %", justify="right")
     t.add_column("note")
-    for name, acc, note in bracket_rows(d):
-        t.add_row(name, _pct(acc), note)
+    extra = _bracket_metric(d, metric) if metric else None
+    for i, (name, acc, note) in enumerate(bracket_rows(d)):
+        t.add_row(name, *((_metric_cell(extra[i]),) if metric else ()), _pct(acc), note)
     for f in d["faults"]:
         wc = f["worst_case"]
         worst = None if "skipped" in wc else min(wc.items(), key=lambda kv: kv[1]["accuracy"])
