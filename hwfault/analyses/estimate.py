@@ -91,7 +91,7 @@ class MonteCarlo(_Mapping):
         m, name = np.asarray(self.metrics, dtype=float), self.metric_name
         lo, hi = stats.t_interval(m, 0.95) if np.all(np.isfinite(m)) else (math.nan, math.nan)
         q = 1 if self.higher_is_better else 99
-        return {"metric": name, f"{name}_mean": float(m.mean()), f"{name}_ci95": [float(lo), float(hi)],
+        return {"metric_name": name, f"{name}_mean": float(m.mean()), f"{name}_ci95": [float(lo), float(hi)],
                 f"{name}_p{q:02d}": float(np.percentile(m, q, method="lower" if q == 1 else "higher")),
                 f"{name}_worst": float(m.min() if self.higher_is_better else m.max()),
                 f"{name}_best": float(m.max() if self.higher_is_better else m.min()),
@@ -104,8 +104,8 @@ class MonteCarlo(_Mapping):
     def brief(self) -> dict:
         d = self.to_dict()
         keys = ["trials", "accuracy_mean", "accuracy_ci95", "accuracy_p01", "accuracy_min"]
-        if "metric" in d:
-            n = d["metric"]
+        if "metric_name" in d:
+            n = d["metric_name"]
             keys += [f"{n}_mean", f"{n}_ci95", f"{n}_worst"]
         return {k: d[k] for k in keys}
 
