@@ -244,8 +244,10 @@ def harden(
                                 train_on_eval=train_on_eval, command=command, on_epoch=lambda e, row: advance(1),
                                 **_task_kw(task, tolerance),
                                 on_note=lambda msg: print(f"note: {msg}", file=sys.stderr))
-    print(f"wrote {run.out} (test accuracy {100 * run.hardened.accuracy:.1f}%, base {100 * run.base.accuracy:.1f}%)",
-          file=sys.stderr)
+    h, b = run.hardened, run.base
+    score = (f"test accuracy {100 * h.accuracy:.1f}%, base {100 * b.accuracy:.1f}%" if h.metric_name == "accuracy" else
+             f"test {h.metric_name} {h.metric:.4g}, base {b.metric:.4g}")
+    print(f"wrote {run.out} ({score})", file=sys.stderr)
     if run.report is None:
         print("no --chip: skipped the hardening report (pass --chip to compare base and hardened on a chip)", file=sys.stderr)
         return

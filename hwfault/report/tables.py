@@ -251,6 +251,15 @@ def bits_text(d: dict) -> str:
     until = d["until"]
     flips = d["flips"] if d["flips"] is not None else f"> {d['max_flips']} (not reached)"
     rnd = f"{d['random_flips']:g}" if d["random_flips"] is not None else "not reached in most runs"
+    metric = _task_metric(d)
+    if metric:  # perplexity, mse: the target is a rise
+        factor = f" ({d['until_factor']:g}x the quantised model)" if d.get("until_factor") else ""
+        return (f"{d['model']} stored as {d['format']}: clean {metric} {_num(d['clean'].get(metric))}, "
+                f"quantised {_num(d['quantized'].get(metric))}\n"
+                f"  worst-case flips to {metric} >= {_num(until)}{factor}: {flips}  ({metric} after each: "
+                f"{', '.join(_num(a) for a in d['history'])})\n"
+                f"  random flips to {metric} >= {_num(until)} (median of {len(d['random_runs'])}): {rnd}  "
+                f"runs {d['random_runs']}")
     return (f"{d['model']} stored as {d['format']}: clean {100 * d['clean']['accuracy']:.1f}%, "
             f"quantised {100 * d['quantized']['accuracy']:.1f}%\n"
             f"  worst-case flips to <= {100 * until:.1f}%: {flips}  (accuracy after each: "

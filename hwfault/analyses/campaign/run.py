@@ -112,8 +112,8 @@ class Context:
         self.task = recipe.get_task()
         self.model = model if model is not None else load_model(recipe.model, requires_grad=False,
                                                                 output=recipe.output, weights=recipe.weights)
-        if model is not None and recipe.output is not None:
-            self.model.hwfault_output = recipe.output
+        if model is not None and recipe.output is not None and not hasattr(self.model, "output_names"):
+            self.model.hwfault_output = recipe.output  # (an ONNX module chose its output when it was loaded)
         x, self.y = as_tensors(data if data is not None else load_data(recipe.data, task=self.task))
         self.x = model_input(x, self.task)
         spec = ChipSpec.model_validate(recipe.chip)
