@@ -33,13 +33,27 @@ def npy_header(fh) -> tuple[tuple[int, ...], np.dtype, bool]:
     return tuple(int(d) for d in shape), dtype, bool(fortran)
 
 
-def _check(where: str, key: str, shape, dtype: np.dtype, available: int) -> None:
+def check_header(where: str, key: str, shape, dtype: np.dtype, available: int) -> None:
+    """Refuse an object array (a pickle) and a header that claims more bytes than the file holds."""
     if dtype.hasobject:
         raise DataError(f"{where}: '{key}' is an object array (a pickle), which hwfault refuses to load")
     need = math.prod(shape) * dtype.itemsize
     if need > available:
         raise DataError(f"{where}: '{key}' claims shape {tuple(shape)} of {dtype} ({need:,} bytes) but the file "
                         f"holds {max(available, 0):,} bytes for it (truncated or corrupt)")
+
+
+def npz_keys(where, names: set[str], split: str) -> tuple[str, str]:
+    """The (x, y) array names of an .npz for ``split``: ``x_<split>``/``y_<split>`` if present, else ``x``/``y``."""
+    kx, ky = (f"x_{split}", f"y_{split}") if f"x_{split}" in names else ("x", "y")
+    missing = [k for k in (kx, ky) if k not in names]
+    if missing:
+        raise DataError(f"{where}: expected arrays 'x' and 'y', missing {missing} (found {sorted(names) or 'none'})")
+    return kx, ky
+
+
+def _check(where: str, key: str, shape, dtype: np.dtype, available: int) -> None:
+    check_header(where, key, shape, dtype, available)
     if dtype.kind not in "fiub" or not shape:
         raise DataError(f"{where}: '{key}' must be a numeric array with samples on its first axis, got {dtype} {tuple(shape)}")
 
@@ -205,10 +219,7 @@ def _pairs_in(folder: Path, split: str) -> list[tuple]:
                 names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
         except (OSError, zipfile.BadZipFile) as e:
             raise DataError(f"{sp}: not a readable .npz file ({type(e).__name__})") from None
-        kx, ky = (f"x_{split}", f"y_{split}") if f"x_{split}" in names else ("x", "y")
-        missing = [k for k in (kx, ky) if k not in names]
-        if missing:
-            raise DataError(f"{sp}: expected arrays 'x' and 'y', missing {missing} (found {sorted(names) or 'none'})")
+        kx, ky = npz_keys(sp, names, split)
         parts.append((NpzSource(sp, kx), NpzSource(sp, ky)))
     if not parts:
         raise DataError(f"{folder}: no data: expected x.npy/y.npy (or x_{split}.npy/y_{split}.npy) or .npz shards")

@@ -23,7 +23,6 @@ for ``regression``. What the targets must be is the task's (:mod:`hwfault.tasks`
 from __future__ import annotations
 
 import functools
-import math
 import zipfile
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .arrays import has_split_dir, npy_header, open_arrays
+from .arrays import check_header, has_split_dir, npy_header, npz_keys, open_arrays
 from .errors import DataError, did_you_mean
 
 SPLITS = ("train", "test")
@@ -99,18 +98,9 @@ def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, str, str]
     try:
         with zipfile.ZipFile(path) as zf:
             names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
-            kx, ky = (f"x_{split}", f"y_{split}") if f"x_{split}" in names else ("x", "y")
-            missing = [k for k in (kx, ky) if k not in names]
-            if missing:
-                raise DataError(f"{path}: expected arrays 'x' and 'y', missing {missing} (found {sorted(names) or 'none'})")
+            kx, ky = npz_keys(path, names, split)
             for key in (kx, ky):
-                shape, dtype, available = _npy_header(zf, key + ".npy")
-                if dtype.hasobject:
-                    raise DataError(f"{path}: '{key}' is an object array (a pickle), which hwfault refuses to load")
-                need = math.prod(shape) * dtype.itemsize
-                if need > available:
-                    raise DataError(f"{path}: '{key}' claims shape {shape} of {dtype} ({need:,} bytes) but the file "
-                                    f"holds {max(available, 0):,} bytes for it (truncated or corrupt)")
+                check_header(str(path), key, *_npy_header(zf, key + ".npy"))
         with np.load(path, allow_pickle=False) as f:
             x, y = f[kx], f[ky]
     except DataError:
