@@ -20,7 +20,10 @@ demo: $(STAMP)
 	$(BIN)/hwfault zoo list
 	$(BIN)/hwfault sweep --model digits-cnn --data digits --norm 2 --eps 0.01,0.1,0.3,1,3 \
 		--methods random,gradient,multistep --trials 10 --json out/sweep.json --plot out/sweep.png
-	@echo "demo: wrote out/sweep.json and out/sweep.png"
+	$(BIN)/hwfault estimate --model digits-cnn --chip int8-sram-0.5v --trials 50 \
+		--json out/estimate.json --report out/estimate.html
+	@echo "demo: wrote out/sweep.json, out/sweep.png (random vs worst-case corruption over eps)"
+	@echo "      and out/estimate.json, out/estimate.html (digits-cnn on the int8-sram-0.5v chip: Monte-Carlo vs worst case)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q

@@ -123,3 +123,13 @@ def test_models_without_gradients_get_monte_carlo_only(tmp_path):
     write_report(r, tmp_path / "r.html")
     write_report(r, tmp_path / "r.md")
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_estimate_records_the_seconds_of_each_part():
+    import hwfault as hw
+
+    d = hw.estimate("digits-mlp", "digits", "int8-sram-0.5v", trials=4, severities=(1.0,)).to_dict()
+    parts = d["seconds_by_part"]
+    assert list(parts) == ["clean", "monte_carlo", "worst_case", "per_fault", "severity", "certified"]
+    assert all(v >= 0 for v in parts.values()) and sum(parts.values()) <= d["seconds"] + 0.01
+    assert 0 < d["clean_evaluation_seconds"] <= parts["clean"]

@@ -219,19 +219,25 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
     pdata, plabel = resolve_probe(data, dset, probe)
     pdata = None if probe is None else pdata
     dev = Chip.build(spec, module)
+    parts: dict[str, float] = {}
+    tick = time.perf_counter()
     clean = logits(module, dset)
+    clean_seconds = time.perf_counter() - tick
     _, y = as_tensors(dset)
     base = score(clean, y)
     with perturbed(dev.selection, dev.delta(dev.view.w_q.double())):
         quant = score(logits(module, dset), y)
+    tick = _lap(parts, "clean", tick)
 
     random = monte_carlo(dev, module, dset, trials=trials, seed=seed)
+    tick = _lap(parts, "monte_carlo", tick)
     grads = differentiable(module)  # an ONNX model runs in onnxruntime: no gradients
 
     def wc_of(chip_) -> WorstCases:
         return worst_cases(chip_, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata)
 
     worst = wc_of(dev)
+    tick = _lap(parts, "worst_case", tick)
 
     faults = []
     if per_fault and len(dev.faults) > 1:
@@ -242,6 +248,7 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
             faults.append({"fault": f.describe(), "random": mc.brief(), "worst_case": wc_of(alone).brief()})
     elif per_fault and dev.faults:
         faults.append({"fault": dev.faults[0].describe(), "random": random.brief(), "worst_case": worst.brief()})
+    tick = _lap(parts, "per_fault", tick)
 
     sev = {"factors": [], "random_mean": [], "one_step": [], "multi_step": [], "nominal": {}}
     if severities and dev.faults:
@@ -269,13 +276,24 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
                 sev.setdefault(f"one_step_{mc.metric_name}", []).append(os_.extra.get(mc.metric_name))
                 sev.setdefault(f"multi_step_{mc.metric_name}", []).append(ms.extra.get(mc.metric_name))
 
+    tick = _lap(parts, "severity", tick)
     cert = certified_floor(module, dset, dev, cov, method=certified) if certified else {
         "accuracy": None, "method": None, "reason": "not requested"}
+    _lap(parts, "certified", tick)
 
     return EstimateResult(
         mlabel, dlabel, {"name": spec.name, "coverage": cov, **dev.describe()},
         base.row(), quant.row(), random, worst, tuple(faults), sev, time.perf_counter() - t0,
-        {"task": current().describe(), "seed": seed, "steps": steps, "probe": plabel, "certified": cert})
+        {"task": current().describe(), "seed": seed, "steps": steps, "probe": plabel, "certified": cert,
+         "seconds_by_part": {k: round(v, 3) for k, v in parts.items()},
+         "clean_evaluation_seconds": round(clean_seconds, 4)})
+
+
+def _lap(parts: dict, name: str, since: float) -> float:
+    """Add the seconds since ``since`` to ``parts[name]``; return now."""
+    now = time.perf_counter()
+    parts[name] = parts.get(name, 0.0) + now - since
+    return now
 
 
 def certified_floor(model, data, chip: Chip, coverage: float, method: str = "ibp") -> dict:
