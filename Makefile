@@ -36,11 +36,13 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m pip install -q --no-deps auto_LiRPA==0.3 appdirs tqdm
-	$(BIN)/python bench/seed_table1.py
+	$(BIN)/python bench/seed_table1.py --models digits-cnn,digits-mlp,mnist1d-lstm,mnist1d-resnet,mnist1d-transformer
+	$(BIN)/python bench/seed_table1.py --models pycode-charlm --eps 0.1,0.3,1,3 --trials 5 --out bench/results/table1_lm.json
 	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/estimate_presets.py
 	$(BIN)/python bench/campaign_vs_pytorchfi.py
 	$(BIN)/python bench/seed_table2.py
+	$(BIN)/python bench/memory_eval.py
 	$(BIN)/python bench/certify.py
 
 # retrains the shipped hardened checkpoints (models/*-hard-*.safetensors) and checks the targets (~20 min)
