@@ -98,14 +98,16 @@ def main() -> None:
         "The paper's language-model row (Table 1 reports log-perplexity for its LSTM language model): mean "
         "next-token cross-entropy on the test split (change vs clean); `*` = change < 0.01 nats.",
         table(sweeps, lms, args.eps, MAIN + EXTRA, lm=True)] if lms else []
-    md = "\n\n".join([
-        f"# Table 1 (shape): random vs gradient-based corruption, L2 norm\n\n"
-        f"Accuracy % under corruption (change vs clean in points); `*` = change < 0.1 points. "
-        f"Random = mean of {args.trials} trials (seed {args.seed}). k = all parameters of the model "
-        f"({', '.join(f'{m}: {sweeps[m, None].k:,}' for m in args.models)}).",
+    cls_part = [
         table(sweeps, cls, args.eps, MAIN),
         "## Multi-step corruption (10 steps, step 1.5 eps / 10, best iterate)",
-        table(sweeps, cls, args.eps, EXTRA),
+        table(sweeps, cls, args.eps, EXTRA)] if cls else []
+    md = "\n\n".join([
+        f"# Table 1 (shape): random vs gradient-based corruption, L2 norm\n\n"
+        + ("Accuracy % under corruption (change vs clean in points); `*` = change < 0.1 points. " if cls else "")
+        + f"Random = mean of {args.trials} trials (seed {args.seed}). k = all parameters of the model "
+        f"({', '.join(f'{m}: {sweeps[m, None].k:,}' for m in args.models)}).",
+        *cls_part,
         *lm_part,
         "## Ordering checks\n\n" + ("\n".join(f"- {s}" for s in notes) if notes else
                                     "- gradient is at least as damaging as random, and multistep as gradient, everywhere."),
