@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import hwfault
-from hwfault import report
+from hwfault import report, zoo
 from hwfault.analyses.estimate import estimate
 from hwfault.spec import list_chips
 
@@ -36,7 +36,7 @@ def main() -> None:
     rows = []
     for chip in args.chips.split(","):
         print(f"{chip} ...", file=sys.stderr, flush=True)
-        r = estimate(args.model, hwfault.zoo.get_entry(args.model).data, chip, trials=args.trials, seed=args.seed)
+        r = estimate(args.model, zoo.get_entry(args.model).data, chip, trials=args.trials, seed=args.seed)
         report.write_report(r, OUT / f"estimate_{args.model}_{chip}.md")
         d = r.to_dict()
         w, mc = d["worst_case"], d["random"]

@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 import hwfault as hw
+from hwfault import zoo
 from hwfault import certification as cert
 from hwfault.certification.attack import _falsify
 from hwfault.certification.bab import _bab
@@ -35,13 +36,7 @@ def _below(lb: torch.Tensor, real: torch.Tensor) -> bool:
     return bool((real[mask] - lb[mask] >= -TOL).all())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tiny problems only lose from OpenMP on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- tiny models
@@ -467,7 +462,7 @@ class _Sine(nn.Module):
 
 
 @pytest.mark.parametrize("model, shape, name", [
-    (hw.zoo.LSTMClassifier(), (1, 40), "LSTM"),
+    (zoo.LSTMClassifier(), (1, 40), "LSTM"),
     (_Sine(), (4,), "sin"),
     (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 3)), (4,), "LayerNorm"),
     (nn.Sequential(nn.Linear(4, 4), nn.Hardswish(), nn.Linear(4, 3)), (4,), "Hardswish"),

@@ -10,6 +10,7 @@ import torch
 from onnx import numpy_helper
 
 import hwfault as hw
+from hwfault import zoo
 from hwfault.errors import ExportError, ModelError
 from hwfault.evaluation import logits
 from hwfault.export import FP32_MAX_DELTA, INT_MAX_ACCURACY_DIFF, INT_MIN_AGREEMENT, export_onnx, read_metadata
@@ -65,7 +66,7 @@ def test_quantised_state_dicts_load_into_the_float_model(models, datasets, name)
     assert type(latent) is type(model)
     for (n, a), b in zip(latent.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), n
-    fresh = hw.zoo.get_entry(name).build
+    fresh = zoo.get_entry(name).build
     f = to_float(q, fresh)  # the factory path: strict load of the dequantised state dict
     f.eval()
     with torch.no_grad():

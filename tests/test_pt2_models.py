@@ -17,14 +17,7 @@ from hwfault.pt2 import FixedBatchModule
 from hwfault.spec import load_chip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A fixed-batch program of 2 runs 270 tiny chunks for 540 inputs; on a busy 2-core machine two
-    OpenMP threads handing off each small op made that 10x slower in one-off runs."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ConvNet(nn.Module):
