@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/campaign_vs_pytorchfi.py
 	$(BIN)/python bench/seed_table2.py
 	$(BIN)/python bench/memory_eval.py
+	$(BIN)/python bench/lm_zoo.py
 	$(BIN)/python bench/certify.py
 
 # retrains the shipped hardened checkpoints (models/*-hard-*.safetensors) and checks the targets (~20 min)
