@@ -13,7 +13,9 @@ Weights are untrained but deterministic: each builder seeds its own generator (`
 same seed gives the same tensors on every call and in every process. Batch-norm layers are returned
 in eval mode with running statistics calibrated on a few batches of seeded N(0, 1) inputs (the
 statistics a trained network's eval mode would use, up to the data), so activations keep a sane
-scale through the depth; the last batch norm of each residual branch starts at gamma 0.5.
+scale through the depth; the last batch norm of each residual branch starts at gamma 0.5. The
+classifiers' head bias is centred on seeded inputs (mean logit 0 per class), so their predictions
+on N(0, 1) inputs spread over the classes (the bench labels inputs with the model's own predictions).
 
 All four are ``torch.fx.symbolic_trace``-able and ``torch.export``-able: no data-dependent control
 flow, sizes read with ``Tensor.size(i)``, the causal mask a registered (non-persistent) buffer.
@@ -246,6 +248,14 @@ def _calibrate_bn(model: nn.Module, seed: int, shape: tuple[int, ...], batches: 
     model.eval()
 
 
+@torch.no_grad()
+def _centre_head(model: nn.Module, head: nn.Linear, seed: int, shape: tuple[int, ...], n: int = 128) -> None:
+    """Subtract the mean logit over ``n`` seeded N(0, 1) inputs from the head's bias, so an untrained
+    classifier's predictions spread over the classes instead of collapsing on one or two."""
+    g = torch.Generator().manual_seed(seed + 2)
+    head.bias.sub_(model(torch.randn((n, *shape), generator=g)).mean(0))
+
+
 # ----------------------------------------------------------------------------- builders
 
 
@@ -255,6 +265,7 @@ def resnet18(num_classes: int = 10, seed: int = 0, calibrate: bool = True) -> Re
     _init_(model, seed)
     if calibrate:
         _calibrate_bn(model, seed, (3, 32, 32))
+        _centre_head(model, model.fc, seed, (3, 32, 32))
     return model.eval()
 
 
@@ -264,6 +275,7 @@ def resnet50(num_classes: int = 10, seed: int = 0, calibrate: bool = True) -> Re
     _init_(model, seed)
     if calibrate:
         _calibrate_bn(model, seed, (3, 32, 32))
+        _centre_head(model, model.fc, seed, (3, 32, 32))
     return model.eval()
 
 
@@ -271,7 +283,9 @@ def vit(num_classes: int = 10, seed: int = 0, depth: int = 6, dim: int = 384, he
     """ViT on 3x32x32 (patch 4, dim 384, depth 6, 6 heads), eval mode; 10.7M parameters."""
     model = ViT(num_classes=num_classes, dim=dim, depth=depth, heads=heads, ff=4 * dim)
     _init_(model, seed)
-    return model.eval()
+    model.eval()
+    _centre_head(model, model.head, seed, (3, 32, 32))
+    return model
 
 
 def gpt(vocab: int = CHAR_VOCAB, context: int = 128, seed: int = 0, depth: int = 8, dim: int = 384,
