@@ -39,8 +39,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Hardware-fault simulation for neural-network accelerators."""
 
 
-from .cliargs import (CHIP, DATA, LAYERS, MODEL, OUTPUT, PARAMS, PROBE, TASK, TOLERANCE, TYPES, WEIGHTS,  # noqa: F401
-                      _certifiable, _data_for, _outputs, _outs, _task_kw, parse_eps, parse_n)
+from .cliargs import (CHIP, DATA, DEVICE, LAYERS, MODEL, OUTPUT, PARAMS, PROBE, TASK, TOLERANCE, TYPES,  # noqa: F401
+                      WEIGHTS, _certifiable, _cpu_only, _data_for, _outputs, _outs, _task_kw, parse_eps, parse_n)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -71,6 +71,7 @@ def sweep(
     tolerance: Optional[float] = TOLERANCE,
     output: Optional[str] = OUTPUT,
     weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
 ):
     """Accuracy under random vs gradient-based vs multi-step parameter corruption, over eps."""
     from .analyses.sweep import sweep as run
@@ -84,7 +85,7 @@ def sweep(
     result = run(model, _data_for(model, data), epsilons=parse_eps(eps), norm=norm, n=parse_n(n), params=params,
                  types=types, layers=layers, methods=methods, trials=trials, seed=seed, probe=probe, steps=steps,
                  step_size=step_size, antithetic=antithetic, float64=float64,
-                 **_task_kw(task, tolerance, output, weights))
+                 **_task_kw(task, tolerance, output, weights, device))
     _outputs(result, report.sweep_table(result), json_path, plot, report.plot_sweep)
     if slopes:
         found = result.slopes()
@@ -111,6 +112,7 @@ def probe_cmd(
     tolerance: Optional[float] = TOLERANCE,
     output: Optional[str] = OUTPUT,
     weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
 ):
     """Vulnerability probe: gradient-based corruption restricted to each component type or layer."""
     from .analyses.sweep import probe as run
@@ -119,7 +121,7 @@ def probe_cmd(
         raise HwfaultError(f"expected --by component or layer, got '{by}'")
     _outs(json_path, plot)
     result = run(model, _data_for(model, data), epsilons=parse_eps(eps), by=by, norm=norm, n=parse_n(n),
-                 params=params, types=types, layers=layers, probe=probe, **_task_kw(task, tolerance, output, weights))
+                 params=params, types=types, layers=layers, probe=probe, **_task_kw(task, tolerance, output, weights, device))
     _outputs(result, report.probe_table(result), json_path, plot, report.plot_probe)
 
 
@@ -181,6 +183,7 @@ def estimate(
     tolerance: Optional[float] = TOLERANCE,
     output: Optional[str] = OUTPUT,
     weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
 ):
     """How a model fares on a chip: Monte-Carlo over its faults vs the worst case inside their covering set."""
     from .certification import METHODS
@@ -197,7 +200,7 @@ def estimate(
     result = run(model, _data_for(model, data), chip, coverage=coverage, trials=trials, seed=seed, steps=steps,
                  probe=probe, per_fault=not no_breakdown, severities=() if no_breakdown else (0.25, 0.5, 1.0, 2.0, 4.0),
                  certified=None if certify_method == "none" else certify_method,
-                 **_task_kw(task, tolerance, output, weights))
+                 **_task_kw(task, tolerance, output, weights, device))
     _outputs(result, report.estimate_table(result), json_path, report_path, report.write_report)
 
 
@@ -226,6 +229,7 @@ def harden(
     train_on_eval: bool = typer.Option(False, "--train-on-eval", help="Train on the evaluation data when the data have no train split (the report says so)."),
     task: Optional[str] = TASK,
     tolerance: Optional[float] = TOLERANCE,
+    device: Optional[str] = DEVICE,
 ):
     """Train a corruption-resistant model, then compare it with the base model on the chip."""
     import shlex
@@ -242,7 +246,7 @@ def harden(
     with progress.task(f"harden ({cfg.method})", cfg.epochs) as advance:
         run = harden_checkpoint(model, _data_for(model, data), cfg, out=out, chip=chip, qat=not no_qat, trials=trials,
                                 train_on_eval=train_on_eval, command=command, on_epoch=lambda e, row: advance(1),
-                                **_task_kw(task, tolerance),
+                                **_task_kw(task, tolerance, device=device),
                                 on_note=lambda msg: print(f"note: {msg}", file=sys.stderr))
     h, b = run.hardened, run.base
     score = (f"test accuracy {100 * h.accuracy:.1f}%, base {100 * b.accuracy:.1f}%" if h.metric_name == "accuracy" else
@@ -275,6 +279,7 @@ def export(
     tolerance: Optional[float] = TOLERANCE,
     output: Optional[str] = OUTPUT,
     weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
 ):
     """Export to ONNX and check the file: onnx.checker, then onnxruntime parity against the torch model."""
     from .export import export_model
@@ -283,7 +288,7 @@ def export(
     files.check_output(out, what="--out", suffixes=(".onnx",))
     _outs(json_path)
     rep = export_model(model, _data_for(model, data), out, fmt=fmt, opset=opset, chip=chip, trials=trials,
-                       **_task_kw(task, tolerance, output, weights))
+                       **_task_kw(task, tolerance, output, weights, device))
     report.print_table(report.export_table(rep))
     if json_path:
         report.write_json(rep.to_dict(), json_path)
@@ -309,12 +314,14 @@ def certify(
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Certified accuracy vs eps figure."),
     task: Optional[str] = TASK,
+    device: Optional[str] = DEVICE,
 ):
     """Certified accuracy: inputs whose prediction provably survives every weight perturbation in the set."""
     from .certification import certify as run, check_method
     from .inputs import resolve_data, resolve_model
 
     check_method(method, time_budget=time_budget)      # before any work, for every kind of set
+    _cpu_only(device, "certify (float64 bound propagation)")
     _certifiable(model, task)
     if (chip is None) == (eps is None):
         raise ConstraintError("expected either --chip C or --norm inf|2 --eps E[,E...]")
@@ -371,6 +378,7 @@ def bits_cmd(
     tolerance: Optional[float] = TOLERANCE,
     output: Optional[str] = OUTPUT,
     weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
 ):
     """Worst-case bit flips (progressive bit search) vs random flips needed to reach a target accuracy."""
     from .analyses.bits import bits as run
@@ -380,7 +388,7 @@ def bits_cmd(
     _outs(json_path)
     r = run(model, _data_for(model, data), format=format, per_channel=per_channel, until=until,
             until_factor=until_factor, max_flips=max_flips, random_runs=runs, seed=seed, params=params,
-            **_task_kw(task, tolerance, output, weights))
+            **_task_kw(task, tolerance, output, weights, device))
     d = r.to_dict()
     print(report.bits_text(d), file=sys.stderr)
     if json_path:
@@ -440,6 +448,7 @@ def campaign(
     tolerance: Optional[float] = TOLERANCE,
     output: Optional[str] = OUTPUT,
     weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
     cache_mb: float = typer.Option(2048, "--cache-mb", help="Memory budget of the fault-free activation cache (MB); beyond it trials recompute the whole forward pass."),
 ):
     """A statistically sized, resumable fault-injection campaign on a chip's fault model."""
@@ -451,7 +460,7 @@ def campaign(
     d = _data_for(model, data)
     if dry_run:
         plan, est = plan_campaign(model, d, chip, trials=trials, margin=margin, confidence=confidence, seed=seed,
-                                  params=params, by=by, cache_mb=cache_mb, **_task_kw(task, tolerance, output, weights))
+                                  params=params, by=by, cache_mb=cache_mb, **_task_kw(task, tolerance, output, weights, device))
         out = {**plan.to_dict(), "estimate": {**est, "workers": workers or 1,
                                                "within_ceiling": plan.planned_trials <= validate.MAX_CAMPAIGN_TRIALS}}
         report.print_table(report.plan_table(plan, est, workers or 1))
@@ -461,7 +470,7 @@ def campaign(
     try:
         result = run(model, d, chip, trials=trials, margin=margin, confidence=confidence, seed=seed, db=db,
                      resume=resume, workers=workers, scheduler=scheduler, params=params, by=by, cache_mb=cache_mb,
-                     **_task_kw(task, tolerance, output, weights))
+                     **_task_kw(task, tolerance, output, weights, device))
     except KeyboardInterrupt:
         if db and Path(db).is_file():
             print(f"note: trials done so far are in {db}; rerun with --resume to continue", file=sys.stderr)

@@ -1,5 +1,5 @@
 """The command line's shared parts: the options several commands take, output-path checks, and the
-translation of ``--task``/``--tolerance``/``--output``/``--weights`` into an analysis's arguments."""
+translation of ``--task``/``--tolerance``/``--output``/``--weights``/``--device`` into an analysis's arguments."""
 
 from __future__ import annotations
 
@@ -61,6 +61,26 @@ LAYERS = typer.Option(None, "--layers", help="Comma-separated layer positions (0
 PROBE = typer.Option(None, "--probe", help="Take the gradient on this split (train or test) instead of the evaluation data.")
 
 
+def _check_device(value: Optional[str]) -> Optional[str]:
+    """``--device`` is checked while the command line is parsed, before any work (torch is imported
+    only when the option is given)."""
+    if value is not None:
+        from .devices import check_device
+
+        check_device(value)
+    return value
+
+
+DEVICE = typer.Option(None, "--device", callback=_check_device,
+                      help="Where the model runs: auto (a GPU if there is one), cpu, cuda, cuda:N or mps (default: cpu).")
+
+
+def _cpu_only(device: Optional[str], what: str) -> None:
+    """A note when ``--device`` asks for more than a command uses (its work runs on the CPU)."""
+    if device is not None and device.strip().lower() not in ("cpu", "cpu:0"):
+        print(f"note: {what} runs on the CPU; --device {device} is not used", file=sys.stderr)
+
+
 def _data_for(model: str, data: Optional[str]) -> str:
     from .inputs import default_data
 
@@ -68,8 +88,8 @@ def _data_for(model: str, data: Optional[str]) -> str:
 
 
 def _task_kw(task: Optional[str], tolerance: Optional[float], output: Optional[str] = None,
-             weights: Optional[str] = None) -> dict:
-    """The task, tolerance, output and weights options as an analysis's keyword arguments."""
+             weights: Optional[str] = None, device: Optional[str] = None) -> dict:
+    """The task, tolerance, output, weights and device options as an analysis's keyword arguments."""
     from .tasks import get_task
 
     if task is not None:
@@ -82,7 +102,7 @@ def _task_kw(task: Optional[str], tolerance: Optional[float], output: Optional[s
     out = output
     if output is not None and output.lstrip("-").isdigit():
         out = int(output)
-    return {"task": task, "tolerance": tolerance, "output": out, "weights": weights}
+    return {"task": task, "tolerance": tolerance, "output": out, "weights": weights, "device": device}
 
 
 CHIP = typer.Option(..., "--chip", "-c", help="A chip preset name (hwfault chips list) or a chip TOML file.")

@@ -174,7 +174,7 @@ def _project_l1(v: torch.Tensor, eps: float) -> torch.Tensor:
         return torch.zeros_like(v)
     u = v.abs().sort(descending=True).values
     css = u.cumsum(0)
-    ks = torch.arange(1, u.numel() + 1, dtype=v.dtype)
+    ks = torch.arange(1, u.numel() + 1, dtype=v.dtype, device=v.device)
     rho = int(torch.nonzero(u * ks > (css - eps)).max())
     theta = (css[rho] - eps) / (rho + 1)
     return torch.sign(v) * (v.abs() - theta).clamp(min=0)

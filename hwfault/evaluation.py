@@ -12,6 +12,10 @@ Against a golden (fault-free) run, :func:`score_against` gives the fault-injecti
 data corruption (SDC, by the task's rule) and detected unrecoverable errors (DUE: non-finite
 outputs). :func:`differentiable` says whether a model gives gradients (an ONNX file run in
 onnxruntime does not).
+
+Devices: each batch moves to the model's device (that of its first parameter, see
+:mod:`hwfault.devices`) before the forward pass, and targets follow the outputs they are scored
+against; scores come back as Python numbers, outputs stay on the model's device.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from . import tasks as _tasks
+from .devices import device_of
 from .errors import DataError, ModelError
 
 DataLike = "TensorDataset | ArrayDataset | Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor]"
@@ -152,7 +157,15 @@ class EvalResult:
         return {**self.row(), "n": self.n, "nonfinite": self.nonfinite}
 
 
+def along(y: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor | None:
+    """Targets ``y`` on the device of the outputs ``out`` they are scored against."""
+    return y if y is None or y.device == out.device else y.to(out.device)
+
+
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    dev = device_of(model)
+    if x.device != dev:
+        x = x.to(dev)
     try:
         out = model(x)
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as e:
@@ -251,6 +264,7 @@ class Golden:
     @classmethod
     def of(cls, out: torch.Tensor, y: torch.Tensor, *, task=None) -> Golden:
         t = _tasks.get_task(task)
+        y = along(y, out)
         r = score(out, y, task=t)
         ref, correct = t.reference(out, y)
         return cls(out, ref, correct, r.accuracy, t, r)
@@ -263,6 +277,9 @@ def score_against(out: torch.Tensor, y: torch.Tensor, golden: Golden, *, critica
     metric worsened by more than ``critical``: accuracy points, or a relative increase of perplexity
     or MSE) and ``due`` (any output NaN/Inf)."""
     t = golden.task
+    if out.device != golden.pred.device:
+        out = out.to(golden.pred.device)
+    y = along(y, out)
     r = score(out, y, task=t)
     flipped = golden.correct & t.changed(out, golden.pred, y)
     n_ok = int(golden.correct.sum())
@@ -278,7 +295,7 @@ def score_against(out: torch.Tensor, y: torch.Tensor, golden: Golden, *, critica
 
 def check_labels(out: torch.Tensor, y: torch.Tensor, *, task=None) -> None:
     """A one-line error when the outputs do not fit the targets (e.g. a label beyond the model's outputs)."""
-    _tasks.get_task(task).check(out, y)
+    _tasks.get_task(task).check(out, along(y, out))
 
 
 def check_targets(sample_out: torch.Tensor, y: torch.Tensor, *, task=None) -> None:
@@ -286,7 +303,7 @@ def check_targets(sample_out: torch.Tensor, y: torch.Tensor, *, task=None) -> No
     the whole data set: the task's check on those inputs, and every integer label or token id among
     the model's outputs."""
     t = _tasks.get_task(task)
-    t.check(sample_out, y[:len(sample_out)])
+    t.check(sample_out, along(y[:len(sample_out)], sample_out))
     if not y.is_floating_point() and y.numel() and sample_out.ndim >= 2:
         valid = y[y >= 0]
         if valid.numel() and int(valid.max()) >= sample_out.shape[-1]:
@@ -312,7 +329,7 @@ def _add(total: dict, s: dict) -> dict:
 def score(out: torch.Tensor, y: torch.Tensor, *, task=None) -> EvalResult:
     """The task's scores from precomputed outputs."""
     t = _tasks.get_task(task)
-    return t.result(t.sums(out, y))
+    return t.result(t.sums(out, along(y, out)))
 
 
 def evaluate(model: nn.Module, data, *, batch_size: int = DEFAULT_BATCH, task=None) -> EvalResult:
@@ -322,7 +339,8 @@ def evaluate(model: nn.Module, data, *, batch_size: int = DEFAULT_BATCH, task=No
     total: dict = {}
     with torch.no_grad():
         for x, y in batches(data, batch_size, task=t):
-            _add(total, t.sums(_forward(model, x), y))
+            out = _forward(model, x)
+            _add(total, t.sums(out, along(y, out)))
     if not total:
         raise DataError("the data set is empty")
     return t.result(total)
@@ -347,6 +365,7 @@ def loss_and_grad(model: nn.Module, data, params: Sequence[torch.Tensor], *,
         with torch.enable_grad():
             for xb, yb in batches(data, batch_size, task=t):
                 out = _forward(model, xb)
+                yb = along(yb, out)
                 loss, k = t.loss_sum(out, yb)
                 units += k
                 gs = torch.autograd.grad(loss, list(params), allow_unused=True)

@@ -30,6 +30,7 @@ The file carries ``metadata_props`` (read back with :func:`read_metadata`): ``hw
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import tempfile
 import time
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .devices import device_of
 from .errors import ExportError, HwfaultError, OutputError, first_line as _first_line
 from .evaluation import differentiable, model_input
 from .inputs import analysis
@@ -403,6 +405,8 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     t0 = time.perf_counter()
     if not differentiable(model):  # an OnnxModule: already a file, run by onnxruntime
         raise ExportError(f"{type(model).__name__} is already an ONNX model; export needs the torch model")
+    if device_of(model).type != "cpu":  # the file is traced, and its parity checked, on the CPU
+        model = copy.deepcopy(model).cpu()
     spec = _resolve_chip(chip)
     fname, bits = _parse_format(fmt, spec)
     if per_channel is None:
@@ -451,23 +455,24 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
         metadata=metadata_of(proto), passed=not par["failures"], **par)
 
 
-def robustness_summary(model: nn.Module, data, chip, *, trials: int = 50) -> dict:
+def robustness_summary(model: nn.Module, data, chip, *, trials: int = 50, device=None) -> dict:
     """The headline figures of ``hwfault estimate`` for ``model`` on ``chip`` over ``trials`` Monte-Carlo
     chips (clean, stored, Monte-Carlo mean and 1st percentile, one-step and multi-step worst cases):
     what an exported file carries about the chip it is meant for."""
     from .analyses.estimate import estimate
     from .analyses.harden import summary
 
-    r = estimate(model, data, chip, trials=trials, per_fault=False, severities=())
+    r = estimate(model, data, chip, trials=trials, per_fault=False, severities=(), device=device)
     return {"chip": r.chip["name"], "trials": trials, **summary(r.to_dict())}
 
 
 @analysis
 def export_model(model: str, data: str, out: str | Path, *, fmt: str = "fp32", opset: int | None = None,
-                 chip=None, trials: int = 50) -> ExportReport:
+                 chip=None, trials: int = 50, device=None) -> ExportReport:
     """``hwfault export`` as one call: load ``model`` (a zoo name, checkpoint or ``.pt2``; an ONNX file is
     refused), summarise its robustness on ``chip`` (if given) and write the self-checked ONNX file with
-    that summary and the chip in its metadata (see :func:`export_onnx`)."""
+    that summary and the chip in its metadata (see :func:`export_onnx`). ``device``: where the robustness
+    summary runs (:mod:`hwfault.devices`); the export and its parity check run on the CPU."""
     from .data import load_data
     from .inputs import resolve_model
 
@@ -477,5 +482,5 @@ def export_model(model: str, data: str, out: str | Path, *, fmt: str = "fp32", o
     test = load_data(data, "test")
     meta = {"source_model": model, "data": str(data)}
     if chip:
-        meta["robustness"] = robustness_summary(module, test, chip, trials=trials)
+        meta["robustness"] = robustness_summary(module, test, chip, trials=trials, device=device)
     return export_onnx(module, out, data=test, fmt=fmt, opset=opset, chip=chip, metadata=meta)

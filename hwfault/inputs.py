@@ -8,8 +8,8 @@ model, data and probe arguments that every analysis and the CLI share.
   and returns the ``nn.Module``), with ``weights=`` a ``.safetensors`` state dict.
 - :func:`resolve_model` / :func:`resolve_data` / :func:`resolve_probe`: an analysis's arguments as
   ``(object, label)`` pairs; :func:`default_data` the data set a zoo model or checkpoint was trained on.
-- :func:`analysis`: the decorator that gives every analysis ``task=``, ``tolerance=``, ``output=`` and
-  ``weights=``, and runs it with that task current (:mod:`hwfault.tasks`).
+- :func:`analysis`: the decorator that gives every analysis ``task=``, ``tolerance=``, ``output=``,
+  ``weights=`` and ``device=`` (:mod:`hwfault.devices`), and runs it with that task current (:mod:`hwfault.tasks`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from .data import load_data
+from .devices import check_device, to_device
 from .errors import DataError, HwfaultError, ModelError, did_you_mean
 from .tasks import Task, current, get_task, using
 from .zoo import list_models, load_checkpoint, model_data, models_dir
@@ -247,14 +249,22 @@ def resolve_task(task, model, tolerance: float | None = None) -> Task:
 
 def analysis(fn):
     """Give an analysis ``task=`` (a name or an :class:`hwfault.Task`; default: the model's),
-    ``tolerance=`` (regression's SDC tolerance), ``output=`` (which output to score) and ``weights=``
-    (a ``.safetensors`` state dict for a ``package.module:factory`` model), and run it with the task current."""
+    ``tolerance=`` (regression's SDC tolerance), ``output=`` (which output to score), ``weights=``
+    (a ``.safetensors`` state dict for a ``package.module:factory`` model) and ``device=`` (where the
+    model runs, :mod:`hwfault.devices`: checked first, then the model is moved there in place and stays
+    there; None, the default, leaves it where it is, the CPU for a model loaded by name), and run it
+    with the task current. An analysis with a ``device`` parameter of its own receives it instead."""
+    own_device = "device" in inspect.signature(fn).parameters
 
     @functools.wraps(fn)
-    def run(model, *args, task=None, tolerance=None, output=None, weights=None, **kwargs):
+    def run(model, *args, task=None, tolerance=None, output=None, weights=None, device=None, **kwargs):
+        check_device(device)  # an unavailable device is one line before anything loads
         t = resolve_task(task, model, tolerance)
         restore = None
-        if isinstance(model, (str, Path)) and (output is not None or weights is not None):  # loaded here
+        move = device is not None and not own_device
+        if own_device:
+            kwargs["device"] = device
+        if isinstance(model, (str, Path)) and (output is not None or weights is not None or move):  # loaded here
             model = (load_model(model, requires_grad=False, output=output, weights=weights), str(model))
         elif output is not None:
             module = model[0] if isinstance(model, tuple) else model
@@ -266,6 +276,8 @@ def analysis(fn):
             if output is not None:
                 restore = (module, getattr(module, "hwfault_output", None))
                 module.hwfault_output = output
+        if move:
+            to_device(model[0] if isinstance(model, tuple) else model, device)
         try:
             with using(t):
                 return fn(model, *args, **kwargs)

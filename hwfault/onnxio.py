@@ -19,10 +19,11 @@ META_PREFIX = "hwfault_"
 JSON_KEYS = META_PREFIX + "json_keys"  # which hwfault_* values are JSON (the others are plain text)
 
 
-def ort_session(model, *, threads: int = 1, fuse: bool = True):
-    """An onnxruntime CPU session for a path, serialized bytes or a ModelProto; ``threads`` intra-op
-    threads, one inter-op thread, warnings off. ``fuse=False`` keeps onnxruntime to its basic graph
-    optimisations (no QDQ fusions such as MatMulNBits, which change the arithmetic)."""
+def ort_session(model, *, threads: int = 1, fuse: bool = True, providers=None):
+    """An onnxruntime session (CPU unless ``providers`` says otherwise) for a path, serialized bytes or
+    a ModelProto; ``threads`` intra-op threads, one inter-op thread, warnings off. ``fuse=False`` keeps
+    onnxruntime to its basic graph optimisations (no QDQ fusions such as MatMulNBits, which change the
+    arithmetic)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -34,7 +35,7 @@ def ort_session(model, *, threads: int = 1, fuse: bool = True):
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
-                                providers=["CPUExecutionProvider"])
+                                providers=list(providers or ["CPUExecutionProvider"]))
 
 
 def meta_props(entries: dict) -> dict[str, str]:

@@ -260,7 +260,8 @@ class OnnxModule(nn.Module):
         if self._session is None:
             threads = self.threads if self.threads is not None else torch.get_num_threads()
             try:
-                self._session = ort_session(self._graph_bytes, threads=threads)
+                self._session = ort_session(self._graph_bytes, threads=threads,
+                                            providers=getattr(self, "providers", None))
             except Exception as e:  # onnxruntime's exception types
                 raise ModelError(f"{self.path}: onnxruntime cannot load the model ({_first_line(e)})") from None
         return self._session
@@ -269,6 +270,24 @@ class OnnxModule(nn.Module):
         state = self.__dict__.copy()
         state["_session"] = None  # rebuilt on first use after copying or unpickling
         return state
+
+    def use_device(self, device, *, strict: bool = True) -> None:
+        """Run on ``device`` (a ``torch.device``): the CPU provider, or for ``cuda`` onnxruntime's
+        CUDAExecutionProvider (weights and inputs are still fed from the CPU). Without that provider,
+        or for ``mps``, a one-line error (``strict=False``, as for ``--device auto``: stay on the CPU)."""
+        import onnxruntime as ort
+
+        providers = None
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        elif device.type != "cpu" and strict:
+            why = ("its CUDAExecutionProvider is not installed (pip install onnxruntime-gpu)"
+                   if device.type == "cuda" else f"it has no {device.type} provider")
+            raise ModelError(f"--device {device}: {self.path} runs in onnxruntime, and {why}; use --device cpu")
+        if providers != getattr(self, "providers", None):
+            self.providers = providers
+            self._session = None
+            self._session_or_error()
 
     # -- running
 

@@ -318,7 +318,9 @@ def select(model: nn.Module, params: str | Iterable[str] | None = None, *,
 def perturbed(selection: Selection, delta: torch.Tensor | Sequence[torch.Tensor] | None) -> Iterator[None]:
     """Add ``delta`` (flat, or one tensor per selected parameter) to the parameters in place for the
     duration of the block; the original values are restored bit-exactly on exit, also on exceptions.
-    ``None`` (or an all-zero delta) leaves the parameters untouched.
+    ``None`` (or an all-zero delta) leaves the parameters untouched. A delta on another device than its
+    parameter (a CPU delta for a model on a GPU) is moved to the parameter's device; the saved copy
+    stays on the parameter's device.
     """
     if delta is None:
         yield
@@ -331,7 +333,7 @@ def perturbed(selection: Selection, delta: torch.Tensor | Sequence[torch.Tensor]
                 if d is None or not torch.any(d):
                     continue
                 saved.append((p, p.detach().clone()))
-                p.add_(d.to(p.dtype))
+                p.add_(d.to(p.device, p.dtype))
         yield
     finally:
         with torch.no_grad():

@@ -38,8 +38,9 @@ import torch
 from torch import nn
 
 from ..constraints import LpBall
+from ..devices import device_of
 from ..errors import ConstraintError, ModelError, did_you_mean
-from ..evaluation import model_input, output_of
+from ..evaluation import along, model_input, output_of
 from ..params import Selection, perturbed, select
 from ..search.ascent import iterates
 from ..inputs import analysis
@@ -139,7 +140,8 @@ def task_loss(model: nn.Module, x, y) -> torch.Tensor:
     """The current task's mean loss of ``model`` on a minibatch (cross-entropy for classification,
     next-token cross-entropy for ``lm``, MSE for ``regression``), differentiable."""
     t = current()
-    loss, units = t.loss_sum(output_of(model, model_input(x, t)), y)
+    out = output_of(model, model_input(x, t))  # the minibatch moves to the model's device
+    loss, units = t.loss_sum(out, along(y, out))
     return loss / max(units, 1)
 
 
@@ -305,7 +307,7 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
         if cfg.from_scratch:
             if build is None:
                 raise ModelError("--from-scratch needs a zoo architecture (the model's constructor)")
-            base = build()
+            base = build().to(device_of(model))  # on the device of the model it replaces
         else:
             base = copy.deepcopy(model)
         for p in base.parameters():

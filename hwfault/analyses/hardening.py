@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..data import has_split, load_data
+from ..devices import to_device
 from ..errors import HwfaultError
 from ..evaluation import EvalResult, evaluate
 from ..files import check_output
@@ -42,7 +43,7 @@ class HardenRun:
 def harden_checkpoint(model: str, data: str, cfg: HardenConfig, *, out: str | Path, chip=None, qat: bool = True,
                       trials: int = 100, train_on_eval: bool = False, command: str | None = None,
                       on_epoch: Callable[[int, dict], None] | None = None,
-                      on_note: Callable[[str], None] | None = None) -> HardenRun:
+                      on_note: Callable[[str], None] | None = None, device=None) -> HardenRun:
     """Harden ``model`` (a zoo name, an hwfault checkpoint or a ``.pt2`` archive) on the train split of
     ``data`` and write it to ``out`` (``.safetensors`` for zoo architectures, ``.pt2`` for torch.export
     models) with a model card. With ``chip``, the base and hardened models are compared on it over
@@ -50,12 +51,13 @@ def harden_checkpoint(model: str, data: str, cfg: HardenConfig, *, out: str | Pa
 
     Data without a train split are refused unless ``train_on_eval`` (then the card says so). For an
     intN chip the model trains through brevitas QAT unless ``qat`` is False; a ``.pt2`` model, which has
-    no Linear/Conv modules for brevitas, trains float weights (a note says so)."""
+    no Linear/Conv modules for brevitas, trains float weights (a note says so). ``device``: where the
+    models train and are evaluated (:mod:`hwfault.devices`); the checkpoint is written from the CPU."""
     note = on_note or (lambda msg: None)
     arch = source_arch(model)
     out = check_output(out, what="--out", suffixes=(".safetensors",) if arch is not None else (".pt2",))
     spec = load_chip(chip) if chip is not None else None
-    base = load_model(model, requires_grad=False)
+    base = to_device(load_model(model, requires_grad=False), device)
     test = load_data(data, "test")          # a data file that is bad says so before anything about its splits
     base_eval = evaluate(base, test)        # and data that do not fit the model too
     own_split = has_split(data, "train")
@@ -82,5 +84,5 @@ def harden_checkpoint(model: str, data: str, cfg: HardenConfig, *, out: str | Pa
             "trained_on_evaluation_data": not own_split, "history": result.history,
             "command": command or f"hwfault harden --model {model} --method {cfg.method}",
             "report": {"summary": rep["summary"]} if rep else None}
-    save_hardened(result.model, out, arch=arch, card=card, example=test.tensors[0])
+    save_hardened(result.model.cpu(), out, arch=arch, card=card, example=test.tensors[0])
     return HardenRun(result, base_eval, hard_eval, rep, card, out)

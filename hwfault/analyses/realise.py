@@ -71,7 +71,7 @@ def _redraw_hook(dev: Chip, programmed: torch.Tensor, gen: torch.Generator):
         step = dev.selection.split((dev.read(programmed, gen) - programmed).float())
         with torch.no_grad():
             for p, base, d in zip(dev.selection.params, at_programmed, step):
-                p.copy_(base + d.to(p.dtype))
+                p.copy_(base + d.to(p.device, p.dtype))
 
     return redraw, at_programmed
 
@@ -109,7 +109,7 @@ def faulty_copy(model: nn.Module, chip, *, seed: int = 0, trial: int = 0) -> nn.
     programmed = dev.program(gen)
     with torch.no_grad():
         for p, d in zip(dev.selection.params, dev.selection.split(dev.delta(programmed))):
-            p.add_(d.to(p.dtype))
+            p.add_(d.to(p.device, p.dtype))
     if dev.transient:
         twin.register_forward_pre_hook(_redraw_hook(dev, programmed, gen)[0])
     return twin

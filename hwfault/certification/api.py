@@ -80,6 +80,12 @@ def _model(model: nn.Module | str) -> nn.Module:
         from ..inputs import load_model
 
         return load_model(model, requires_grad=False)
+    from ..devices import device_of
+
+    if device_of(model).type != "cpu":  # the bounds are float64 CPU arithmetic: a CPU copy of the model
+        import copy
+
+        return copy.deepcopy(model).cpu()
     return model
 
 

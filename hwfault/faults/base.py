@@ -37,7 +37,7 @@ class DeviceView:
     def build(cls, selection: Selection, fmt: NumberFormat) -> DeviceView:
         ws, qs, scales, tmaxes = [], [], [], []
         for p in selection.params:
-            t = p.detach().float()
+            t = p.detach().float().cpu()  # the chip's arithmetic runs on the CPU, whatever the model's device
             s = fmt.scale(t)
             ws.append(t.reshape(-1))
             qs.append(fmt.quantize(t).reshape(-1))

@@ -63,7 +63,7 @@ def bit_search(model: nn.Module, data, cset: SumSet, *, selection: Selection, cl
                 break
             with perturbed(selection, total(parts)):
                 _, grads = loss_and_grad(model, pdata, selection.params)
-            g = selection.flatten(grads).double()
+            g = selection.flatten(grads).double().cpu()
             if not bool(torch.isfinite(g).all()):
                 break
             cands = []

@@ -63,7 +63,7 @@ def _verify(c: ConstraintSet, parts) -> None:
 
 def _gradient(model, pdata, sel: Selection) -> tuple[torch.Tensor, int]:
     _, grads = loss_and_grad(model, pdata, sel.params)
-    return finite_gradient(sel.flatten(grads))
+    return finite_gradient(sel.flatten(grads).cpu())  # the search's arithmetic runs on the CPU
 
 
 def _maximize(c: ConstraintSet, g: torch.Tensor) -> list[torch.Tensor]:
@@ -171,7 +171,7 @@ def _ascend(model, pdata, sel: Selection, start, update, *, steps: int, advance=
     def value_and_grad(parts):
         with perturbed(sel, _one(parts)):
             r, grads = loss_and_grad(model, pdata, sel.params)
-        return r, sel.flatten(grads)
+        return r, sel.flatten(grads).cpu()
 
     seen = 0
 

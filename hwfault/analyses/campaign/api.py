@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from ... import validate
+from ...devices import check_device
 from ...errors import ConstraintError, HwfaultError
 from ...faults import Chip
 from ...inputs import load_model, resolve_task
@@ -24,7 +25,8 @@ TASK_TYPES = tuple(TASKS.values())  # built-in tasks travel by name; a user's Ta
 
 
 def _recipe(model, data, chip, *, seed: int, params, by, critical: float, task=None, tolerance=None, output=None,
-            weights=None, cache_mb: float = CACHE_MB):
+            weights=None, cache_mb: float = CACHE_MB, device=None):
+    check_device(device)  # a missing GPU is one line before anything loads
     spec = load_chip(chip)
     t = resolve_task(task, model, tolerance)
     module = model if isinstance(model, nn.Module) else load_model(model, requires_grad=False, output=output,
@@ -35,7 +37,8 @@ def _recipe(model, data, chip, *, seed: int, params, by, critical: float, task=N
     tol = getattr(t, "tolerance", None) if t.name == "regression" else None
     return spec, module, Recipe(label, dlabel, spec.to_dict(), seed, params, by, critical,
                                 t.name if type(t) in TASK_TYPES else t, tol, output,
-                                None if weights is None else str(weights), cache_mb)
+                                None if weights is None else str(weights), cache_mb,
+                                None if device is None else str(device))
 
 
 def _objects(model, data):
@@ -48,13 +51,14 @@ def _objects(model, data):
 def plan_campaign(model, data, chip, *, trials: int | None = None, margin: float | None = None,
                   confidence: float = 0.95, seed: int = 0, params: str | None = None, by: str | None = None,
                   measure: bool = True, task=None, tolerance: float | None = None, output=None, weights=None,
-                  cache_mb: float = CACHE_MB) -> tuple[Plan, dict | None]:
+                  cache_mb: float = CACHE_MB, device=None) -> tuple[Plan, dict | None]:
     """The plan of a campaign (trials per stratum) and, with ``measure``, a few real trials timed:
     ``{"seconds_per_trial", "measured_trials", "estimated_seconds"}`` (what ``--dry-run`` prints)."""
     validate.seed(seed)
     validate.probability("--confidence", confidence)
     spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=0.01, task=task,
-                                   tolerance=tolerance, output=output, weights=weights, cache_mb=cache_mb)
+                                   tolerance=tolerance, output=output, weights=weights, cache_mb=cache_mb,
+                                   device=device)
     plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
     if not measure:
         return plan, None
@@ -66,7 +70,7 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
              seed: int = 0, db: str | None = None, resume: bool = False, workers: int | None = None,
              scheduler: str | None = None, params: str | None = None, by: str | None = None, critical: float = 0.01,
              chunk: int | None = None, on_rows=None, task=None, tolerance: float | None = None, output=None,
-             weights=None, cache_mb: float = CACHE_MB) -> CampaignResult:
+             weights=None, cache_mb: float = CACHE_MB, device=None) -> CampaignResult:
     """A statistically sized, resumable fault-injection campaign of ``chip`` on ``model``.
 
     Size it with ``trials`` (per stratum) or ``margin`` at ``confidence`` (Leveugle et al. 2009);
@@ -74,7 +78,9 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
     trials; ``resume=True`` runs only what is missing); ``workers`` runs a local Dask cluster and
     ``scheduler`` an existing one. Trial t is a pure function of (seed, t). ``task`` (default: the
     model's), ``tolerance``, ``output`` and ``weights`` as for every analysis; ``cache_mb`` bounds the
-    fault-free activation cache (beyond it, trials recompute the whole forward pass)."""
+    fault-free activation cache (beyond it, trials recompute the whole forward pass). ``device``
+    (:mod:`hwfault.devices`; default the CPU) is where trials run: on Dask, ``cuda``/``auto`` give worker
+    i ``cuda:(i % GPUs)``; the faults of trial t are drawn on the CPU, so they are the same on every device."""
     if workers is not None and scheduler:
         raise HwfaultError("give --workers or --scheduler, not both")
     if workers is not None:
@@ -90,7 +96,8 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
         raise ConstraintError("a campaign on Dask needs the model and data as names or files (every worker "
                               "rebuilds them); pass them so, or run without workers")
     spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=critical, task=task,
-                                   tolerance=tolerance, output=output, weights=weights, cache_mb=cache_mb)
+                                   tolerance=tolerance, output=output, weights=weights, cache_mb=cache_mb,
+                                   device=device)
     plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
     check_plan(plan)
     context(recipe, obj_model if obj_model is not None else module, obj_data)

@@ -66,6 +66,7 @@ class Recipe:
     output: str | int | None = None   # which output of the model is scored
     weights: str | None = None        # the state dict of a package.module:factory model
     cache_mb: float = CACHE_MB         # how it runs, not what it computes: not part of the identity
+    device: str | None = None          # where it runs (hwfault.devices; None = cpu): not part of the identity either
 
     def identity(self) -> dict:
         ident = {"model": self.model, "model_sha": _file_sha(self.weights or self.model), "data": self.data,
@@ -116,6 +117,12 @@ class Context:
             self.model.hwfault_output = recipe.output  # (an ONNX module chose its output when it was loaded)
         x, self.y = as_tensors(data if data is not None else load_data(recipe.data, task=self.task))
         self.x = model_input(x, self.task)
+        if recipe.device is not None:  # model, inputs and targets on this process's device; faults are drawn on the CPU
+            from ...devices import device_of, to_device, worker_device
+
+            self.model = to_device(self.model, worker_device(recipe.device))
+            dev = device_of(self.model)
+            self.x, self.y = self.x.to(dev), (None if self.y is None else self.y.to(dev))
         spec = ChipSpec.model_validate(recipe.chip)
         self.chip = Chip.build(spec, self.model)
         if recipe.params:
@@ -226,7 +233,8 @@ _CONTEXTS: dict[str, Context] = {}
 def context(recipe: Recipe, model: nn.Module | None = None, data=None) -> Context:
     """This process's context for ``recipe`` (built once; ``model``/``data``: in-process objects to use
     instead of loading the recipe's, for a campaign run from Python in one process)."""
-    if recipe.key not in _CONTEXTS or (model is not None and _CONTEXTS[recipe.key].model is not model):
+    if recipe.key not in _CONTEXTS or (model is not None and _CONTEXTS[recipe.key].model is not model) \
+            or _CONTEXTS[recipe.key].recipe.device != recipe.device:
         _CONTEXTS.clear()
         _CONTEXTS[recipe.key] = Context(recipe, model, data)
     return _CONTEXTS[recipe.key]
