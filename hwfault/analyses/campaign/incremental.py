@@ -1,81 +1,274 @@
 """Re-run only what a fault can change: the forward pass from the faulty layer on.
 
 The model is traced once with ``torch.fx``; the fault-free run over the evaluation inputs records
-every intermediate value. A trial whose faults lie in the parameters of one layer recomputes only
-the graph nodes downstream of that layer's parameters, reading everything else (the activations
+intermediate values. A trial whose faults lie in the parameters of one layer recomputes only the
+graph nodes downstream of that layer's parameters, reading everything else (the activations
 entering the layer, the untouched branches of residual blocks) from the cache. The result is the
 same tensor the full forward pass gives, computed with the same kernels on the same inputs.
+
+The cache is bounded (``budget_bytes``): it keeps, within the budget, the values that trials read
+for the layers holding the most parameters, last layers first (their values are the smallest), and
+then the inputs of the layers left over. A value a trial needs that is not kept is recomputed,
+fault-free, from the nearest kept ones; so any budget gives the same outputs, a smaller one costs
+more recomputation.
 
 When a trial's faults are a few elements of one Linear or Conv weight, even that layer is not
 recomputed: only the output channels of the faulty weights can change, by the faulty weight times
 the matching input slice, so the layer's output is its cached output plus that sparse correction
-(:meth:`ForwardCache.logits` with ``sparse``). The sums then associate differently from a full
-recompute, so outputs agree with it to float32 round-off (tested), not bit for bit; a campaign uses
-the same path in every process, so its rows stay identical across processes.
+(:meth:`ForwardCache.logits` with ``sparse``). The change is then followed channel by channel
+through channel-wise operations (norms, activations, residual sums, pooling), and the next Linear or
+Conv layer is its cached output plus the layer applied to the change alone. The sums then associate
+differently from a full recompute, so outputs agree with it to float32 round-off (tested), not bit
+for bit; a campaign uses the same path in every process, so its rows stay identical across
+processes, and its SDC, DUE and accuracy equal those of plain recomputation (tested).
 
 Models that ``torch.fx`` cannot trace (data-dependent control flow) fall back to the full forward.
 """
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 SPARSE_MAX = 64  # faulty elements up to which a layer's output is corrected instead of recomputed
+AUTO_SHARE = 0.95  # "auto" aims at this share of twice a clean evaluation's memory
+PROBE_INPUTS = 8  # inputs on which the sizes of the cached values are measured
+_CLEAN: frozenset = frozenset()  # the channels in which a fault-free value differs: none
+_LOCAL_MODULES = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU,
+                  nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Identity, nn.Dropout,
+                  nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d)
+_LOCAL_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.elu,
+                    operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul,
+                    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.avg_pool1d, F.avg_pool2d, F.max_pool1d,
+                    F.max_pool2d, torch.flatten}
+_LOCAL_METHODS = {"relu", "sigmoid", "tanh", "add", "sub", "mul", "flatten"}
 
 
 class ForwardCache:
-    """Cached fault-free activations of ``model`` on inputs ``x`` and partial re-evaluation."""
+    """Cached fault-free activations of ``model`` on inputs ``x`` and partial re-evaluation.
 
-    def __init__(self, model: nn.Module, x: torch.Tensor):
+    ``budget_bytes`` bounds the cache: the values kept are chosen for the layers that hold the most
+    parameters (the most trials), last layers first (their values are the smallest); a value a trial
+    needs that is not kept is recomputed, fault-free, from the nearest kept ones. ``None`` keeps every
+    intermediate value, ``"auto"`` the peak of one forward pass. ``params``: the names of the parameters
+    trials put faults in (default: all), whose layers the kept values serve."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, *, budget_bytes: float | str | None = None,
+                 params=None):
         self.model = model
         self.gm = fx.symbolic_trace(model)
         self.nodes = list(self.gm.graph.nodes)
-        self._plans: dict[frozenset, list[fx.Node]] = {}
+        self.pos = {n: i for i, n in enumerate(self.nodes)}
+        self._plans: dict = {}
         self._free_cache: dict[int, tuple] = {}
+        self._kinds: dict = {}
         self.modules = dict(self.gm.named_modules())
+        self._index()
         self.env: dict[fx.Node, object] = {}
+        self.budget_bytes = budget_bytes
         with torch.no_grad():
-            self._run(x, set(self.nodes))
+            if budget_bytes is None:
+                self.keep = set(self.nodes)
+            else:
+                m = min(len(x), PROBE_INPUTS)
+                sizes = {n: _scaled(v, m, len(x)) for n, v in self._fill(x[:m], None).items()}
+                if isinstance(budget_bytes, tuple) or budget_bytes == "auto":  # ("auto", headroom bytes)
+                    peak = self._forward_peak(sizes)
+                    extra = budget_bytes[1] if isinstance(budget_bytes, tuple) else 0.0
+                    # the cache and one forward pass on top of ``now``: within 2 (loaded + peak)
+                    self.budget_bytes = budget_bytes = max(peak, AUTO_SHARE * 2 * peak - peak + extra)
+                self.keep = self._choose(sizes, budget_bytes, params)
+            self.env = self._fill(x, self.keep)
         self.first_param = next((i for i, n in enumerate(self.nodes) if n.op in ("call_module", "get_attr")
                                  and self._plan_nodes_touch(n)), 0)
 
-    def _run(self, x, todo, overlay: dict | None = None) -> torch.Tensor:
-        """Evaluate the nodes in ``todo`` in graph order. Values are written to ``overlay`` (a fresh
-        dict for a faulty run) or to the cache itself; reads fall back to the cache."""
-        env, out = self.env, None
-        new = env if overlay is None else overlay
+    def _fill(self, x, keep: set | None) -> dict:
+        """The fault-free forward pass; returns the values of the nodes in ``keep`` (None: all), freeing
+        every other value after its last use, so the peak is one forward pass plus what is kept."""
+        vals: dict = {}
+        last = self._last_use()
+        for i, node in enumerate(self.nodes):
+            if node.op == "output":
+                break
+            vals[node] = x if node.op == "placeholder" else self._eval(node, lambda n: vals[n])
+            if keep is not None:
+                for a in node.all_input_nodes:
+                    if last[a] == i and a not in keep:
+                        del vals[a]
+        return vals if keep is None else {n: v for n, v in vals.items() if n in keep}
+
+    def _forward_peak(self, sizes: dict) -> float:
+        """The most bytes of intermediate values alive at once in a plain forward pass."""
+        last, live, peak = self._last_use(), 0.0, 0.0
+        for i, node in enumerate(self.nodes):
+            if node.op in ("placeholder", "output"):
+                continue
+            live += sizes.get(node, 0.0)
+            peak = max(peak, live)
+            for a in node.all_input_nodes:
+                if last[a] == i and a.op != "placeholder":
+                    live -= sizes.get(a, 0.0)
+        return peak
+
+    def _last_use(self) -> dict:
+        last = {n: self.pos[n] for n in self.nodes}
+        for i, n in enumerate(self.nodes):
+            for a in n.all_input_nodes:
+                last[a] = max(last[a], i)
+        return last
+
+    def _eval(self, node, get):
+        args = fx.node.map_arg(node.args, get)
+        kwargs = fx.node.map_arg(node.kwargs, get)
+        if node.op == "call_module":
+            return self.modules[node.target](*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            obj, *rest = args
+            return getattr(obj, node.target)(*rest, **kwargs)
+        if node.op == "get_attr":
+            return _fetch(self.gm, node.target)
+        raise RuntimeError(f"unexpected fx node {node.op}")
+
+    def _choose(self, sizes: dict, budget: float, params=None) -> set:
+        """The values to keep within ``budget`` bytes: for each layer, last first, what a trial with
+        faults in it reads from the cache (the layer's input and output, the side inputs of what
+        follows), when it still fits. The model's input is always kept."""
+        keep = {n for n in self.nodes if n.op == "placeholder"}
+        used = 0.0
+        names = self._owner if params is None else [p for p in params if p in self._owner]
+        layers = sorted({self._owner[p] for p in names}, reverse=True)
+        short = []
+        for i in layers:
+            need = [n for n in self._needs(i) if n not in keep and n.op != "output"]
+            b = sum(sizes.get(n, 0) for n in need)
+            if used + b <= budget:
+                keep.update(need)
+                used += b
+            else:
+                short.append(i)
+        for i in short:  # what is left: the inputs of the layers not served, so they recompute from there
+            for n in self.nodes[i].all_input_nodes:
+                if n not in keep and used + sizes.get(n, 0) <= budget:
+                    keep.add(n)
+                    used += sizes.get(n, 0)
+        return keep
+
+    def _needs(self, i: int) -> list:
+        """The values a trial with faults in node ``i``'s parameters reads: node ``i``'s inputs and
+        output, and the inputs from outside the recomputed part of every node after it."""
+        dirty = self._down[i]
+        out = {self.nodes[i]} if self._kind(self.nodes[i]) == "delta" else set()
+        for j in dirty:
+            out.update(a for a in self.nodes[j].all_input_nodes if self.pos[a] not in dirty)
+        return sorted(out, key=self.pos.__getitem__)
+
+    def kept_bytes(self) -> int:
+        return cache_bytes(self)
+
+    def _run(self, todo, overlay: dict, changed: dict | None = None, params: frozenset = frozenset()):
+        """Evaluate the nodes in ``todo`` (graph order) into ``overlay``; reads fall back to the cache.
+
+        ``changed``: for values in ``overlay`` that differ from the cached ones only in a few channels
+        (dimension 1), those channels. They are followed through channel-wise operations (norms,
+        activations, sums, pooling), and a Linear/Conv layer reading such a value is its cached output
+        plus the layer applied to the change alone (:meth:`_delta`)."""
+        env, out, new = self.env, None, overlay
 
         def get(n):
             return new[n] if n in new else env[n]
 
-        dead = self._frees(todo) if overlay is not None else {}
-        for node in (self.nodes if overlay is None else todo):
-            if overlay is None and node not in todo:
-                continue
+        dead = self._frees(todo)
+        plan = self._plan_set(params) if changed is not None else None
+        for node in todo:
             for gone in dead.get(node, ()):  # free what no later node reads: the allocator reuses it
-                del new[gone]
-            if node.op == "placeholder":
-                new[node] = x
-                continue
+                new.pop(gone, None)
             if node.op == "output":
                 out = fx.node.map_arg(node.args[0], get)
                 continue
-            args = fx.node.map_arg(node.args, get)
-            kwargs = fx.node.map_arg(node.kwargs, get)
-            if node.op == "call_module":
-                new[node] = self.modules[node.target](*args, **kwargs)
-            elif node.op == "call_function":
-                new[node] = node.target(*args, **kwargs)
-            elif node.op == "call_method":
-                obj, *rest = args
-                new[node] = getattr(obj, node.target)(*rest, **kwargs)
-            elif node.op == "get_attr":
-                new[node] = _fetch(self.gm, node.target)
+            if plan is None:
+                new[node] = self._eval(node, get)
+            elif node not in plan:  # a fault-free value the cache does not keep, recomputed
+                new[node] = self._eval(node, get)
+                changed[node] = _CLEAN
+            else:
+                new[node], changed[node] = self._tracked(node, get, new, changed, params)
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out
+
+    def _tracked(self, node, get, new: dict, changed: dict, params: frozenset):
+        """A plan node's value and the channels in which it differs from the cached one (None: any)."""
+        chans: set = set()
+        for a in node.all_input_nodes:
+            c = changed.get(a, None) if a in new else _CLEAN
+            if c is None:
+                return self._eval(node, get), None
+            chans |= c
+        kind = self._kind(node)
+        if chans and kind == "delta" and len(chans) <= SPARSE_MAX and node in self.env \
+                and node.args[0] in self.env and not (self._params_of(node) & params):
+            d = self._delta(node, get(node.args[0]), self.env[node.args[0]], sorted(chans))
+            if d is not None:
+                return self.env[node] + d, None
+        value = self._eval(node, get)
+        if chans and kind == "local" and _channelwise(node, value, [get(a) for a in node.all_input_nodes
+                                                                 if changed.get(a, _CLEAN) if a in new]):
+            return value, chans
+        return value, None
+
+    def _kind(self, node) -> str:
+        """``delta``: a Linear or ungrouped zero-padded Conv1d/2d called on one input; ``local``: an
+        operation that acts on each channel (dimension 1) separately; else ``other``."""
+        kind = self._kinds.get(node)
+        if kind is None:
+            kind = "other"
+            if node.op == "call_module":
+                m = self.modules[node.target]
+                if len(node.args) == 1 and not node.kwargs and (
+                        isinstance(m, nn.Linear) or (isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups == 1
+                                                     and m.padding_mode == "zeros" and not isinstance(m.padding, str))):
+                    kind = "delta"
+                elif isinstance(m, _LOCAL_MODULES) and not (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training):
+                    kind = "local"
+            elif (node.op == "call_function" and node.target in _LOCAL_FUNCTIONS) or \
+                    (node.op == "call_method" and node.target in _LOCAL_METHODS):
+                kind = "local"
+            self._kinds[node] = kind
+        return kind
+
+    def _params_of(self, node) -> set:
+        if node.op != "call_module":
+            return set()
+        return {f"{node.target}.{p}" for p, _ in self.modules[node.target].named_parameters()}
+
+    def _plan_set(self, params: frozenset) -> set:
+        key = ("set", params)
+        got = self._plans.get(key)
+        if got is None:
+            got = set(self._plan(params))
+            if len(self._plans) < 4096:
+                self._plans[key] = got
+        return got
+
+    def _delta(self, node, new_in, old_in, chans: list) -> torch.Tensor | None:
+        """The change of a Linear/Conv layer's output when its input changed only in ``chans``."""
+        m = self.modules[node.target]
+        if not isinstance(new_in, torch.Tensor) or new_in.ndim < 2 or (isinstance(m, nn.Linear) and new_in.ndim != 2):
+            return None
+        idx = torch.tensor(chans, device=new_in.device)
+        d = new_in.index_select(1, idx) - old_in.index_select(1, idx)
+        if not bool(torch.isfinite(d).all()):  # Inf - Inf: recompute, so NaN/Inf land as they would
+            return None
+        w = m.weight.index_select(1, idx)
+        if isinstance(m, nn.Linear):
+            return d @ w.t()
+        conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
+        return conv(d, w, None, m.stride, m.padding, m.dilation)
 
     def _frees(self, plan: list) -> dict:
         """For a partial run: before evaluating each node, the overlay values no later node reads."""
@@ -99,7 +292,7 @@ class ForwardCache:
 
     def _index(self) -> None:
         """Once: which node reads each parameter, and every node's downstream set (as graph positions)."""
-        pos = {n: i for i, n in enumerate(self.nodes)}
+        pos = self.pos
         self._owner: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
             if node.op == "call_module":
@@ -117,8 +310,6 @@ class ForwardCache:
         """The nodes that depend on the given parameter names, plus the output, in graph order."""
         plan = self._plans.get(params)
         if plan is None:
-            if not hasattr(self, "_owner"):
-                self._index()
             dirty: set[int] = {len(self.nodes) - 1}
             for p in params:
                 if p in self._owner:
@@ -130,10 +321,29 @@ class ForwardCache:
                 self._plans[params] = plan
         return plan
 
+    def _order(self, params: frozenset, skip=None) -> list[fx.Node]:
+        """What a trial evaluates: the plan (less ``skip``, whose value the caller supplies) and the
+        fault-free values it reads that the cache does not keep, recomputed from kept ones."""
+        key = ("order", params, skip)
+        order = self._plans.get(key)
+        if order is None:
+            todo = {n for n in self._plan(params) if n is not skip}
+            stack = [a for n in todo for a in n.all_input_nodes if a not in todo and a is not skip]
+            while stack:
+                v = stack.pop()
+                if v in todo or v in self.env:
+                    continue
+                todo.add(v)
+                stack.extend(v.all_input_nodes)
+            order = sorted(todo, key=self.pos.__getitem__)
+            if len(self._plans) < 4096:
+                self._plans[key] = order
+        return order
+
     def start_index(self, params: frozenset) -> int:
         """Position of the first recomputed node (0 = the whole graph), for reporting."""
         plan = self._plan(params)
-        return self.nodes.index(plan[0]) if plan else len(self.nodes)
+        return self.pos[plan[0]] if plan else len(self.nodes)
 
     def _plan_nodes_touch(self, node) -> bool:
         if node.op == "call_module":
@@ -146,32 +356,27 @@ class ForwardCache:
         (the whole forward pass when the first layer is among them). The cache is left intact.
 
         ``sparse = (name, flat_index, delta)``: the faults are ``delta`` added at ``flat_index`` of the
-        weight ``name`` (the only faulty tensor); its layer's output is then corrected, not recomputed."""
+        weight ``name`` (the only faulty tensor); its layer's output is then corrected, not recomputed
+        (when the cache keeps that layer's input and output)."""
         plan = self._plan(params)
         if sparse is not None and len(sparse[1]) <= SPARSE_MAX:
             node = self._sparse_node(sparse[0])
-            if node is not None and plan and plan[0] is node:
+            if node is not None and plan and plan[0] is node and node in self.env and node.args[0] in self.env:
                 out = self._corrected(node, sparse[1], sparse[2])
                 if out is not None:
-                    return self._run(None, self._tail(params, plan), overlay={node: out})
-        if plan and self.nodes.index(plan[0]) <= self.first_param:
+                    chans = self._out_channels(node, sparse[1])
+                    return self._run(self._order(params, node), {node: out}, {node: chans}, params)
+        if plan and self.pos[plan[0]] <= self.first_param:
             return self.model(self.env[self.nodes[0]])
-        return self._run(None, plan, overlay={})
+        return self._run(self._order(params), {})
 
-    def _tail(self, params: frozenset, plan: list) -> list:
-        """``plan`` without its first node, cached (the free lists are cached per plan object)."""
-        key = ("tail", params)
-        tail = self._plans.get(key)
-        if tail is None:
-            tail = plan[1:]
-            if len(self._plans) < 4096:
-                self._plans[key] = tail
-        return tail
+    def _out_channels(self, node, index: torch.Tensor) -> set:
+        """The output channels (dimension 1) of a Linear/Conv weight's flat indices."""
+        w = self.modules[node.target].weight
+        return set((index // w[0].numel()).tolist())
 
     def _sparse_node(self, name: str):
         """The call_module node of a Linear/Conv1d/Conv2d whose ``weight`` is ``name`` (else None)."""
-        if not hasattr(self, "_owner"):
-            self._index()
         mod_name, _, attr = name.rpartition(".")
         i = self._owner.get(name)
         if attr != "weight" or i is None:
@@ -249,16 +454,49 @@ def cache_bytes(cache: ForwardCache) -> int:
     return total
 
 
-def try_cache(model: nn.Module, x: torch.Tensor, *, budget_mb: float | None = None) -> ForwardCache | None:
-    """A :class:`ForwardCache`, or None if the model cannot be traced or its activations on all of ``x``
-    would exceed ``budget_mb`` megabytes (measured on a few inputs first; trials then recompute fully)."""
+def _channelwise(node, value, changed_inputs: list) -> bool:
+    """Whether channel c of ``value`` depends only on channel c of the changed inputs: every changed
+    input has the output's rank and channel count (a flatten keeps channels when only size-1
+    dimensions follow them; max-pooling with indices, or a flatten from another dimension, does not)."""
+    if not isinstance(value, torch.Tensor) or value.ndim < 2:
+        return False
+    if node.target in (torch.flatten, "flatten"):
+        x = changed_inputs[0] if changed_inputs else None
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        return isinstance(x, torch.Tensor) and start == 1 and value.ndim == 2 and x.ndim > 2 \
+            and all(d == 1 for d in x.shape[2:])
+    for x in changed_inputs:
+        if not isinstance(x, torch.Tensor) or x.ndim != value.ndim or x.shape[1] != value.shape[1]:
+            return False
+    return True
+
+
+def _scaled(v, m: int, n: int) -> float:
+    """Bytes of a value measured on ``m`` inputs, scaled to ``n`` (tensors whose first dimension is
+    the batch grow with it; anything else is counted once)."""
+    if isinstance(v, torch.Tensor):
+        b = v.numel() * v.element_size()
+        return b * n / m if v.ndim and v.shape[0] == m and m else float(b)
+    if isinstance(v, (tuple, list)):
+        return sum(_scaled(u, m, n) for u in v)
+    if isinstance(v, dict):
+        return sum(_scaled(u, m, n) for u in v.values())
+    return 0.0
+
+
+def try_cache(model: nn.Module, x: torch.Tensor, *, budget_mb: float | str | None = "auto",
+              params=None, memory: tuple[float, float] | None = None) -> ForwardCache | None:
+    """A :class:`ForwardCache` of at most ``budget_mb`` megabytes (``"auto"``: as much as one fault-free
+    forward pass over ``x`` holds at its peak, so a campaign needs at most about twice a clean
+    evaluation's memory; None: unbounded), or None if the model cannot be traced. ``params``: the
+    parameters the trials put faults in. ``memory = (loaded, now)``: the process's resident MiB with
+    the model and data loaded, and now; ``"auto"`` then keeps the campaign's peak within twice a clean
+    evaluation's (the loaded memory plus one forward pass), not less than one forward pass."""
     try:
-        if budget_mb is not None:
-            m = min(len(x), 8)
-            per_input = cache_bytes(ForwardCache(model, x[:m])) / max(m, 1)
-            if per_input * len(x) > budget_mb * 2**20:
-                return None
-        cache = ForwardCache(model, x)
+        budget = None if budget_mb is None else budget_mb if budget_mb == "auto" else float(budget_mb) * 2**20
+        if budget == "auto" and memory is not None:
+            loaded, now = memory
+            budget = ("auto", (AUTO_SHARE * 2 * loaded - now) * 2**20)
+        return ForwardCache(model, x, budget_bytes=budget, params=params)
     except Exception:  # fx raises many types for untraceable code; the full forward pass still works
         return None
-    return cache
