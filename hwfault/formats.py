@@ -19,19 +19,16 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SpecError, did_you_mean
+from .vocab import FORMATS, INT_BITS as _INT_BITS
 
 #: name -> (bits, storage dtype, same-width integer dtype for the bit view)
 _FLOATS = {"fp32": (32, torch.float32, torch.int32), "fp16": (16, torch.float16, torch.int16),
            "bf16": (16, torch.bfloat16, torch.int16)}
-_INT_BITS = range(2, 17)
 
 
 def list_formats() -> list[str]:
-    """Format names: fp32, fp16, bf16, int2 ... int16."""
-    return list(_FLOATS) + [f"int{n}" for n in _INT_BITS]
-
-
-FORMATS = tuple(list_formats())
+    """Format names: fp32, fp16, bf16, int2 ... int16 (named in :mod:`hwfault.vocab`)."""
+    return list(FORMATS)
 
 
 @dataclass(frozen=True)

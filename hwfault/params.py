@@ -33,9 +33,7 @@ import torch
 from torch import nn
 
 from .errors import SelectionError, did_you_mean
-
-COMPONENT_TYPES = ("conv", "linear", "norm", "embedding", "attention", "recurrent", "elementwise")
-TAGS = COMPONENT_TYPES + ("bias", "weight")
+from .vocab import COMPONENT_TYPES, TAGS  # named once, without torch, for the chip spec too
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _CONVS = (nn.modules.conv._ConvNd,)

@@ -15,7 +15,7 @@ PKG = Path(hwfault.__file__).resolve().parent
 
 # lowest first; a module may import from its own layer and the layers below it
 LAYERS = [
-    ("base", ["errors"]),
+    ("base", ["errors", "vocab"]),
     ("utilities", ["validate", "files", "progress", "runtime", "devices", "stats", "rng"]),
     ("data, parameters, scoring", ["formats", "params", "text", "arrays", "data", "tasks", "evaluation", "pt2", "onnxio", "cards", "training"]),
     ("sets and models", ["constraints", "onnxbind", "onnxmodel", "quant", "zoo"]),

@@ -7,25 +7,16 @@ compensation rescales each tensor by one factor, sum|w| / sum|w(t)| (what a cali
 the whole array measures), which removes the mean decay and leaves the spread (both in
 :mod:`hwfault.faults.physics`).
 
-Covering set: a box. Each nu_i lies in nu_mean_i +- z nu_std_i (union bound over the k devices),
-so each factor (t/t0)^(-nu_i) lies in an interval; the compensation factor is a mean over k devices
-and is bounded by its expected value times (1 +- 10 of its standard deviations), a slack far beyond
-what k >= 100 devices produce.
+Here: the ``[[faults]]`` schema and summary (no torch); the fault model and its covering set (a
+box) are in :mod:`hwfault.faults.models.drift`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
 from typing import Literal
 
-import torch
-
-from ..constraints import Box
-from .base import DeviceView, FaultModel, union_bound_z
 from .config import FaultConfig, Flag, NonNeg, Pos, num
-from .physics import compensate, compensation_range, conductance
-from .registry import register
+from .registry import lazy_attribute, register
 
 
 class DriftFault(FaultConfig):
@@ -43,68 +34,6 @@ class DriftFault(FaultConfig):
     nu_std: NonNeg | None = None
 
 
-@dataclass(frozen=True)
-class Drift(FaultModel):
-    t: float
-    t0: float = 20.0
-    compensation: bool = True
-    nu_mean: float | None = None
-    nu_std: float | None = None
-    kind = "drift"
-    severity_name = "t (s)"
-
-    def _nu(self, view: DeviceView, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.nu_mean is not None:
-            mu = torch.full_like(values, self.nu_mean)
-            sd = torch.full_like(values, self.nu_std if self.nu_std is not None else 0.0)
-            return mu, sd
-        gh = conductance(view, values, floor=1e-6)
-        mu = (-0.0155 * gh.log() + 0.0244).clamp(0.049, 0.1)
-        sd = (-0.0125 * gh.log() - 0.0059).clamp(0.008, 0.045)
-        if self.nu_std is not None:
-            sd = torch.full_like(values, self.nu_std)
-        return mu, sd
-
-    @property
-    def _log_ratio(self) -> float:
-        return math.log(max(self.t, self.t0) / self.t0)
-
-    def sample(self, view, values, gen):
-        mu, sd = self._nu(view, values)
-        nu = (mu + sd * torch.randn(values.numel(), generator=gen, dtype=torch.float64)).clamp(min=0)
-        after = values * torch.exp(-nu * self._log_ratio)
-        return compensate(view, values, after) if self.compensation else after
-
-    def constraint(self, view, coverage):
-        w = view.w_q.double()
-        mu, sd = self._nu(view, w)
-        z = union_bound_z(coverage, view.k)
-        L = self._log_ratio
-        f_hi = torch.exp(-(mu - z * sd).clamp(min=0) * L)  # least decay
-        f_lo = torch.exp(-(mu + z * sd).clamp(min=0) * L)  # most decay
-        a_lo, a_hi = f_lo, f_hi
-        if self.compensation:
-            # alpha = sum|w| / sum|w f|: expected value and spread of the mean decay per tensor
-            ef = torch.exp(-mu * L + 0.5 * (sd * L) ** 2)                       # E f (lognormal)
-            vf = (torch.exp((sd * L) ** 2) - 1) * torch.exp(-2 * mu * L + (sd * L) ** 2)  # Var f
-            alpha_lo, alpha_hi = compensation_range(view, w, ef, vf)
-            a_lo, a_hi = f_lo * alpha_lo, f_hi * alpha_hi
-        # a_i = w_i (factor - 1), factor in [a_lo, a_hi]; order by the sign of w_i
-        d1, d2 = w * (a_lo - 1), w * (a_hi - 1)
-        return Box(torch.minimum(d1, d2), torch.maximum(d1, d2))
-
-    def scaled(self, factor):
-        return replace(self, t=max(self.t0, self.t0 * (self.t / self.t0) ** factor))
-
-    @property
-    def severity(self):
-        return self.t
-
-    def describe(self):
-        return {"kind": self.kind, "t_s": self.t, "t0_s": self.t0, "compensation": self.compensation,
-                "nu": "PCM model" if self.nu_mean is None else {"mean": self.nu_mean, "std": self.nu_std}}
-
-
 def _seconds(t: float) -> str:
     for unit, n in (("years", 365 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
         if t >= n:
@@ -112,7 +41,12 @@ def _seconds(t: float) -> str:
     return f"{num(t)} s"
 
 
-register(kind="drift", config=DriftFault, model=Drift, order=5,
+register(kind="drift", config=DriftFault, model=".models.drift:Drift", order=5,
          summary=lambda f: f"{_seconds(f.t)} after programming"
                            + (", nu from the PCM model" if f.nu_mean is None and f.nu_std is None else "")
                            + (", global compensation" if f.compensation else ", uncompensated"))
+
+
+def __getattr__(name: str):
+    """The fault models (torch) are imported on first use: ``hwfault.faults.drift.Drift``."""
+    return lazy_attribute(__name__, ".models.drift", name)

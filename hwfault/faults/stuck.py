@@ -5,23 +5,18 @@ reads 0, an SA1 cell reads +-max|w| of its tensor (the sign of the stuck device 
 likely). ``granularity = "bit"`` (one cell per stored bit): the bit reads 0 (SA0) or 1 (SA1).
 Each cell is stuck with probability sa0 + sa1, independently; the count is drawn first.
 
-Covering set: at most n = Binomial quantile stuck cells, each taking one of its stuck values
-(a :class:`~hwfault.constraints.CandidateSet`).
+Here: the ``[[faults]]`` schema and summary (no torch); the fault model and its covering set are
+in :mod:`hwfault.faults.models.stuck`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Literal
 
-import torch
 from pydantic import model_validator
 
-from ..constraints import BitSet, CandidateSet
-from ..formats import stick_bits
-from .base import FaultModel, binomial_budget, sample_positions
 from .config import FaultConfig, Prob, fail, show
-from .registry import register
+from .registry import lazy_attribute, register
 
 
 class StuckFault(FaultConfig):
@@ -44,91 +39,15 @@ class StuckFault(FaultConfig):
         return self
 
 
-@dataclass(frozen=True)
-class StuckAt(FaultModel):
-    sa0: float = 0.0
-    sa1: float = 0.0
-    granularity: str = "weight"
-    sa1_value: str = "max"
-    kind = "stuck"
-    severity_name = "stuck rate"
-
-    @property
-    def overrides(self) -> bool:  # type: ignore[override]
-        """A stuck weight reads its stuck value whatever earlier faults did to it."""
-        return self.granularity == "weight"
-
-    @property
-    def rate(self) -> float:
-        return self.sa0 + self.sa1
-
-    def _cells(self, view) -> int:
-        return view.k * (view.bits if self.granularity == "bit" else 1)
-
-    def sample(self, view, values, gen):
-        pos = sample_positions(self._cells(view), self.rate, gen)
-        if pos.numel() == 0:
-            return values
-        one = torch.rand(pos.numel(), generator=gen, dtype=torch.float64) < (self.sa1 / self.rate)
-        out = values.clone()
-        if self.granularity == "bit":
-            idx, local = torch.unique(pos // view.bits, return_inverse=True)
-            codes = stick_bits(view.encode_at(idx, values[idx]), local, pos % view.bits, one.long())
-            out[idx] = view.decode_at(idx, codes).double()
-            return out
-        sign = torch.where(torch.rand(pos.numel(), generator=gen) < 0.5, -1.0, 1.0).double()
-        high = view.tmax.double()[pos] * sign if self.sa1_value == "max" else torch.zeros(pos.numel(), dtype=torch.float64)
-        out[pos] = torch.where(one, high, torch.zeros_like(high))
-        return out
-
-    def budget(self, view, coverage) -> int:
-        return binomial_budget(coverage, self._cells(view), self.rate)
-
-    def constraint(self, view, coverage):
-        w = view.w_q.double()
-        n = self.budget(view, coverage)
-        if self.granularity == "bit":
-            deltas = view.bit_deltas()
-            codes = view.encode(view.w_q)
-            bits = (codes[:, None] >> torch.arange(view.bits)) & 1
-            # a stuck bit changes the value only if it sticks at the other value, and only if that
-            # kind of fault occurs (SA0 clears set bits, SA1 sets clear bits)
-            allowed = ((bits == 1) & (self.sa0 > 0)) | ((bits == 0) & (self.sa1 > 0))
-            return BitSet(torch.where(allowed, deltas, torch.zeros_like(deltas)), n,
-                          tuple(f"bit{b}" for b in range(view.bits)), base=view.w_q.double(),
-                          encode=lambda v: view.encode(v.float()), bits=view.bits,
-                          clear_ok=self.sa0 > 0, set_ok=self.sa1 > 0)
-        opts, labels = [], []
-        if self.sa0 > 0:
-            opts.append(-w)
-            labels.append("sa0")
-        if self.sa1 > 0:
-            tm = view.tmax.double()
-            if self.sa1_value == "max":
-                opts += [tm - w, -tm - w]
-                labels += ["sa1+", "sa1-"]
-            else:
-                opts.append(-w)
-                labels.append("sa1")
-        return CandidateSet(torch.stack(opts, dim=1), n, tuple(labels))
-
-    def scaled(self, factor):
-        f = min(factor, 1.0 / self.rate) if self.rate > 0 else factor
-        return replace(self, sa0=self.sa0 * f, sa1=self.sa1 * f)
-
-    @property
-    def severity(self):
-        return self.rate
-
-    def describe(self):
-        return {"kind": self.kind, "sa0": self.sa0, "sa1": self.sa1, "granularity": self.granularity,
-                "sa1_value": self.sa1_value}
-
-
 def _summary(f: StuckFault) -> str:
     if f.granularity == "weight":
         return "SA0 weight reads 0, SA1 weight reads " + ("+-max|w|" if f.sa1_value == "max" else "0")
     return "a stuck stored bit reads 0 (SA0) or 1 (SA1)"
 
 
-register(kind="stuck", config=StuckFault, model=StuckAt, order=7, summary=_summary)
+register(kind="stuck", config=StuckFault, model=".models.stuck:StuckAt", order=7, summary=_summary)
+
+
+def __getattr__(name: str):
+    """The fault models (torch) are imported on first use: ``hwfault.faults.stuck.StuckAt``."""
+    return lazy_attribute(__name__, ".models.stuck", name)

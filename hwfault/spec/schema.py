@@ -1,8 +1,9 @@
 """The chip spec schema: :class:`ChipSpec` with its :class:`FormatSpec` and :class:`DeviceSpec`.
 
 The ``[[faults]]`` entries are a discriminated union (on ``kind``) of the config schemas in the
-fault registry (:mod:`hwfault.faults.registry`): each fault kind's schema lives with its model in
-``hwfault/faults/<kind>.py``.
+fault registry (:mod:`hwfault.faults.registry`): each fault kind's schema is declared in
+``hwfault/faults/<kind>.py``. Nothing here imports torch (the format and component-type names come
+from :mod:`hwfault.vocab`), so that reading and checking a spec is fast.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from ..errors import did_you_mean
 from ..faults import registry
 from ..faults.config import Flag, StrictModel, Text, fail, show
-from ..formats import FORMATS
-from ..params import TAGS
+from ..vocab import FORMATS, TAGS
 from .toml import chip_toml
 
 __all__ = ["SCHEMA_VERSION", "FAULT_KINDS", "ChipSpec", "FormatSpec", "DeviceSpec", "Fault"]

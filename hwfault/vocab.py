@@ -1,0 +1,22 @@
+"""Names shared by the chip spec and the layers that act on them, with no dependencies (no torch).
+
+The number formats (their arithmetic is :mod:`hwfault.formats`) and the component types of the
+parameter selection (:mod:`hwfault.params`) are named here once, so that reading and checking a
+chip spec (``hwfault chips ...``) imports no torch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FLOAT_FORMATS", "INT_BITS", "FORMATS", "COMPONENT_TYPES", "TAGS"]
+
+#: the float formats, by name (IEEE binary32, binary16, bfloat16)
+FLOAT_FORMATS = ("fp32", "fp16", "bf16")
+#: the widths N of the symmetric integer formats intN
+INT_BITS = range(2, 17)
+#: every number format name: fp32, fp16, bf16, int2 .. int16
+FORMATS = FLOAT_FORMATS + tuple(f"int{n}" for n in INT_BITS)
+
+#: the component types a parameter can have (``--types``, a chip's ``device.types``)
+COMPONENT_TYPES = ("conv", "linear", "norm", "embedding", "attention", "recurrent", "elementwise")
+#: what ``--types`` accepts: the component types and the tensor names ``bias`` / ``weight``
+TAGS = COMPONENT_TYPES + ("bias", "weight")
