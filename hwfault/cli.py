@@ -39,8 +39,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Hardware-fault simulation for neural-network accelerators."""
 
 
-from .cliargs import (CHIP, DATA, DEVICE, LAYERS, MODEL, OUTPUT, PARAMS, PROBE, TASK, TOLERANCE, TYPES,  # noqa: F401
-                      WEIGHTS, _certifiable, _cpu_only, _data_for, _outputs, _outs, _task_kw, parse_eps, parse_n)
+from .cliargs import (CHIP, DATA, DEVICE, LAYERS, MODEL, OUTPUT, PARAMS, PROBE, SCHEDULER, TASK, TOLERANCE,  # noqa: F401
+                      TYPES, WEIGHTS, WORKERS, _certifiable, _cpu_only, _data_for, _outputs, _outs, _task_kw,
+                      parse_eps, parse_n)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -64,6 +65,8 @@ def sweep(
     probe: Optional[str] = PROBE,
     antithetic: bool = typer.Option(False, "--antithetic", help="Random: pair each direction with its negation."),
     float64: bool = typer.Option(False, "--float64", help="Evaluate in float64 (for loss changes below float32 round-off)."),
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
     slopes: bool = typer.Option(False, "--slopes", help="Print the log-log slope of loss change vs eps per method (Theorem 1)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw accuracy vs eps per method here (.png/.svg/.pdf)."),
@@ -84,7 +87,7 @@ def sweep(
     _outs(json_path, plot)
     result = run(model, _data_for(model, data), epsilons=parse_eps(eps), norm=norm, n=parse_n(n), params=params,
                  types=types, layers=layers, methods=methods, trials=trials, seed=seed, probe=probe, steps=steps,
-                 step_size=step_size, antithetic=antithetic, float64=float64,
+                 step_size=step_size, antithetic=antithetic, float64=float64, workers=workers, scheduler=scheduler,
                  **_task_kw(task, tolerance, output, weights, device))
     _outputs(result, report.sweep_table(result), json_path, plot, report.plot_sweep)
     if slopes:
@@ -179,6 +182,8 @@ def estimate(
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     report_path: Optional[str] = typer.Option(None, "--report", help="Write an HTML (.html) or Markdown (.md) report with plots."),
     certify_method: str = typer.Option("ibp", "--certify", help="Certified floor over the covering set: ibp, crown, auto, bab or none."),
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
     task: Optional[str] = TASK,
     tolerance: Optional[float] = TOLERANCE,
     output: Optional[str] = OUTPUT,
@@ -199,7 +204,7 @@ def estimate(
     _outs(json_path, report_path=report_path)
     result = run(model, _data_for(model, data), chip, coverage=coverage, trials=trials, seed=seed, steps=steps,
                  probe=probe, per_fault=not no_breakdown, severities=() if no_breakdown else (0.25, 0.5, 1.0, 2.0, 4.0),
-                 certified=None if certify_method == "none" else certify_method,
+                 certified=None if certify_method == "none" else certify_method, workers=workers, scheduler=scheduler,
                  **_task_kw(task, tolerance, output, weights, device))
     _outputs(result, report.estimate_table(result), json_path, report_path, report.write_report)
 
@@ -437,8 +442,8 @@ def campaign(
     seed: int = typer.Option(0, "--seed", help="Campaign seed: trial t uses a generator seeded from (seed, t)."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLite journal, committed per chunk of trials."),
     resume: bool = typer.Option(False, "--resume", help="Continue the campaign in --db, running only missing trials."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Run on a local Dask cluster of N worker processes."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on an existing Dask cluster (tcp://host:port)."),
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
     params: Optional[str] = typer.Option(None, "--params", help="Comma-separated globs: inject only into these device parameters."),
     by: Optional[str] = typer.Option(None, "--by", help="'layer': one stratum per layer (a per-layer vulnerability scan)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),

@@ -106,6 +106,8 @@ def _task_kw(task: Optional[str], tolerance: Optional[float], output: Optional[s
 
 
 CHIP = typer.Option(..., "--chip", "-c", help="A chip preset name (hwfault chips list) or a chip TOML file.")
+WORKERS = typer.Option(None, "--workers", help="Run the trials on a local Dask cluster of N worker processes.")
+SCHEDULER = typer.Option(None, "--scheduler", help="Run the trials on an existing Dask cluster (tcp://host:port).")
 
 
 def _certifiable(model: str, task: Optional[str]) -> None:

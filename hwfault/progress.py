@@ -19,12 +19,13 @@ _active = None  # the live bar display while one is shown; nested tasks add thei
 
 @contextlib.contextmanager
 def task(description: str, total: int) -> Iterator[Callable[..., None]]:
-    """Yield ``advance(n=1, total=None)`` (``total``: a new total, for work that grows as it goes);
-    draws a bar with rate and ETA while progress is enabled. A task started inside another one gets
+    """Yield ``advance(n=1, total=None, description=None)`` (``total``: a new total, for work that grows
+    as it goes; ``description``: a new label, e.g. the stage a multi-part run is in); draws a bar
+    with rate and ETA while progress is enabled. A task started inside another one gets
     its own row under it (one live display), and the row goes when the task ends."""
     global _active
     if not _enabled or total <= 0:
-        yield lambda n=1, total=None: None
+        yield lambda n=1, total=None, description=None: None
         return
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -39,9 +40,9 @@ def task(description: str, total: int) -> Iterator[Callable[..., None]]:
         _active = bar
     tid = bar.add_task(description, total=total)
 
-    def advance(n: int = 1, total: int | None = None) -> None:
-        if total is not None:
-            bar.update(tid, total=total)
+    def advance(n: int = 1, total: int | None = None, description: str | None = None) -> None:
+        if total is not None or description is not None:
+            bar.update(tid, **{k: v for k, v in (("total", total), ("description", description)) if v is not None})
         bar.advance(tid, n)
 
     try:

@@ -37,3 +37,22 @@ def tune_allocator() -> bool:
         return False
     _done = ok
     return ok
+
+
+class single_thread:
+    """Run the block with one torch intra-op thread (restored after it): trials whose rows must be
+    bit-identical whichever process computes them (a local run, any Dask worker) run so, since a
+    reduction split over threads may round differently with another thread count."""
+
+    def __enter__(self):
+        import torch
+
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.old)
+

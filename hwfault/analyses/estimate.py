@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 from .. import progress, stats, validate
 from ..constraints import CandidateSet
 from ..rng import generator
+from ..runtime import single_thread
 from ..evaluation import EvalResult, as_tensors, differentiable, logits, score
 from ..faults import Chip
 from ..params import perturbed
@@ -36,7 +37,8 @@ from ..search.bitsearch import bit_search
 from ..search.methods import multi_step, one_step
 from ..search.results import WorstCase
 from ..inputs import analysis, resolve_data, resolve_model, resolve_probe
-from ..tasks import current
+from ..tasks import current, using
+from . import distributed
 from .realise import chip_logits
 
 METRIC_KEYS = ("perplexity", "token_accuracy", "mse", "mae", "metric")
@@ -146,21 +148,67 @@ def run_trial(chip: Chip, model, data, gen: torch.Generator) -> EvalResult:
     return score(chip_logits(chip, model, data, gen), as_tensors(data)[1])
 
 
-def monte_carlo(chip: Chip, model, data, *, trials: int, seed: int, label: str = "Monte-Carlo") -> MonteCarlo:
-    """Accuracy statistics over ``trials`` chips (trial t seeded from (seed, t))."""
-    accs, losses, metrics, nonfinite = [], [], [], 0
-    r = None
+def trial_row(chip: Chip, model, data, seed: int, t: int) -> tuple[float, float, float, bool]:
+    """Monte-Carlo trial t as ``(accuracy, loss, metric, nonfinite)``: a pure function of (seed, t)."""
+    r = run_trial(chip, model, data, generator(seed, t))
+    return r.accuracy, r.loss, r.metric, r.nonfinite > 0
+
+
+def monte_carlo(chip: Chip, model, data, *, trials: int, seed: int, label: str = "Monte-Carlo",
+                remote: Callable | None = None) -> MonteCarlo:
+    """Accuracy statistics over ``trials`` chips (trial t seeded from (seed, t)).
+
+    Trials run single-threaded, so trial t gives the same numbers in any process; ``remote(trials,
+    advance)``, when given, runs them elsewhere (Dask workers) and returns their rows in trial order."""
     with progress.task(label, trials) as advance:
-        for t in range(trials):
-            r = run_trial(chip, model, data, generator(seed, t))
-            accs.append(r.accuracy)
-            losses.append(r.loss)
-            metrics.append(r.metric)
-            nonfinite += r.nonfinite > 0
-            advance(1)
+        if remote is not None:
+            rows = remote(trials, advance)
+        else:
+            rows = []
+            with single_thread():
+                for t in range(trials):
+                    rows.append(trial_row(chip, model, data, seed, t))
+                    advance(1)
     task = current()
-    return MonteCarlo(tuple(accs), tuple(losses), nonfinite, tuple(metrics) if task.metric_name != "accuracy" else (),
+    return MonteCarlo(tuple(r[0] for r in rows), tuple(r[1] for r in rows), sum(bool(r[3]) for r in rows),
+                      tuple(r[2] for r in rows) if task.metric_name != "accuracy" else (),
                       task.metric_name, task.higher_is_better)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a Dask worker rebuilds an estimate's Monte-Carlo from (shipped to every worker once)."""
+
+    key: str
+    model: object  # a name or path (loaded on the worker), or the module itself
+    data: object   # likewise
+    chip: dict     # the validated chip spec
+    task: object
+    device: str | None = None  # the caller's device type (None: the CPU)
+
+
+def _chunk(job: _Job, variant: tuple, seed: int, trials: list[int]) -> list[tuple[int, tuple]]:
+    """Monte-Carlo trials on a worker: ``[(t, row)]`` for the chip ``variant`` (``("all", None)``, a
+    fault ``("alone", i)``, or every fault ``("scaled", factor)``)."""
+    from ..spec import ChipSpec
+
+    def build():
+        model, data = distributed.load(job.model, job.data, device=job.device)
+        return model, data, Chip.build(ChipSpec.model_validate(job.chip), model), {}
+
+    with using(job.task), single_thread():
+        model, data, dev, chips = distributed.built(job.key, build)
+        if variant not in chips:
+            kind, arg = variant
+            chips[variant] = (dev if kind == "all" else dev.with_faults([dev.faults[arg]]) if kind == "alone"
+                              else dev.with_faults([f.scaled(arg) for f in dev.faults]))
+        return [(t, trial_row(chips[variant], model, data, seed, t)) for t in trials]
+
+
+def _remote(runner, job, variant: tuple, seed: int) -> Callable | None:
+    if runner is None:
+        return None
+    return lambda trials, advance: runner.trials(_chunk, trials, job, variant, seed, advance=advance)
 
 
 def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, steps: int, probe=None) -> WorstCases:
@@ -168,12 +216,18 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
     if not differentiable(model):
         return WorstCases(skipped=f"{type(model).__name__}: the worst cases need gradients; Monte-Carlo only")
     cset = chip.constraint(coverage)
-    os_ = one_step(model, data, cset, selection=chip.selection, clean=clean, probe=probe)
-    ms = multi_step(model, data, cset, selection=chip.selection, clean=clean, init=os_, steps=steps, probe=probe)
-    bs = None
-    if any(isinstance(s, CandidateSet) and s.n > 0 for s in cset.parts):
-        bs = bit_search(model, data, cset, selection=chip.selection, clean=clean, base=os_, probe=probe,
-                        keep_best=True)
+    bits = any(isinstance(s, CandidateSet) and s.n > 0 for s in cset.parts)
+    with progress.task("worst case: one step", steps + 2 + bits) as advance:
+        os_ = one_step(model, data, cset, selection=chip.selection, clean=clean, probe=probe)
+        advance(1, description="worst case: multi-step")
+        ms = multi_step(model, data, cset, selection=chip.selection, clean=clean, init=os_, steps=steps, probe=probe,
+                        advance=advance)
+        bs = None
+        if bits:
+            advance(0, description="worst case: bit search")
+            bs = bit_search(model, data, cset, selection=chip.selection, clean=clean, base=os_, probe=probe,
+                            keep_best=True)
+            advance(1)
     return WorstCases(os_, ms, bs, {"coverage": coverage, **cset.to_dict()})
 
 
@@ -199,11 +253,16 @@ class EstimateResult:
 
 
 @analysis
+@distributed.on_dask
 def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 100, seed: int = 0,
              steps: int = 10, probe: str | None = None, per_fault: bool = True,
              severities: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), severity_trials: int | None = None,
-             certified: str | None = "ibp") -> EstimateResult:
-    """The bracket for ``model`` on ``chip`` (a preset name, a TOML path or a ChipSpec)."""
+             certified: str | None = "ibp", runner=None) -> EstimateResult:
+    """The bracket for ``model`` on ``chip`` (a preset name, a TOML path or a ChipSpec).
+
+    ``workers=N`` runs the Monte-Carlo chips (also those of the per-fault breakdown and the severity
+    curve) on a local Dask cluster of N processes, ``scheduler=ADDRESS`` on an existing one, with
+    the same result as a local run (:mod:`hwfault.analyses.distributed`)."""
     from ..spec import ChipSpec, load_chip
 
     t0 = time.perf_counter()
@@ -219,81 +278,120 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
     pdata, plabel = resolve_probe(data, dset, probe)
     pdata = None if probe is None else pdata
     dev = Chip.build(spec, module)
-    parts: dict[str, float] = {}
-    tick = time.perf_counter()
-    clean = logits(module, dset)
-    clean_seconds = time.perf_counter() - tick
-    _, y = as_tensors(dset)
-    base = score(clean, y)
-    with perturbed(dev.selection, dev.delta(dev.view.w_q.double())):
-        quant = score(logits(module, dset), y)
-    tick = _lap(parts, "clean", tick)
+    job = _ship(runner, model, module, data, dset, spec)
+    with progress.task("estimate", len(PARTS)) as step:  # one row naming the part running, its own bar below
+        parts = _Parts(step)
+        parts.begin("clean")
+        with progress.task("clean and stored-format evaluations", 2) as advance:
+            tick = time.perf_counter()
+            clean = logits(module, dset)
+            clean_seconds = time.perf_counter() - tick
+            advance(1)
+            _, y = as_tensors(dset)
+            base = score(clean, y)
+            with perturbed(dev.selection, dev.delta(dev.view.w_q.double())):
+                quant = score(logits(module, dset), y)
+            advance(1)
 
-    random = monte_carlo(dev, module, dset, trials=trials, seed=seed)
-    tick = _lap(parts, "monte_carlo", tick)
-    grads = differentiable(module)  # an ONNX model runs in onnxruntime: no gradients
+        parts.begin("monte_carlo")
+        random = monte_carlo(dev, module, dset, trials=trials, seed=seed,
+                             remote=_remote(runner, job, ("all", None), seed))
+        grads = differentiable(module)  # an ONNX model runs in onnxruntime: no gradients
 
-    def wc_of(chip_) -> WorstCases:
-        return worst_cases(chip_, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata)
+        def wc_of(chip_) -> WorstCases:
+            return worst_cases(chip_, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata)
 
-    worst = wc_of(dev)
-    tick = _lap(parts, "worst_case", tick)
+        parts.begin("worst_case")
+        worst = wc_of(dev)
 
-    faults = []
-    if per_fault and len(dev.faults) > 1:
-        for i, f in enumerate(dev.faults):
-            alone = dev.with_faults([f])
-            mc = monte_carlo(alone, module, dset, trials=max(10, trials // 4), seed=seed,
-                             label=f"Monte-Carlo ({f.kind} alone)")
-            faults.append({"fault": f.describe(), "random": mc.brief(), "worst_case": wc_of(alone).brief()})
-    elif per_fault and dev.faults:
-        faults.append({"fault": dev.faults[0].describe(), "random": random.brief(), "worst_case": worst.brief()})
-    tick = _lap(parts, "per_fault", tick)
+        parts.begin("per_fault")
+        faults = []
+        if per_fault and len(dev.faults) > 1:
+            with progress.task("per fault", len(dev.faults)) as advance:
+                for i, f in enumerate(dev.faults):
+                    advance(0, description=f"per fault: {f.kind} alone")
+                    alone = dev.with_faults([f])
+                    mc = monte_carlo(alone, module, dset, trials=max(10, trials // 4), seed=seed,
+                                     label=f"Monte-Carlo ({f.kind} alone)",
+                                     remote=_remote(runner, job, ("alone", i), seed))
+                    faults.append({"fault": f.describe(), "random": mc.brief(), "worst_case": wc_of(alone).brief()})
+                    advance(1)
+        elif per_fault and dev.faults:
+            faults.append({"fault": dev.faults[0].describe(), "random": random.brief(), "worst_case": worst.brief()})
 
-    sev = {"factors": [], "random_mean": [], "one_step": [], "multi_step": [], "nominal": {}}
-    if severities and dev.faults:
-        st = severity_trials or max(5, trials // 5)
-        sev["nominal"] = {f.kind: f.severity for f in dev.faults}
-        sev["severity_name"] = {f.kind: f.severity_name for f in dev.faults}
-        for s in severities:
-            scaled = dev.with_faults([f.scaled(s) for f in dev.faults])
-            mc = monte_carlo(scaled, module, dset, trials=st, seed=seed, label=f"severity x{s:g}")
-            sev["factors"].append(s)
-            sev["random_mean"].append(mc.accuracy_mean)
-            if mc.metrics:
-                sev.setdefault(f"random_{mc.metric_name}", []).append(mc.metric_mean)
-            if not grads:
-                sev["one_step"].append(None)
-                sev["multi_step"].append(None)
-                continue
-            cset = scaled.constraint(cov)
-            os_ = one_step(module, dset, cset, selection=dev.selection, clean=base, probe=pdata)
-            ms = multi_step(module, dset, cset, selection=dev.selection, clean=base, init=os_, steps=max(3, steps // 2),
-                            probe=pdata)
-            sev["one_step"].append(os_.accuracy)
-            sev["multi_step"].append(ms.accuracy)
-            if mc.metrics:
-                sev.setdefault(f"one_step_{mc.metric_name}", []).append(os_.extra.get(mc.metric_name))
-                sev.setdefault(f"multi_step_{mc.metric_name}", []).append(ms.extra.get(mc.metric_name))
+        parts.begin("severity")
+        sev = {"factors": [], "random_mean": [], "one_step": [], "multi_step": [], "nominal": {}}
+        if severities and dev.faults:
+            st = severity_trials or max(5, trials // 5)
+            sev["nominal"] = {f.kind: f.severity for f in dev.faults}
+            sev["severity_name"] = {f.kind: f.severity_name for f in dev.faults}
+            with progress.task("severity", len(severities)) as advance:
+                for s in severities:
+                    advance(0, description=f"severity x{s:g}")
+                    scaled = dev.with_faults([f.scaled(s) for f in dev.faults])
+                    mc = monte_carlo(scaled, module, dset, trials=st, seed=seed, label=f"Monte-Carlo (severity x{s:g})",
+                                     remote=_remote(runner, job, ("scaled", s), seed))
+                    sev["factors"].append(s)
+                    sev["random_mean"].append(mc.accuracy_mean)
+                    if mc.metrics:
+                        sev.setdefault(f"random_{mc.metric_name}", []).append(mc.metric_mean)
+                    if not grads:
+                        sev["one_step"].append(None)
+                        sev["multi_step"].append(None)
+                    else:
+                        cset = scaled.constraint(cov)
+                        os_ = one_step(module, dset, cset, selection=dev.selection, clean=base, probe=pdata)
+                        ms = multi_step(module, dset, cset, selection=dev.selection, clean=base, init=os_,
+                                        steps=max(3, steps // 2), probe=pdata)
+                        sev["one_step"].append(os_.accuracy)
+                        sev["multi_step"].append(ms.accuracy)
+                        if mc.metrics:
+                            sev.setdefault(f"one_step_{mc.metric_name}", []).append(os_.extra.get(mc.metric_name))
+                            sev.setdefault(f"multi_step_{mc.metric_name}", []).append(ms.extra.get(mc.metric_name))
+                    advance(1)
 
-    tick = _lap(parts, "severity", tick)
-    cert = certified_floor(module, dset, dev, cov, method=certified) if certified else {
-        "accuracy": None, "method": None, "reason": "not requested"}
-    _lap(parts, "certified", tick)
+        parts.begin("certified")
+        cert = certified_floor(module, dset, dev, cov, method=certified) if certified else {
+            "accuracy": None, "method": None, "reason": "not requested"}
+        parts.end()
 
     return EstimateResult(
         mlabel, dlabel, {"name": spec.name, "coverage": cov, **dev.describe()},
         base.row(), quant.row(), random, worst, tuple(faults), sev, time.perf_counter() - t0,
         {"task": current().describe(), "seed": seed, "steps": steps, "probe": plabel, "certified": cert,
-         "seconds_by_part": {k: round(v, 3) for k, v in parts.items()},
+         "seconds_by_part": {k: round(v, 3) for k, v in parts.seconds.items()},
          "clean_evaluation_seconds": round(clean_seconds, 4)})
 
 
-def _lap(parts: dict, name: str, since: float) -> float:
-    """Add the seconds since ``since`` to ``parts[name]``; return now."""
-    now = time.perf_counter()
-    parts[name] = parts.get(name, 0.0) + now - since
-    return now
+PARTS = ("clean", "monte_carlo", "worst_case", "per_fault", "severity", "certified")
+
+
+class _Parts:
+    """The seconds of each part of an estimate (``seconds_by_part``), and the outer progress row that
+    names the part running (``estimate: worst case``, 3/6)."""
+
+    def __init__(self, advance):
+        self.advance, self.seconds, self.name, self.since = advance, {}, None, time.perf_counter()
+
+    def begin(self, name: str) -> None:
+        self.end()
+        self.name, self.since = name, time.perf_counter()
+        self.advance(0, description=f"estimate: {name.replace('_', ' ')}")
+
+    def end(self) -> None:
+        if self.name is not None:
+            self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - self.since
+            self.name = None
+            self.advance(1)
+
+
+def _ship(runner, model, module, data, dset, spec):
+    """The job of an estimate's Monte-Carlo on every worker (None for a local run): the model and
+    data by name or path when they were given so (the workers load them), else pickled."""
+    if runner is None:
+        return None
+    return runner.ship(_Job(distributed.new_key(), distributed.source(model, module), distributed.source(data, dset),
+                            spec.to_dict(), current(), distributed.device_type(module)))
 
 
 def certified_floor(model, data, chip: Chip, coverage: float, method: str = "ibp") -> dict:

@@ -23,7 +23,9 @@ from ..errors import ConstraintError, did_you_mean
 from ..evaluation import evaluate
 from ..params import select
 from ..inputs import analysis, resolve_data, resolve_model, resolve_probe
-from ..tasks import current
+from ..runtime import single_thread
+from ..tasks import current, using
+from . import distributed
 
 METHOD_NAMES = tuple(corruption.METHODS)
 
@@ -98,15 +100,19 @@ class SweepResult:
 
 
 @analysis
+@distributed.on_dask
 def sweep(model, data, *, epsilons: Sequence[float], norm: float | str = 2, n: int | None = None,
           params: str | Sequence[str] | None = None, types=None, layers=None,
           methods: str | Sequence[str] = METHOD_NAMES, trials: int = 10, seed: int = 0,
           probe: str | None = None, steps: int = 10, step_size: float | None = None,
-          antithetic: bool = False, float64: bool = False) -> SweepResult:
+          antithetic: bool = False, float64: bool = False, runner=None) -> SweepResult:
     """Run the chosen corruption methods over ``epsilons`` on the selected parameters.
 
     ``float64=True`` evaluates a float64 copy of the model on float64 inputs: at very small eps the
     second-order loss change of random corruption (~eps^2) is below float32 round-off.
+    ``workers=N`` runs the random method's trials on a local Dask cluster of N processes,
+    ``scheduler=ADDRESS`` on an existing one, with the same result as a local run
+    (:mod:`hwfault.analyses.distributed`).
     """
     t0 = time.perf_counter()
     p = parse_norm(norm)
@@ -126,7 +132,9 @@ def sweep(model, data, *, epsilons: Sequence[float], norm: float | str = 2, n: i
     for m in names:
         kw: dict = {"selection": sel, "clean": base}
         if m == "random":
-            kw.update(trials=trials, seed=seed, antithetic=antithetic)
+            kw.update(trials=trials, seed=seed, antithetic=antithetic,
+                      map_trials=_remote(runner, model, module, data, dset, float64, (params, types, layers), ball, eps,
+                                         seed, antithetic))
         else:
             kw["probe"] = None if probe is None else pdata
         if m == "multistep":
@@ -136,6 +144,48 @@ def sweep(model, data, *, epsilons: Sequence[float], norm: float | str = 2, n: i
                        time.perf_counter() - t0,
                        {"task": current().describe(), "trials": trials, "seed": seed, "steps": steps, "methods": names,
                         "dtype": "float64" if float64 else "float32"})
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a Dask worker rebuilds a sweep's random trials from (shipped to every worker once)."""
+
+    key: str
+    model: object      # a name or path (loaded on the worker), or the module itself (already float64 if asked)
+    data: object       # likewise
+    float64: bool
+    select: tuple      # (params, types, layers)
+    ball: LpBall
+    epsilons: tuple
+    task: object
+    device: str | None = None  # the caller's device type (None: the CPU)
+
+
+def _chunk(job: _Job, seed: int, antithetic: bool, trials: list[int]) -> list[tuple[int, list]]:
+    """Random corruption trials on a worker: ``[(t, rows per eps)]``."""
+
+    def build():
+        model, data = distributed.load(job.model, job.data, device=job.device)
+        if job.float64:  # what came by name is converted here; what was shipped already is
+            m64, d64 = _as_float64(model if isinstance(job.model, str) else None, data)
+            model, data = (m64 if isinstance(job.model, str) else model), (d64 if isinstance(job.data, str) else data)
+        params, types, layers = job.select
+        return model, data, select(model, params, types=types, layers=layers)
+
+    with using(job.task), single_thread():
+        model, data, sel = distributed.built(job.key, build)
+        return [(t, corruption.random_trial(model, data, job.ball, selection=sel, epsilons=job.epsilons, seed=seed,
+                                            trial=t, antithetic=antithetic)) for t in trials]
+
+
+def _remote(runner, model, module, data, dset, float64, sel_args, ball, eps, seed, antithetic):
+    """The random method's ``map_trials`` on the runner (None for a local run)."""
+    if runner is None:
+        return None
+    job = runner.ship(_Job(distributed.new_key(), distributed.source(model, module), distributed.source(data, dset),
+                           float64, tuple(sel_args), ball, tuple(eps), current(), distributed.device_type(module)))
+    return lambda trials, advance: runner.trials(_chunk, trials, job, seed, antithetic, advance=advance,
+                                                 per_trial=len(eps))
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from ..errors import ConstraintError
 from ..evaluation import EvalResult, evaluate, finite_gradient, loss_and_grad
 from ..params import Selection, perturbed, select
 from ..rng import trial_seed
+from ..runtime import single_thread
 from .ascent import best_iterate, iterates, set_step
 from .results import (CorruptionPoint, CorruptionResult, WorstCase, check_parts, evaluate_parts, mean_extra,
                       task_extra, total)
@@ -77,50 +78,64 @@ def _one(parts) -> torch.Tensor:
 
 def random(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Sequence[float],
            selection: Selection | None = None, trials: int = 10, seed: int = 0, antithetic: bool = False,
-           clean: EvalResult | None = None) -> CorruptionResult:
+           clean: EvalResult | None = None, map_trials=None) -> CorruptionResult:
     """Random corruption (Eq. 5), ``trials`` draws per eps.
 
     Trial t uses the same random direction at every eps (common random numbers, seeded from
     ``(seed, t)``), so curves over eps are comparable. ``antithetic=True`` pairs each direction with
     its negation, which cancels the first-order term of the loss change exactly in the mean
     (a variance reduction for measuring the second-order behaviour of Theorem 1).
+
+    Trials run single-threaded (:func:`random_trial`: the same numbers in any process);
+    ``map_trials(trials, advance)``, when given, runs them elsewhere (Dask workers: ``hwfault sweep
+    --workers``) and returns their rows in trial order.
     """
     trials = validate.trials("--trials", trials)
     seed = validate.seed(seed)
     eps_list = validate.epsilons(epsilons)
     sel, base = _setup(model, data, selection, clean)
-    k, dtype = sel.numel, sel.params[0].dtype
-    unit = constraint.at(1.0)
-    accs: list[list[float]] = [[] for _ in eps_list]
-    losses: list[list[float]] = [[] for _ in eps_list]
-    extras: list[list[dict]] = [[] for _ in eps_list]
     with progress.task("random corruption", trials * len(eps_list)) as advance:
-        for t in range(trials):  # one direction at a time (drawn from (seed, t)), never all of them at once
-            j, sign = (t // 2, -1.0 if t % 2 else 1.0) if antithetic else (t, 1.0)
-            gen = torch.Generator().manual_seed(trial_seed(seed, j))
-            parts = ([sign * p.random(k, gen, dtype=torch.float64) for p in unit.parts] if isinstance(unit, SumSet)
-                     else [sign * unit.random(k, gen, dtype=torch.float64)])
-            for i, e in enumerate(eps_list):
-                scaled = [(d * e).to(dtype) for d in parts]
-                _verify(constraint.at(e), scaled)
-                with perturbed(sel, _one(scaled)):
-                    r = evaluate(model, data)
-                accs[i].append(r.accuracy)
-                losses[i].append(r.loss)
-                extras[i].append(task_extra(r))
-                advance(1)
+        if map_trials is not None:
+            rows = map_trials(trials, advance)
+        else:
+            with single_thread():  # one direction at a time (drawn from (seed, t)), never all of them at once
+                rows = [random_trial(model, data, constraint, selection=sel, epsilons=eps_list, seed=seed, trial=t,
+                                     antithetic=antithetic, advance=advance) for t in range(trials)]
     points = []
     for i, e in enumerate(eps_list):
-        acc, loss = np.asarray(accs[i]), np.asarray(losses[i])
+        acc, loss = np.asarray([r[i][0] for r in rows]), np.asarray([r[i][1] for r in rows])
         change = loss - base.loss
         points.append(CorruptionPoint("random", e, float(acc.mean()), float(loss.mean()), float(change.mean()), {
             "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
             "accuracy_std": float(acc.std(ddof=1)) if trials > 1 else 0.0,
             "loss_change_std": float(change.std(ddof=1)) if trials > 1 else 0.0,
             "trials": trials, "antithetic": antithetic, "trial_accuracies": [float(v) for v in acc],
-            **mean_extra(extras[i]),
+            **mean_extra([r[i][2] for r in rows]),
         }))
     return CorruptionResult("random", tuple(points))
+
+
+def random_trial(model: nn.Module, data, constraint: ConstraintSet, *, selection: Selection,
+                 epsilons: Sequence[float], seed: int, trial: int, antithetic: bool = False,
+                 advance=None) -> list[tuple[float, float, dict]]:
+    """Random corruption trial ``trial`` at every eps: ``[(accuracy, loss, task metrics)]``, one per
+    eps, a pure function of (seed, trial) (bit-identical in any process when run single-threaded)."""
+    k, dtype = selection.numel, selection.params[0].dtype
+    unit = constraint.at(1.0)
+    j, sign = (trial // 2, -1.0 if trial % 2 else 1.0) if antithetic else (trial, 1.0)
+    gen = torch.Generator().manual_seed(trial_seed(seed, j))
+    parts = ([sign * p.random(k, gen, dtype=torch.float64) for p in unit.parts] if isinstance(unit, SumSet)
+             else [sign * unit.random(k, gen, dtype=torch.float64)])
+    out = []
+    for e in epsilons:
+        scaled = [(d * e).to(dtype) for d in parts]
+        _verify(constraint.at(e), scaled)
+        with perturbed(selection, _one(scaled)):
+            r = evaluate(model, data)
+        out.append((r.accuracy, r.loss, task_extra(r)))
+        if advance:
+            advance(1)
+    return out
 
 
 def _probe_data(data, probe):
@@ -249,13 +264,16 @@ def one_step(model: nn.Module, data, cset: ConstraintSet, *, selection: Selectio
 
 
 def multi_step(model: nn.Module, data, cset: ConstraintSet, *, selection: Selection, clean: EvalResult,
-               init: WorstCase, steps: int = 10, step_frac: float | None = None, probe=None) -> WorstCase:
+               init: WorstCase, steps: int = 10, step_frac: float | None = None, probe=None,
+               advance=None) -> WorstCase:
     """Projected ascent from ``init`` (the one-step point), each continuous part projected onto its own
-    set and discrete parts re-solved greedily at each iterate; the best iterate on the probe data."""
+    set and discrete parts re-solved greedily at each iterate; the best iterate on the probe data.
+    ``advance(1)`` is called per iterate (``steps + 1`` in all), for a caller's progress bar."""
     s = _sum(cset)
     pdata = _probe_data(data, probe)
     best = _ascend(model, pdata, selection, list(init.parts), set_step(s.parts, 1.5 / steps if step_frac is None
-                                                                        else step_frac), steps=steps)
+                                                                        else step_frac), steps=steps,
+                   advance=advance)
     check_parts(s, best.point)
     r = best.value if probe is None else evaluate_parts(model, data, selection, best.point)
     return WorstCase("multi_step", r.accuracy, r.loss, r.loss - clean.loss, tuple(best.point),

@@ -18,6 +18,7 @@ from ...faults import Chip
 from ...inputs import load_model, resolve_task
 from ...tasks import TASKS
 from ...spec import load_chip
+from ..distributed import check as check_runner, runner
 from .plan import Plan, check_plan, make_plan
 from .run import CACHE_MB, CampaignResult, Recipe, context, measure_trials, run_campaign
 
@@ -81,10 +82,7 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
     fault-free activation cache (beyond it, trials recompute the whole forward pass). ``device``
     (:mod:`hwfault.devices`; default the CPU) is where trials run: on Dask, ``cuda``/``auto`` give worker
     i ``cuda:(i % GPUs)``; the faults of trial t are drawn on the CPU, so they are the same on every device."""
-    if workers is not None and scheduler:
-        raise HwfaultError("give --workers or --scheduler, not both")
-    if workers is not None:
-        validate.integer("--workers", workers, lo=1)
+    check_runner(workers, scheduler)
     if resume and not db:
         raise HwfaultError("--resume needs --db")
     if trials is not None:
@@ -100,6 +98,6 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
                                    device=device)
     plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
     check_plan(plan)
-    context(recipe, obj_model if obj_model is not None else module, obj_data)
-    return run_campaign(recipe, plan, db=db, resume=resume, workers=workers, scheduler=scheduler, chunk=chunk,
-                        on_rows=on_rows)
+    with runner(workers, scheduler) as rn:  # the cluster is up (or the scheduler answered) before the golden run
+        context(recipe, obj_model if obj_model is not None else module, obj_data)
+        return run_campaign(recipe, plan, db=db, resume=resume, chunk=chunk, on_rows=on_rows, runner=rn)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import math
 import time
@@ -36,11 +35,13 @@ from torch import nn
 
 from ... import progress
 from ...rng import trial_seed
-from ...errors import ConstraintError, HwfaultError
+from ...runtime import single_thread
+from ...errors import HwfaultError
 from ...evaluation import Golden, as_output, as_tensors, logits as run_logits, model_input, score_against
 from ...faults import Chip
 from ...params import perturbed
 from ... import stats
+from ..distributed import chunk_size
 from ..realise import transient_logits
 from .incremental import SPARSE_MAX, try_cache
 from .journal import Journal
@@ -216,17 +217,6 @@ def _touched(chip: Chip, changed: torch.Tensor) -> frozenset:
     return frozenset(chip.selection.names[i] for i in seg)
 
 
-class single_thread:
-    """Run trials single-threaded, so rows are bit-identical whichever process computes them."""
-
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
-
-
 _CONTEXTS: dict[str, Context] = {}
 
 
@@ -347,13 +337,14 @@ def _chunks(ids: Iterator[int], size: int) -> Iterator[list[int]]:
 
 def run_campaign(recipe: Recipe, plan: Plan, *, db: str | None = None, resume: bool = False, workers: int | None = None,
                  scheduler: str | None = None, chunk: int | None = None,
-                 on_rows: Callable[[list[dict]], None] | None = None) -> CampaignResult:
+                 on_rows: Callable[[list[dict]], None] | None = None, runner=None) -> CampaignResult:
     """Run (or resume) a campaign; every chunk is committed to the journal before the next is counted.
 
     Trial ids are generated lazily and rows stream into the journal, so a campaign of any planned
     size (up to :data:`~hwfault.validate.MAX_CAMPAIGN_TRIALS`) runs in constant memory until it ends or
     is stopped; ``--resume`` continues it. A journal this call created is removed again if the
-    campaign fails before its first trial is committed."""
+    campaign fails before its first trial is committed. ``runner``: an open
+    :class:`~hwfault.analyses.distributed.Runner` to run on (instead of ``workers``/``scheduler``)."""
     t0 = time.perf_counter()
     check_plan(plan)
     identity = {**recipe.identity(), "plan": plan.to_dict()}
@@ -365,15 +356,15 @@ def run_campaign(recipe: Recipe, plan: Plan, *, db: str | None = None, resume: b
         done = journal.done_ranges()
         n_done = sum(b - a for a, b in done)
         todo = plan.planned_trials - n_done
-        size = chunk or max(1, min(64, math.ceil(todo / (8 * (workers or 1)))))
+        size = chunk or chunk_size(todo, runner.workers if runner is not None else workers)
         chunks = _chunks(_missing(plan.planned_trials, done), size)
         journal.set_meta("golden_accuracy", ctx.golden_acc)
         journal.set_meta("golden", ctx.golden.result.row())
         ok = True
         with progress.task("campaign", plan.planned_trials) as advance:
             advance(n_done)
-            if workers or scheduler:
-                _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_rows)
+            if runner is not None or workers or scheduler:
+                _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_rows, runner)
             else:
                 for c in chunks:
                     rows = run_chunk(recipe, plan, c)
@@ -416,37 +407,17 @@ def measure_trials(recipe: Recipe, plan: Plan, *, seconds: float = 1.0, max_tria
     return {"seconds_per_trial": per, "measured_trials": n, "estimated_seconds": per * plan.planned_trials}
 
 
-def _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_rows) -> None:
-    from distributed import Client, LocalCluster, as_completed
+def _run_dask(recipe, plan, chunks, journal, advance, workers, scheduler, on_rows, runner=None) -> None:
+    from ..distributed import connect
 
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="5s")
-        except Exception as e:  # a refused or garbled connection raises anything from OSError to MemoryError
-            raise HwfaultError(f"cannot reach the Dask scheduler at {scheduler}: {type(e).__name__}"
-                               + (f" ({str(e).strip().splitlines()[0][:100]})" if str(e).strip() else "")) from None
-        cluster = None
-    else:
-        if workers < 1:
-            raise ConstraintError(f"expected --workers >= 1, got {workers}")
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, processes=True)
-        client = Client(cluster)
+    own = runner is None
+    runner = runner or connect(workers, scheduler)
     try:
-        # a bounded window of chunks in flight: the chunk list is never materialised
-        window = 4 * max(1, workers or len(client.scheduler_info().get("workers", {})) or 1)
-        pending = as_completed()
-        for c in itertools.islice(chunks, window):
-            pending.add(client.submit(run_chunk, recipe, plan, c, pure=False, retries=3))
-        for fut in pending:
-            rows = fut.result()
-            nxt = next(chunks, None)
-            if nxt is not None:
-                pending.add(client.submit(run_chunk, recipe, plan, nxt, pure=False, retries=3))
+        for rows in runner.map(run_chunk, chunks, recipe, plan):
             journal.write(rows)
             advance(len(rows))
             if on_rows:
                 on_rows(rows)
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        if own:
+            runner.close()
