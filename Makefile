@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/memory_eval.py
 	$(BIN)/python bench/lm_zoo.py
 	$(BIN)/python bench/certify.py
+	$(BIN)/python bench/scale.py
 
 # retrains the shipped hardened checkpoints (models/*-hard-*.safetensors) and checks the targets (~20 min)
 hardened: $(STAMP)
