@@ -1,6 +1,6 @@
 """Weight-fault campaigns in PyTorchFI and in hwfault, the same work in one run.
 
-    .venv/bin/python bench/campaign_vs_pytorchfi.py [--trials 300] [--repeats 3]
+    .venv/bin/python bench/campaign_vs_pytorchfi.py [--trials 300] [--repeats 3] [--resnet18-trials 300]
 
 On the residual zoo model (mnist1d-resnet, 1000 test inputs, one batch, one thread each):
 (a) classic statistical fault injection: one random bit flip per trial in the fp32 weights, sites
@@ -14,6 +14,12 @@ The floor is, for (a), the fault-free forward from each trial's faulty layer on 
 cached input; for (b) one fault-free evaluation. It is timed interleaved with the campaign (after
 every chunk of 10 trials, the floors of those trials), because this shared machine's speed drifts
 by 20% within a minute. Also the SDC rates with Wilson 95% intervals.
+(c) real size: the single-bit-flip campaign of (a) on a CIFAR ResNet-18 (bench/_nets.py, 11.2M
+    parameters, seeded weights) over 500 seeded 3x32x32 inputs labelled by the model: hwfault runs
+    ``--resnet18-trials`` trials (default 300); PyTorchFI, whose every trial is a deep copy and a
+    whole forward pass, runs ``--pytorchfi-trials`` of them (default 10) and is compared by trials/s.
+    ``per_trial_vs_clean`` is hwfault's time per trial in fault-free evaluations of the same model
+    and inputs (``hw.evaluate``, one thread, timed before and after the campaign).
 Writes bench/results/campaign_vs_pytorchfi.json.
 """
 
@@ -30,12 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch import nn
 
 from hwfault import load_data, load_model
 from hwfault.analyses.campaign.incremental import ForwardCache
 from hwfault.analyses.campaign.plan import make_plan
-from hwfault.analyses.campaign.run import Recipe, context, run_campaign
+from hwfault.analyses.campaign.run import _CONTEXTS, Recipe, context, run_campaign
 from hwfault.stats import wilson
 from hwfault.faults import Chip
 from hwfault.runtime import tune_allocator
@@ -62,13 +70,13 @@ def flip_float(v: float, bit: int) -> float:
 class PyTorchFICampaign:
     """The same campaign written the way PyTorchFI users write it."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, golden):
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, golden, types=(nn.Conv1d, nn.Linear)):
         from pytorchfi.core import fault_injection
 
         self.model, self.x, self.y = model, x, y
         self.golden_pred, self.ok = golden.pred, golden.correct  # the golden run hwfault scores against
-        self.fi = fault_injection(model, len(x), input_shape=list(x.shape[1:]), layer_types=[nn.Conv1d, nn.Linear])
-        self.layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Linear))]
+        self.fi = fault_injection(model, len(x), input_shape=list(x.shape[1:]), layer_types=list(types))
+        self.layers = [m for m in model.modules() if isinstance(m, types)]
         self.sizes = np.array([m.weight.numel() for m in self.layers])
 
     def sites(self, rng: np.random.Generator, count: int):
@@ -112,6 +120,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--resnet18-trials", type=int, default=300, help="0 skips the ResNet-18 case")
+    ap.add_argument("--pytorchfi-trials", type=int, default=10, help="PyTorchFI's trials in the ResNet-18 case")
+    ap.add_argument("--only-resnet18", action="store_true", help="run case (c) only, keeping (a) and (b) from the last JSON")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tune_allocator()  # what every campaign process does; applies to all the measurements below alike
@@ -124,8 +135,9 @@ def main() -> None:
     cache = ForwardCache(model, x)
 
     fulls = []
-    for case, spec in (("a_single_bitflip", load_chip("fp32-single-bitflip")),
-                       ("b_ber_patterns", parse_chip(BER_SPEC, "bench"))):
+    cases = () if args.only_resnet18 else (("a_single_bitflip", load_chip("fp32-single-bitflip")),
+                                           ("b_ber_patterns", parse_chip(BER_SPEC, "bench")))
+    for case, spec in cases:
         recipe = Recipe(MODEL, DATA, spec.to_dict(), seed=0)
         plan = make_plan(Chip.build(spec, model), trials=n)
         context(recipe)  # golden run and cache: once per campaign, outside the timing of both tools
@@ -151,7 +163,7 @@ def main() -> None:
                     for r in chunk_rows:
                         f0 = time.perf_counter()
                         if case.startswith("a"):
-                            cache._run(None, cache._plan(frozenset([r["faults"].split("[")[0]])), overlay={})
+                            cache._run(cache._order(frozenset([r["faults"].split("[")[0]])), {})
                         else:
                             model(x)
                         spent["floor"] += time.perf_counter() - f0
@@ -190,6 +202,12 @@ def main() -> None:
             "due_rate": {"hwfault": sum(r["due"] for r in rows) / n, "pytorchfi": sum(d for _, d in pres) / n},
             "mean_faults_per_trial": float(np.mean(counts)),
         }
+    previous = OUT / "campaign_vs_pytorchfi.json"
+    if args.only_resnet18 and previous.exists():
+        old = json.loads(previous.read_text())
+        results, fulls = {k: v for k, v in old["cases"].items() if not k.startswith("c_")}, [old["full_eval_s"]]
+    if args.resnet18_trials:
+        results["c_resnet18_single_bitflip"] = resnet18_case(args.resnet18_trials, args.pytorchfi_trials)
     full = statistics.median(fulls)
     out = {"model": MODEL, "data": DATA, "inputs": len(x), "threads": 1, "repeats": args.repeats,
            "allocator": "glibc mmap/trim thresholds raised (hwfault.runtime.tune_allocator) for every measurement",
@@ -202,11 +220,70 @@ def main() -> None:
     print("| case | hwfault trials/s | PyTorchFI trials/s | speedup | hwfault per trial / floor | SDC hwfault [95% CI] | SDC PyTorchFI [95% CI] |")
     print("|---|--:|--:|--:|--:|--:|--:|")
     for case, r in results.items():
+        if case.startswith("c_"):
+            continue
         s = r["sdc_rate"]
         print(f"| {case} | {r['hwfault_trials_per_s']:.1f} | {r['pytorchfi_trials_per_s']:.1f} | "
               f"{r['speedup_vs_pytorchfi']:.2f}x | {r['per_trial_vs_floor']:.2f}x | "
               f"{100 * s['hwfault']:.1f} [{100 * s['hwfault_ci95'][0]:.1f}, {100 * s['hwfault_ci95'][1]:.1f}] | "
               f"{100 * s['pytorchfi']:.1f} [{100 * s['pytorchfi_ci95'][0]:.1f}, {100 * s['pytorchfi_ci95'][1]:.1f}] |")
+    c = results.get("c_resnet18_single_bitflip")
+    if c:
+        print(f"\nResNet-18 (11.2M parameters), {c['inputs']} inputs, 1 thread: hwfault {c['trials']} trials at "
+              f"{c['hwfault_trials_per_s']:.3f}/s, PyTorchFI {c['pytorchfi_trials']} trials at "
+              f"{c['pytorchfi_trials_per_s']:.3f}/s: {c['speedup_vs_pytorchfi']:.1f}x; per trial "
+              f"{c['per_trial_vs_clean']:.3f} clean evaluations; SDC {100 * c['sdc_rate']['hwfault']:.1f}%, "
+              f"DUE {100 * c['due_rate']['hwfault']:.1f}%; cache {c['cache']}")
+
+
+def resnet18_case(n: int, n_pfi: int) -> dict:
+    """(c): the single-bit-flip campaign on a CIFAR ResNet-18, hwfault against PyTorchFI by trials/s."""
+    import hwfault as hw
+    from _nets import resnet18
+
+    model = resnet18()
+    x = torch.randn(500, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    spec = load_chip("fp32-single-bitflip")
+
+    def clean() -> float:
+        t0 = time.perf_counter()
+        hw.evaluate(model, (x, y))
+        return time.perf_counter() - t0
+
+    print("c_resnet18: clean evaluations", file=sys.stderr, flush=True)
+    cleans = [clean() for _ in range(2)]
+    print(f"c_resnet18: hwfault campaign, {n} trials", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    res = hw.campaign(model, (x, y), spec, trials=n)
+    t_total = time.perf_counter() - t0
+    rows = res.rows
+    t_trials = sum(r["duration"] for r in rows)
+    cleans += [clean() for _ in range(2)]
+    golden = next(iter(_CONTEXTS.values())).golden  # the golden run the campaign scored against
+    pfi = PyTorchFICampaign(model, x, y, golden, types=(nn.Conv2d, nn.Linear))
+    rng = np.random.default_rng(1)
+    sites = [pfi.sites(rng, 1) for _ in range(n_pfi)]
+    print(f"c_resnet18: PyTorchFI, {n_pfi} trials", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    pres = [pfi.trial(s) for s in sites]
+    t_pfi = time.perf_counter() - t0
+    cleans += [clean()]
+    clean_s = statistics.median(cleans)
+    hw_sdc = sum(r["sdc"] for r in rows)
+    return {"model": "resnet18 (bench/_nets.py)", "inputs": len(x), "trials": n, "pytorchfi_trials": n_pfi,
+            "clean_eval_s": clean_s, "clean_eval_s_all": cleans,
+            "hwfault_seconds_total": t_total, "hwfault_seconds_in_trials": t_trials,
+            "hwfault_trials_per_s": n / t_trials, "pytorchfi_trials_per_s": n_pfi / t_pfi,
+            "speedup_vs_pytorchfi": (n / t_trials) / (n_pfi / t_pfi),
+            "per_trial_vs_clean": (t_trials / n) / clean_s,
+            "setup_vs_clean": (t_total - t_trials) / clean_s,
+            "pytorchfi_per_trial_vs_clean": (t_pfi / n_pfi) / clean_s,
+            "sdc_rate": {"hwfault": hw_sdc / n, "hwfault_ci95": wilson(hw_sdc, n),
+                         "pytorchfi": sum(s for s, _ in pres) / n_pfi},
+            "due_rate": {"hwfault": sum(r["due"] for r in rows) / n},
+            "cache": res.cache}
 
 
 if __name__ == "__main__":

@@ -258,3 +258,48 @@ def test_rewording_a_chip_keeps_its_journal_resumable_but_a_different_chip_does_
     other = {**ident, "chip": {**ident["chip"], "faults": [{"kind": "bitflip", "ber": 2e-3, "source": "x"}]}}
     with Journal(tmp_path / "j.sqlite") as j, pytest.raises(JournalError, match="differs in: chip"):
         j.bind(other, resume=True)
+
+
+@pytest.mark.parametrize("cache_mb", [0.5, "auto"])
+def test_a_bounded_cache_gives_the_rows_of_plain_recomputation(cache_mb):
+    """With the activation cache at a tiny budget or at its default, every trial's SDC, DUE and accuracy
+    equal those of the same trial recomputed with the full forward pass (no cache at all)."""
+    kw = dict(model="mnist1d-resnet", data="mnist1d")
+    p = plan_for("fp32-single-bitflip", model="mnist1d-resnet", trials=300)
+    cached = run_campaign(recipe("fp32-single-bitflip", seed=3, cache_mb=cache_mb, **kw), p)
+    ctx = context(recipe("fp32-single-bitflip", seed=3, cache_mb=cache_mb, **kw))
+    assert ctx.cache is not None and cached.cache["used"]
+    if cache_mb == 0.5:
+        assert cached.cache["kept_mb"] <= 0.5 + ctx.x.numel() * 4 / 2**20  # the inputs themselves, and 0.5 MB
+    ctx.cache = None
+    plain = run_campaign(recipe("fp32-single-bitflip", seed=3, cache_mb=cache_mb, **kw), p)
+    for a, b in zip(cached.rows, plain.rows, strict=True):
+        assert (a["faults"], a["sdc"], a["due"], a["accuracy"]) == (b["faults"], b["sdc"], b["due"], b["accuracy"])
+    assert sum(r["due"] for r in plain.rows) > 0 and sum(r["sdc"] for r in plain.rows) > 0  # both kinds compared
+
+
+def test_cache_mb_must_be_a_positive_number_or_auto(capsys):
+    for bad in ("0", "-3", "lots"):
+        code, _, err = run(capsys, "campaign", "-m", "digits-cnn", "--chip", "fp32-single-bitflip", "--trials", "2",
+                           "--cache-mb", bad)
+        assert code == 2 and err.strip().startswith("error:") and "--cache-mb" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("chip", ["fp32-single-bitflip", "int8-sram-0.55v", "fp32-soft-errors"])
+def test_the_sparse_chip_is_the_dense_chip(chip):
+    """``program_sparse`` draws the chip of ``program`` from the same generator, as its changed
+    elements only (or declines, for faults without a sparse form)."""
+    c = Chip.build(load_chip(chip), load_model("digits-cnn"))
+    faults = 0
+    for seed in range(5):
+        sparse = c.program_sparse(torch.Generator().manual_seed(seed))
+        dense = c.program(torch.Generator().manual_seed(seed))
+        if sparse is None:
+            assert len(c.persistent) != 1 or not hasattr(c.persistent[0], "sample_at")
+            continue
+        idx, values = sparse
+        changed = torch.nonzero(dense != c.stored).reshape(-1)
+        assert torch.equal(idx, changed)
+        assert torch.equal(values, dense[changed])
+        faults += idx.numel()
+    assert faults > 0 or chip == "fp32-soft-errors"  # (BER 1e-6 on 2.4k weights: mostly no flip at all)

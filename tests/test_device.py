@@ -147,10 +147,11 @@ def test_every_model_command_takes_device():
 
 
 def _strip(d):
-    """A result without its timings."""
+    """A result without its timings (and the campaign's cache budget, sized from this process's memory)."""
     if isinstance(d, dict):
         return {k: _strip(v) for k, v in d.items()
-                if k not in ("seconds", "trials_per_second", "duration", "seconds_by_part", "clean_evaluation_seconds")}
+                if k not in ("seconds", "trials_per_second", "duration", "seconds_by_part", "clean_evaluation_seconds",
+                             "budget_mb", "kept_mb", "kept_values")}
     if isinstance(d, list):
         return [_strip(v) for v in d]
     return d

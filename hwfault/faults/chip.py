@@ -87,6 +87,17 @@ class Chip:
             values = f.sample(self.view, values, gen)
         return values
 
+    def program_sparse(self, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The chip of :meth:`program` (the same draw), as the flat indices of the stored values its
+        persistent faults changed (sorted) and their new values (float64): O(faults), not O(weights).
+        None when the faults have no sparse form (several faults in sequence, or a kind without one)."""
+        p = self.persistent
+        if len(p) != 1 or not hasattr(p[0], "sample_at"):
+            return None
+        idx, values = p[0].sample_at(self.view, gen)
+        hit = values != self.view.w_q[idx].double()  # a NaN pattern counts as changed, as in program()
+        return idx[hit], values[hit]
+
     def read(self, programmed: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """One inference's values: the transient faults drawn on top of the programmed ones."""
         values = programmed

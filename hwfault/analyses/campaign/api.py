@@ -26,7 +26,7 @@ TASK_TYPES = tuple(TASKS.values())  # built-in tasks travel by name; a user's Ta
 
 
 def _recipe(model, data, chip, *, seed: int, params, by, critical: float, task=None, tolerance=None, output=None,
-            weights=None, cache_mb: float = CACHE_MB, device=None):
+            weights=None, cache_mb: float | str = CACHE_MB, device=None):
     check_device(device)  # a missing GPU is one line before anything loads
     spec = load_chip(chip)
     t = resolve_task(task, model, tolerance)
@@ -34,12 +34,25 @@ def _recipe(model, data, chip, *, seed: int, params, by, critical: float, task=N
                                                                    weights=weights)
     label = type(model).__name__ if isinstance(model, nn.Module) else str(model)
     dlabel = str(data) if isinstance(data, str) or hasattr(data, "__fspath__") else "<dataset>"
-    validate.positive("--cache-mb", cache_mb)
+    cache_mb = check_cache_mb(cache_mb)
     tol = getattr(t, "tolerance", None) if t.name == "regression" else None
     return spec, module, Recipe(label, dlabel, spec.to_dict(), seed, params, by, critical,
                                 t.name if type(t) in TASK_TYPES else t, tol, output,
                                 None if weights is None else str(weights), cache_mb,
                                 None if device is None else str(device))
+
+
+def check_cache_mb(cache_mb) -> float | str:
+    """``--cache-mb``: a positive number of megabytes or ``auto``."""
+    if isinstance(cache_mb, str):
+        if cache_mb.strip().lower() == "auto":
+            return "auto"
+        try:
+            cache_mb = float(cache_mb)
+        except ValueError:
+            raise ConstraintError(f"expected --cache-mb as a number of megabytes or 'auto', got '{cache_mb}'") from None
+    validate.positive("--cache-mb", cache_mb)
+    return float(cache_mb)
 
 
 def _objects(model, data):
@@ -52,7 +65,7 @@ def _objects(model, data):
 def plan_campaign(model, data, chip, *, trials: int | None = None, margin: float | None = None,
                   confidence: float = 0.95, seed: int = 0, params: str | None = None, by: str | None = None,
                   measure: bool = True, task=None, tolerance: float | None = None, output=None, weights=None,
-                  cache_mb: float = CACHE_MB, device=None) -> tuple[Plan, dict | None]:
+                  cache_mb: float | str = CACHE_MB, device=None) -> tuple[Plan, dict | None]:
     """The plan of a campaign (trials per stratum) and, with ``measure``, a few real trials timed:
     ``{"seconds_per_trial", "measured_trials", "estimated_seconds"}`` (what ``--dry-run`` prints)."""
     validate.seed(seed)
@@ -71,7 +84,7 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
              seed: int = 0, db: str | None = None, resume: bool = False, workers: int | None = None,
              scheduler: str | None = None, params: str | None = None, by: str | None = None, critical: float = 0.01,
              chunk: int | None = None, on_rows=None, task=None, tolerance: float | None = None, output=None,
-             weights=None, cache_mb: float = CACHE_MB, device=None) -> CampaignResult:
+             weights=None, cache_mb: float | str = CACHE_MB, device=None) -> CampaignResult:
     """A statistically sized, resumable fault-injection campaign of ``chip`` on ``model``.
 
     Size it with ``trials`` (per stratum) or ``margin`` at ``confidence`` (Leveugle et al. 2009);
@@ -79,9 +92,10 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
     trials; ``resume=True`` runs only what is missing); ``workers`` runs a local Dask cluster and
     ``scheduler`` an existing one. Trial t is a pure function of (seed, t). ``task`` (default: the
     model's), ``tolerance``, ``output`` and ``weights`` as for every analysis; ``cache_mb`` bounds the
-    fault-free activation cache (beyond it, trials recompute the whole forward pass). ``device``
-    (:mod:`hwfault.devices`; default the CPU) is where trials run: on Dask, ``cuda``/``auto`` give worker
-    i ``cuda:(i % GPUs)``; the faults of trial t are drawn on the CPU, so they are the same on every device."""
+    fault-free activation cache (MB, or ``"auto"``: one forward pass's peak; values it does not keep
+    are recomputed from the nearest kept ones). ``device`` (:mod:`hwfault.devices`; default the CPU)
+    is where trials run: on Dask, ``cuda``/``auto`` give worker i ``cuda:(i % GPUs)``; the faults of
+    trial t are drawn on the CPU, so they are the same on every device."""
     check_runner(workers, scheduler)
     if resume and not db:
         raise HwfaultError("--resume needs --db")

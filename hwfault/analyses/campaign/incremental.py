@@ -137,35 +137,57 @@ class ForwardCache:
     def _choose(self, sizes: dict, budget: float, params=None) -> set:
         """The values to keep within ``budget`` bytes: for each layer, last first, what a trial with
         faults in it reads from the cache (the layer's input and output, the side inputs of what
-        follows), when it still fits. The model's input is always kept."""
+        follows) when it fits, else the lean version of that (single-input channel-wise values such
+        as a norm or an activation replaced by their input: recomputed per trial, cheaply, instead
+        of kept). Then the inputs of the layers left over. The model's input is always kept."""
         keep = {n for n in self.nodes if n.op == "placeholder"}
         used = 0.0
         names = self._owner if params is None else [p for p in params if p in self._owner]
         layers = sorted({self._owner[p] for p in names}, reverse=True)
         short = []
-        for i in layers:
-            need = [n for n in self._needs(i) if n not in keep and n.op != "output"]
+
+        def take(need) -> bool:
+            nonlocal used
+            need = [n for n in need if n not in keep and n.op != "output"]
             b = sum(sizes.get(n, 0) for n in need)
-            if used + b <= budget:
-                keep.update(need)
-                used += b
-            else:
+            if used + b > budget:
+                return False
+            keep.update(need)
+            used += b
+            return True
+
+        for i in layers:
+            if not take(self._needs(i)) and not take(self._needs(i, lean=True)):
                 short.append(i)
         for i in short:  # what is left: the inputs of the layers not served, so they recompute from there
-            for n in self.nodes[i].all_input_nodes:
-                if n not in keep and used + sizes.get(n, 0) <= budget:
-                    keep.add(n)
-                    used += sizes.get(n, 0)
+            for n in self._lean(set(self.nodes[i].all_input_nodes)):
+                take([n])
         return keep
 
-    def _needs(self, i: int) -> list:
+    def _needs(self, i: int, lean: bool = False) -> list:
         """The values a trial with faults in node ``i``'s parameters reads: node ``i``'s inputs and
         output, and the inputs from outside the recomputed part of every node after it."""
         dirty = self._down[i]
-        out = {self.nodes[i]} if self._kind(self.nodes[i]) == "delta" else set()
+        out = set()
         for j in dirty:
             out.update(a for a in self.nodes[j].all_input_nodes if self.pos[a] not in dirty)
+        if lean:
+            out = self._lean(out)
+        if self._kind(self.nodes[i]) == "delta":
+            out.add(self.nodes[i])
         return sorted(out, key=self.pos.__getitem__)
+
+    def _lean(self, values: set) -> set:
+        """``values`` with each single-input channel-wise value replaced by its input, repeatedly."""
+        out, todo = set(), list(values)
+        while todo:
+            v = todo.pop()
+            ins = v.all_input_nodes
+            if v.op != "placeholder" and self._kind(v) == "local" and len(ins) == 1:
+                todo.append(ins[0])
+            else:
+                out.add(v)
+        return out
 
     def kept_bytes(self) -> int:
         return cache_bytes(self)

@@ -15,8 +15,9 @@ output moved by more than the tolerance); ``sdc_rate``, the share of those input
 rose by more than that fraction); ``due``, whether any output was NaN/Inf. Rows of an ``lm`` campaign
 also carry ``perplexity`` and ``token_accuracy``, of a ``regression`` one ``mse``.
 
-The fault-free activation cache is used when it fits ``cache_mb`` (default :data:`CACHE_MB`);
-otherwise every trial runs the full forward pass.
+The fault-free activation cache holds at most ``cache_mb`` megabytes (default ``"auto"``: what keeps
+the campaign within about twice a clean evaluation's memory); values it does not keep are
+recomputed, fault-free, from the nearest kept ones (:mod:`hwfault.analyses.campaign.incremental`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from .journal import Journal
 from .plan import Plan, Stratum, check_plan, sub_chip
 
 MAX_SITES = 16  # sites listed per trial row; the count is always exact
-CACHE_MB = 2048  # default memory budget of the fault-free activation cache
+CACHE_MB = "auto"  # default budget of the fault-free activation cache: about 2x a clean evaluation in all
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Recipe:
     tolerance: float | None = None    # regression's SDC tolerance
     output: str | int | None = None   # which output of the model is scored
     weights: str | None = None        # the state dict of a package.module:factory model
-    cache_mb: float = CACHE_MB         # how it runs, not what it computes: not part of the identity
+    cache_mb: float | str = CACHE_MB   # how it runs, not what it computes: not part of the identity
     device: str | None = None          # where it runs (hwfault.devices; None = cpu): not part of the identity either
 
     def identity(self) -> dict:
@@ -106,7 +107,7 @@ class Context:
     def __init__(self, recipe: Recipe, model: nn.Module | None = None, data=None):
         from ...data import load_data
         from ...inputs import load_model
-        from ...runtime import tune_allocator
+        from ...runtime import rss_mb, tune_allocator
         from ...spec import ChipSpec
 
         tune_allocator()  # trials reuse freed activation buffers instead of mapping fresh pages
@@ -125,6 +126,7 @@ class Context:
             dev = device_of(self.model)
             self.x, self.y = self.x.to(dev), (None if self.y is None else self.y.to(dev))
         spec = ChipSpec.model_validate(recipe.chip)
+        rss_loaded = rss_mb()  # model and data in memory: what a clean evaluation holds besides activations
         self.chip = Chip.build(spec, self.model)
         if recipe.params:
             import fnmatch
@@ -138,10 +140,21 @@ class Context:
         self.strata: dict[str, Chip] = {}
         base = self.chip.delta(self.chip.view.w_q.double())
         self._base = base if bool(torch.any(base)) else None  # float32 chips store the weights exactly
+        rss_before_golden = rss_mb()
         with single_thread(), perturbed(self.chip.selection, base):
             self.golden = Golden.of(run_logits(self.model, (self.x, self.y), task=self.task), self.y, task=self.task)
-            self.cache = None if self.chip.transient else try_cache(self.model, self.x, budget_mb=recipe.cache_mb)
+            self.cache = None if self.chip.transient else try_cache(
+                self.model, self.x, budget_mb=recipe.cache_mb, params=self.chip.selection.names,
+                memory=None if rss_loaded is None else (rss_loaded, rss_before_golden))
         self.golden_acc = self.golden.accuracy
+
+    def cache_info(self) -> dict:
+        """The activation cache in the result: its budget, what it keeps, and whether there is one."""
+        c = self.cache
+        if c is None:
+            return {"used": False, "reason": "transient faults" if self.chip.transient else "model not traceable by torch.fx"}
+        return {"used": True, "budget_mb": None if c.budget_bytes is None else round(c.budget_bytes / 2**20, 1),
+                "kept_mb": round(c.kept_bytes() / 2**20, 1), "kept_values": len(c.env), "values": len(c.nodes)}
 
     def chip_for(self, stratum: Stratum) -> Chip:
         if stratum.name == "all":
@@ -164,16 +177,19 @@ class Context:
         chip = self.chip_for(stratum)
         seed = trial_seed(self.recipe.seed, trial)
         gen = torch.Generator().manual_seed(seed)
-        programmed = chip.program(gen)
-        stored = chip.stored
-        changed = torch.nonzero(programmed != stored).reshape(-1)
+        sparse = None if chip.transient else chip.program_sparse(gen)  # O(faults) when the faults allow it
+        if sparse is None:
+            programmed = chip.program(gen)
+            changed = torch.nonzero(programmed != chip.stored).reshape(-1)
+            sparse = changed, programmed[changed]
+        changed, new = sparse
         # faults on top of the stored (quantised) weights: the golden run is the fault-free chip
-        with perturbed(self.chip.selection, self._base), perturbed(chip.selection, _sparse_delta(chip, programmed, changed)):
+        with perturbed(self.chip.selection, self._base), perturbed(chip.selection, _sparse_delta(chip, changed, new)):
             if chip.transient:
                 out = transient_logits(self.model, self.x, chip, programmed, gen, relative_to=programmed)
             elif self.cache is not None:
                 touched = _touched(chip, changed)
-                out = self._scored(self.cache.logits(touched, _sparse(chip, programmed, changed, touched))) \
+                out = self._scored(self.cache.logits(touched, _sparse(chip, changed, new, touched))) \
                     if touched else self.golden.logits
             else:
                 out = run_logits(self.model, (self.x, self.y), task=self.task)
@@ -188,27 +204,32 @@ class Context:
         return as_output(out, getattr(self.model, "hwfault_output", None))
 
 
-def _sparse_delta(chip: Chip, programmed: torch.Tensor, changed: torch.Tensor) -> list:
-    """The faults as one delta per parameter tensor, None for the tensors no fault touched."""
+def _sparse_delta(chip: Chip, changed: torch.Tensor, new: torch.Tensor) -> list:
+    """The faults (new stored values ``new`` at flat indices ``changed``) as one delta per parameter
+    tensor, None for the tensors no fault touched."""
     offs = chip.offsets
     out: list = [None] * len(chip.selection.params)
     if changed.numel() == 0:
         return out
-    stored = chip.stored
-    for t in np.unique(np.searchsorted(offs, changed.numpy(), side="right") - 1).tolist():
+    d = (new - chip.view.w_q[changed].double()).float()
+    seg = np.searchsorted(offs, changed.numpy(), side="right") - 1
+    for t in np.unique(seg).tolist():
         a, b = int(offs[t]), int(offs[t + 1])
-        out[t] = (programmed[a:b] - stored[a:b]).float().view(chip.selection.params[t].shape)
+        here = torch.from_numpy(seg == t)
+        delta = torch.zeros(b - a)
+        delta[changed[here] - a] = d[here]
+        out[t] = delta.view(chip.selection.params[t].shape)
     return out
 
 
-def _sparse(chip: Chip, programmed: torch.Tensor, changed: torch.Tensor, touched: frozenset):
+def _sparse(chip: Chip, changed: torch.Tensor, new: torch.Tensor, touched: frozenset):
     """``(name, flat index within the tensor, delta)`` when the faults sit in one tensor (else None)."""
     if len(touched) != 1 or changed.numel() > SPARSE_MAX:
         return None
     (name,) = touched
     t = chip.selection.names.index(name)
     local = changed - int(chip.offsets[t])
-    return name, local, (programmed[changed] - chip.stored[changed]).float()
+    return name, local, (new - chip.view.w_q[changed].double()).float()
 
 
 def _touched(chip: Chip, changed: torch.Tensor) -> frozenset:
@@ -224,7 +245,8 @@ def context(recipe: Recipe, model: nn.Module | None = None, data=None) -> Contex
     """This process's context for ``recipe`` (built once; ``model``/``data``: in-process objects to use
     instead of loading the recipe's, for a campaign run from Python in one process)."""
     if recipe.key not in _CONTEXTS or (model is not None and _CONTEXTS[recipe.key].model is not model) \
-            or _CONTEXTS[recipe.key].recipe.device != recipe.device:
+            or _CONTEXTS[recipe.key].recipe.device != recipe.device \
+            or _CONTEXTS[recipe.key].recipe.cache_mb != recipe.cache_mb:
         _CONTEXTS.clear()
         _CONTEXTS[recipe.key] = Context(recipe, model, data)
     return _CONTEXTS[recipe.key]
@@ -254,13 +276,15 @@ class CampaignResult:
     trials_per_second: float
     totals: dict = field(default_factory=dict, repr=False)
     golden: dict | None = None  # the golden run's accuracy, loss and task metrics
+    cache: dict | None = None   # the fault-free activation cache: budget and what it keeps
 
     def summary(self) -> dict:
         return self.totals or summarize(self.rows, self.golden_accuracy)
 
     def to_dict(self) -> dict:
         return {"campaign": self.identity, "plan": self.plan, "golden_accuracy": self.golden_accuracy,
-                **({"golden": self.golden} if self.golden else {}), **self.summary(), "seconds": round(self.seconds, 2),
+                **({"golden": self.golden} if self.golden else {}), **({"cache": self.cache} if self.cache else {}),
+                **self.summary(), "seconds": round(self.seconds, 2),
                 "trials_per_second": round(self.trials_per_second, 2)}
 
 
@@ -384,7 +408,7 @@ def run_campaign(recipe: Recipe, plan: Plan, *, db: str | None = None, resume: b
         journal.close()
     seconds = time.perf_counter() - t0
     return CampaignResult(identity, plan.to_dict(), rows, ctx.golden_acc, seconds,
-                          todo / seconds if seconds else 0.0, totals, ctx.golden.result.row())
+                          todo / seconds if seconds else 0.0, totals, ctx.golden.result.row(), ctx.cache_info())
 
 
 def with_metrics(rows: Iterable[dict], task) -> Iterator[dict]:

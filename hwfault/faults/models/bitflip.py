@@ -34,6 +34,16 @@ class BitFlip(FaultModel):
         return self.mode == "transient"
 
     def sample(self, view, values, gen):
+        idx, new = self.sample_at(view, gen, values)
+        if idx.numel() == 0:
+            return values
+        out = values.clone()
+        out[idx] = new
+        return out
+
+    def sample_at(self, view, gen, values=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same draw as :meth:`sample`, sparse: the flat indices of the touched weights (sorted) and
+        their new values (float64), flipped from ``values`` (default: the stored ``w_q``)."""
         total = view.k * view.bits
         if self.count is not None:
             pos = torch.randperm(total, generator=gen)[: self.count] if self.count > total // 64 else \
@@ -43,12 +53,11 @@ class BitFlip(FaultModel):
         else:
             pos = sample_positions(total, self.ber, gen)
         if pos.numel() == 0:
-            return values
+            return pos.new_zeros(0), torch.zeros(0, dtype=torch.float64)
         idx, local = torch.unique(pos // view.bits, return_inverse=True)  # only the touched weights
-        flipped = flip_bits(view.encode_at(idx, values[idx]), local, pos % view.bits)
-        out = values.clone()
-        out[idx] = view.decode_at(idx, flipped).double()
-        return out
+        base = view.w_q[idx].double() if values is None else values[idx]
+        flipped = flip_bits(view.encode_at(idx, base), local, pos % view.bits)
+        return idx, view.decode_at(idx, flipped).double()
 
     def budget(self, view, coverage) -> int:
         if self.count is not None:
