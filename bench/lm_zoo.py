@@ -14,6 +14,7 @@ Writes bench/results/lm_zoo.json and .md and prints the Markdown.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -35,14 +36,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS / "lm_zoo.json")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default=None, help="rerun only these parts (comma-separated: sweep, estimate, campaign, "
+                                                 "bits, export), keeping the others from the last JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     data = hw.load_data("pycode")
+    only = None if args.only is None else set(args.only.split(","))
     out: dict = {"machine": machine(), "model": MODEL}
     timed = {}
+    if only is not None and args.out.exists():
+        old = json.loads(args.out.read_text())
+        out.update({k: v for k, v in old.items() if k not in ("machine", "seconds")})
+        timed.update(old.get("seconds", {}))
 
     def run(name, fn):
+        if only is not None and name not in only:
+            return None
         log(f"[lm_zoo] {name}")
         t = time.perf_counter()
         r = fn()
@@ -50,19 +60,24 @@ def main() -> None:
         return r
 
     s = run("sweep", lambda: hw.sweep(MODEL, "pycode", epsilons=[0.3, 1.0, 3.0], trials=5, seed=0))
-    out["sweep"] = s.to_dict()
+    if s is not None:
+        out["sweep"] = s.to_dict()
     e = run("estimate", lambda: hw.estimate(MODEL, "pycode", "rram-4bit", trials=20, steps=5, per_fault=False,
                                             severities=()))
-    out["estimate"] = e.to_dict()
+    if e is not None:
+        out["estimate"] = e.to_dict()
     c = run("campaign", lambda: hw.campaign(MODEL, "pycode", "int8-sram-0.5v", trials=100))
-    out["campaign"] = c.to_dict()
+    if c is not None:
+        out["campaign"] = c.to_dict()
     x, y = data.tensors
     small = TensorDataset(x[:200], y[:200])
     b = run("bits", lambda: hw.bits(MODEL, small, format="int8", until_factor=10, random_runs=1, max_flips=40))
-    out["bits"] = b.to_dict()
+    if b is not None:
+        out["bits"] = b.to_dict()
     with tempfile.TemporaryDirectory() as tmp:
         rep = run("export", lambda: hw.export_model(MODEL, "pycode", Path(tmp) / "lm.onnx"))
-    out["export"] = {"passed": rep.passed, "max_abs_delta": rep.max_abs_delta, "agreement": rep.agreement}
+    if rep is not None:
+        out["export"] = {"passed": rep.passed, "max_abs_delta": rep.max_abs_delta, "agreement": rep.agreement}
     out["seconds"] = timed
     write_json(out, args.out)
 

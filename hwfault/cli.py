@@ -41,7 +41,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 from .cliargs import (CHIP, DATA, DEVICE, LAYERS, MODEL, OUTPUT, PARAMS, PROBE, SCHEDULER, TASK, TOLERANCE,  # noqa: F401
                       TYPES, WEIGHTS, WORKERS, _certifiable, _cpu_only, _data_for, _outputs, _outs, _task_kw,
-                      parse_eps, parse_n)
+                      _search_n, parse_eps, parse_n)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -182,6 +182,7 @@ def estimate(
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
     report_path: Optional[str] = typer.Option(None, "--report", help="Write an HTML (.html) or Markdown (.md) report with plots."),
     certify_method: str = typer.Option("ibp", "--certify", help="Certified floor over the covering set: ibp, crown, auto, bab or none."),
+    search_inputs: str = typer.Option("64", "--search-inputs", help="Evaluation inputs the worst-case searches run on (evenly spaced), or all; each point found is scored on all."),
     workers: Optional[int] = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
     task: Optional[str] = TASK,
@@ -205,6 +206,7 @@ def estimate(
     result = run(model, _data_for(model, data), chip, coverage=coverage, trials=trials, seed=seed, steps=steps,
                  probe=probe, per_fault=not no_breakdown, severities=() if no_breakdown else (0.25, 0.5, 1.0, 2.0, 4.0),
                  certified=None if certify_method == "none" else certify_method, workers=workers, scheduler=scheduler,
+                 search_inputs=_search_n(search_inputs),
                  **_task_kw(task, tolerance, output, weights, device))
     _outputs(result, report.estimate_table(result), json_path, report_path, report.write_report)
 

@@ -24,6 +24,19 @@ def _outs(json_path: Optional[str] = None, plot: Optional[str] = None, *, report
     files.check_output(report_path, what="--report", suffixes=files.REPORT_SUFFIXES)
 
 
+def _search_n(text: str) -> Optional[int]:
+    """``--search-inputs``: a positive count, or all."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConstraintError(f"expected --search-inputs as a positive integer or 'all', got '{text}'") from None
+    if n <= 0:
+        raise ConstraintError(f"expected --search-inputs > 0, got {n}")
+    return n
+
+
 def parse_n(text: str) -> Optional[int]:
     if text.strip().lower() in ("all", "k"):
         return None

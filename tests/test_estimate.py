@@ -133,3 +133,33 @@ def test_estimate_records_the_seconds_of_each_part():
     assert list(parts) == ["clean", "monte_carlo", "worst_case", "per_fault", "severity", "certified"]
     assert all(v >= 0 for v in parts.values()) and sum(parts.values()) <= d["seconds"] + 0.01
     assert 0 < d["clean_evaluation_seconds"] <= parts["clean"]
+
+
+def test_the_searches_run_on_a_subset_and_their_points_are_scored_on_all_inputs(model, digits):
+    """With search_inputs, the worst cases are found on that many evenly spaced inputs, and the accuracy
+    reported is the point's accuracy on all the data (recomputed here from the returned parts)."""
+    from hwfault.evaluation import evaluate
+    from hwfault.params import perturbed
+    from hwfault.search.results import total
+
+    r = estimate(model, digits, "int8-sram-0.55v", trials=2, steps=2, per_fault=False, severities=(0.5, 1.0),
+                 certified=None, search_inputs=64)
+    d = r.to_dict()
+    assert d["search"]["inputs"] == 64 and d["probe"].startswith("64 of the 540 evaluation inputs")
+    dev = Chip.build(hw.load_chip("int8-sram-0.55v"), model)
+    for w in (r.worst_case.one_step, r.worst_case.multi_step, r.worst_case.bit_search):
+        with perturbed(dev.selection, total(list(w.parts)).float()):
+            assert evaluate(model, digits).accuracy == pytest.approx(w.accuracy, abs=1e-12)
+    # the severity curve: factor 1 is the nominal result itself; multi-step only with severity_steps
+    assert d["severity"]["one_step"][1] == d["worst_case"]["one_step"]["accuracy"]
+    assert d["severity"]["random_mean"][1] == d["random"]["accuracy_mean"]
+    assert d["severity"]["multi_step"] == [None, None]
+    full = estimate(model, digits, "int8-sram-0.55v", trials=2, steps=2, per_fault=False, severities=(),
+                    certified=None, search_inputs=None).to_dict()
+    assert full["search"]["inputs"] is None and full["random"] == d["random"]  # the chips do not depend on it
+
+
+def test_search_inputs_must_be_positive_or_all(capsys):
+    code = main(["estimate", "-m", "digits-cnn", "--chip", "int8-sram-0.5v", "--trials", "2", "--search-inputs", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "--search-inputs" in err and len(err.strip().splitlines()) == 1

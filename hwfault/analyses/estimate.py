@@ -34,12 +34,16 @@ from ..evaluation import EvalResult, as_tensors, differentiable, logits, score
 from ..faults import Chip
 from ..params import perturbed
 from ..search.bitsearch import bit_search
-from ..search.methods import multi_step, one_step
-from ..search.results import WorstCase
+from ..search.methods import clean_gradient, multi_step, one_step
+from ..search.results import WorstCase, evaluate_parts, task_extra
 from ..inputs import analysis, resolve_data, resolve_model, resolve_probe
 from ..tasks import current, using
 from . import distributed
 from .realise import chip_logits
+
+SEARCH_INPUTS = 64   # evaluation inputs the worst-case searches run on (evenly spaced)
+BIT_ROUNDS = 4       # bit-search rounds in an estimate (each: a gradient, the candidates, on the probe)
+BIT_TENSORS = 3      # candidates the bit search evaluates per round (of the largest linear gain)
 
 METRIC_KEYS = ("perplexity", "token_accuracy", "mse", "mae", "metric")
 
@@ -211,14 +215,19 @@ def _remote(runner, job, variant: tuple, seed: int) -> Callable | None:
     return lambda trials, advance: runner.trials(_chunk, trials, job, variant, seed, advance=advance)
 
 
-def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, steps: int, probe=None) -> WorstCases:
-    """One-step, multi-step and (for discrete parts) bit-search worst cases in the covering set."""
+def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, steps: int, probe=None,
+                grad=None, bit_rounds: int = 40, bit_tensors: int | None = None) -> WorstCases:
+    """One-step, multi-step and (for discrete parts) bit-search worst cases in the covering set.
+
+    The searches run on ``probe`` (default ``data``); every point they return is scored on ``data``.
+    ``grad``: the fault-free gradient on the probe, when the caller has it; ``bit_rounds`` and
+    ``bit_tensors``: the bit search's rounds and the candidates it evaluates per round."""
     if not differentiable(model):
         return WorstCases(skipped=f"{type(model).__name__}: the worst cases need gradients; Monte-Carlo only")
     cset = chip.constraint(coverage)
     bits = any(isinstance(s, CandidateSet) and s.n > 0 for s in cset.parts)
     with progress.task("worst case: one step", steps + 2 + bits) as advance:
-        os_ = one_step(model, data, cset, selection=chip.selection, clean=clean, probe=probe)
+        os_ = one_step(model, data, cset, selection=chip.selection, clean=clean, probe=probe, grad=grad)
         advance(1, description="worst case: multi-step")
         ms = multi_step(model, data, cset, selection=chip.selection, clean=clean, init=os_, steps=steps, probe=probe,
                         advance=advance)
@@ -226,7 +235,12 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
         if bits:
             advance(0, description="worst case: bit search")
             bs = bit_search(model, data, cset, selection=chip.selection, clean=clean, base=os_, probe=probe,
-                            keep_best=True)
+                            history_data=probe, keep_best=True, max_rounds=bit_rounds, tensors=bit_tensors)
+            if probe is not None:  # rounds compared on the probe; the point found, scored on the data
+                r = evaluate_parts(model, data, chip.selection, bs.parts)
+                bs = WorstCase("bit_search", r.accuracy, r.loss, r.loss - clean.loss, bs.parts,
+                               {**bs.extra, **task_extra(r), "nonfinite": r.nonfinite,
+                                "probe_accuracy": bs.accuracy})
             advance(1)
     return WorstCases(os_, ms, bs, {"coverage": coverage, **cset.to_dict()})
 
@@ -257,12 +271,22 @@ class EstimateResult:
 def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 100, seed: int = 0,
              steps: int = 10, probe: str | None = None, per_fault: bool = True,
              severities: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), severity_trials: int | None = None,
-             certified: str | None = "ibp", runner=None) -> EstimateResult:
+             certified: str | None = "ibp", search_inputs: int | None = SEARCH_INPUTS, severity_steps: int = 0,
+             bit_rounds: int = BIT_ROUNDS, bit_tensors: int | None = BIT_TENSORS, runner=None) -> EstimateResult:
     """The bracket for ``model`` on ``chip`` (a preset name, a TOML path or a ChipSpec).
 
     ``workers=N`` runs the Monte-Carlo chips (also those of the per-fault breakdown and the severity
     curve) on a local Dask cluster of N processes, ``scheduler=ADDRESS`` on an existing one, with
-    the same result as a local run (:mod:`hwfault.analyses.distributed`)."""
+    the same result as a local run (:mod:`hwfault.analyses.distributed`).
+
+    What it costs, in fault-free evaluations E of the data: the Monte-Carlo chips one E each; the
+    worst-case searches run on ``search_inputs`` of the evaluation inputs (evenly spaced; default
+    64, None = all; a ``probe`` split replaces them), and each point found is scored on all of them
+    (one E): the one-step gradient, ``steps`` ascent steps, ``bit_rounds`` bit-search rounds of
+    ``bit_tensors`` candidates. The severity curve takes ``severity_trials`` chips per factor
+    (default trials // 10, at least 1) and the one-step worst case from the same fault-free gradient;
+    its multi-step worst case takes ``severity_steps`` steps (default 0: not computed, null). The
+    factor 1 reuses the nominal results."""
     from ..spec import ChipSpec, load_chip
 
     t0 = time.perf_counter()
@@ -277,6 +301,11 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
     dset, dlabel = resolve_data(data)
     pdata, plabel = resolve_probe(data, dset, probe)
     pdata = None if probe is None else pdata
+    if search_inputs is not None:
+        validate.integer("--search-inputs", search_inputs, lo=1)
+    validate.integer("severity_steps", severity_steps, lo=0)
+    if pdata is None and search_inputs is not None:
+        pdata, plabel = _search_subset(dset, search_inputs, plabel)
     dev = Chip.build(spec, module)
     job = _ship(runner, model, module, data, dset, spec)
     with progress.task("estimate", len(PARTS)) as step:  # one row naming the part running, its own bar below
@@ -298,8 +327,14 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
                              remote=_remote(runner, job, ("all", None), seed))
         grads = differentiable(module)  # an ONNX model runs in onnxruntime: no gradients
 
+        g0 = None  # the fault-free gradient on the probe: every one-step worst case of this chip's model starts there
+
         def wc_of(chip_) -> WorstCases:
-            return worst_cases(chip_, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata)
+            nonlocal g0
+            if grads and g0 is None:
+                g0 = clean_gradient(module, dset, dev.selection, probe=pdata)
+            return worst_cases(chip_, module, dset, coverage=cov, clean=base, steps=steps, probe=pdata, grad=g0,
+                               bit_rounds=bit_rounds, bit_tensors=bit_tensors)
 
         parts.begin("worst_case")
         worst = wc_of(dev)
@@ -322,32 +357,37 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
         parts.begin("severity")
         sev = {"factors": [], "random_mean": [], "one_step": [], "multi_step": [], "nominal": {}}
         if severities and dev.faults:
-            st = severity_trials or max(5, trials // 5)
+            st = severity_trials or max(1, trials // 10)
             sev["nominal"] = {f.kind: f.severity for f in dev.faults}
             sev["severity_name"] = {f.kind: f.severity_name for f in dev.faults}
             with progress.task("severity", len(severities)) as advance:
                 for s in severities:
                     advance(0, description=f"severity x{s:g}")
                     scaled = dev.with_faults([f.scaled(s) for f in dev.faults])
-                    mc = monte_carlo(scaled, module, dset, trials=st, seed=seed, label=f"Monte-Carlo (severity x{s:g})",
-                                     remote=_remote(runner, job, ("scaled", s), seed))
+                    mc = random if s == 1.0 else monte_carlo(
+                        scaled, module, dset, trials=st, seed=seed, label=f"Monte-Carlo (severity x{s:g})",
+                        remote=_remote(runner, job, ("scaled", s), seed))
                     sev["factors"].append(s)
                     sev["random_mean"].append(mc.accuracy_mean)
                     if mc.metrics:
                         sev.setdefault(f"random_{mc.metric_name}", []).append(mc.metric_mean)
-                    if not grads:
+                    if not grads or worst.one_step is None:
                         sev["one_step"].append(None)
                         sev["multi_step"].append(None)
                     else:
                         cset = scaled.constraint(cov)
-                        os_ = one_step(module, dset, cset, selection=dev.selection, clean=base, probe=pdata)
-                        ms = multi_step(module, dset, cset, selection=dev.selection, clean=base, init=os_,
-                                        steps=max(3, steps // 2), probe=pdata)
+                        os_ = worst.one_step if s == 1.0 else one_step(module, dset, cset, selection=dev.selection,
+                                                                        clean=base, probe=pdata, grad=g0)
+                        ms = None
+                        if severity_steps:
+                            ms = multi_step(module, dset, cset, selection=dev.selection, clean=base, init=os_,
+                                            steps=severity_steps, probe=pdata)
                         sev["one_step"].append(os_.accuracy)
-                        sev["multi_step"].append(ms.accuracy)
+                        sev["multi_step"].append(None if ms is None else ms.accuracy)
                         if mc.metrics:
                             sev.setdefault(f"one_step_{mc.metric_name}", []).append(os_.extra.get(mc.metric_name))
-                            sev.setdefault(f"multi_step_{mc.metric_name}", []).append(ms.extra.get(mc.metric_name))
+                            sev.setdefault(f"multi_step_{mc.metric_name}", []).append(
+                                None if ms is None else ms.extra.get(mc.metric_name))
                     advance(1)
 
         parts.begin("certified")
@@ -359,11 +399,23 @@ def estimate(model, data, chip, *, coverage: float | None = None, trials: int = 
         mlabel, dlabel, {"name": spec.name, "coverage": cov, **dev.describe()},
         base.row(), quant.row(), random, worst, tuple(faults), sev, time.perf_counter() - t0,
         {"task": current().describe(), "seed": seed, "steps": steps, "probe": plabel, "certified": cert,
+         "search": {"inputs": None if pdata is None else len(as_tensors(pdata)[0]), "bit_rounds": bit_rounds,
+                    "bit_tensors": bit_tensors, "severity_trials": severity_trials or max(1, trials // 10),
+                    "severity_steps": severity_steps},
          "seconds_by_part": {k: round(v, 3) for k, v in parts.seconds.items()},
          "clean_evaluation_seconds": round(clean_seconds, 4)})
 
 
 PARTS = ("clean", "monte_carlo", "worst_case", "per_fault", "severity", "certified")
+
+
+def _search_subset(dset, n: int, label):
+    """At most ``n`` of the evaluation inputs, evenly spaced, for the searches (all when fewer)."""
+    x, y = as_tensors(dset)
+    if len(x) <= n:
+        return None, label
+    idx = torch.linspace(0, len(x) - 1, n).round().long()
+    return (x[idx], None if y is None else y[idx]), f"{n} of the {len(x)} evaluation inputs (evenly spaced)"
 
 
 class _Parts:

@@ -40,10 +40,15 @@ class DeviceView:
             t = p.detach().float().cpu()  # the chip's arithmetic runs on the CPU, whatever the model's device
             s = fmt.scale(t)
             ws.append(t.reshape(-1))
-            qs.append(fmt.quantize(t).reshape(-1))
-            scales.append(torch.broadcast_to(s, t.shape).reshape(-1) if fmt.is_int else torch.ones(t.numel()))
+            if fmt.name != "fp32":
+                qs.append(fmt.quantize(t).reshape(-1))
+            if fmt.is_int:
+                scales.append(torch.broadcast_to(s, t.shape).reshape(-1))
             tmaxes.append(torch.full((t.numel(),), float(t.abs().max())))
-        return cls(selection, fmt, torch.cat(ws), torch.cat(qs), torch.cat(scales), torch.cat(tmaxes))
+        w = torch.cat(ws)
+        # fp32 stores the weights as they are: w_q is w; float formats have no scale (1 everywhere, stored once)
+        return cls(selection, fmt, w, torch.cat(qs) if qs else w,
+                   torch.cat(scales) if scales else torch.ones(1).expand(w.numel()), torch.cat(tmaxes))
 
     @property
     def k(self) -> int:
@@ -94,7 +99,12 @@ class DeviceView:
         """(k, bits): the change of each element when one stored bit flips (bit 0 = LSB)."""
         from ..formats import bit_deltas
 
-        v = self.w_q if values is None else values
+        if values is None:  # the stored values' table, built once per view (every scaled chip shares it)
+            cached = self.__dict__.get("_bit_deltas")
+            if cached is None:
+                cached = self.__dict__["_bit_deltas"] = self.bit_deltas(self.w_q)
+            return cached
+        v = values
         return torch.cat([bit_deltas(self.fmt, v[a:b].view(sh), self._seg_scale(a, b, sh)).reshape(b - a, -1)
                           for a, b, sh in self._segments()])
 

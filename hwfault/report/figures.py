@@ -168,8 +168,9 @@ def _draw_severity(ax, d: dict) -> None:
     if None not in sev["one_step"]:
         # the one-step worst case: large open squares under the multi-step triangles, so that
         # coinciding points (often both at chance or at 0%) show both series
-        series += [("one_step", "worst case: one step", sev["one_step"], 5),
-                   ("multi_step", "worst case: multi-step", sev["multi_step"], 6)]
+        series += [("one_step", "worst case: one step", sev["one_step"], 5)]
+        if None not in sev["multi_step"]:  # (computed only with severity_steps > 0)
+            series += [("multi_step", "worst case: multi-step", sev["multi_step"], 6)]
     for key, name, ys, z in series:
         color, ls, marker, ms, filled = STYLE[key]
         ax.plot(xs, [100 * v for v in ys], ls=ls, marker=marker, ms=ms, color=color, lw=1.6, zorder=z,
@@ -177,7 +178,7 @@ def _draw_severity(ax, d: dict) -> None:
     ax.axhline(100 * d["clean"]["accuracy"], color=STYLE["clean"][0], ls="--", lw=1, zorder=2,
                label=f"clean: {100 * d['clean']['accuracy']:.1f}%")
     if None not in sev["one_step"]:
-        lows = [min(a, b) for a, b in zip(sev["one_step"], sev["multi_step"])]
+        lows = [min(a, b if b is not None else a) for a, b in zip(sev["one_step"], sev["multi_step"])]
         ax.fill_between(xs, [100 * v for v in lows], [100 * v for v in sev["random_mean"]], color="tab:red",
                         alpha=0.07, lw=0, zorder=1, label="gap: typical chip to worst case")
     ax.set_xscale("log")

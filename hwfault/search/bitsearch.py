@@ -27,7 +27,8 @@ def reached(r: EvalResult, until: float) -> bool:
 
 def bit_search(model: nn.Module, data, cset: SumSet, *, selection: Selection, clean: EvalResult,
                base: WorstCase | None = None, max_rounds: int = 40, until: float | None = None,
-               probe=None, history_data=None, keep_best: bool = False, candidates: int = 1) -> WorstCase:
+               probe=None, history_data=None, keep_best: bool = False, candidates: int = 1,
+               tensors: int | None = None) -> WorstCase:
     """Progressive search over the discrete parts of ``cset``; continuous parts stay at ``base``.
 
     With ``keep_best``, ``base`` (the one-step point) is a candidate too and the strongest of it and
@@ -39,7 +40,9 @@ def bit_search(model: nn.Module, data, cset: SumSet, *, selection: Selection, cl
     least one), evaluates the loss with each tensor's chunk applied, and keeps the chunk that raises
     the loss most. Stops when every budget is spent, no candidate gains, or accuracy <= ``until``.
     With single flips per round (``until`` set), the ``candidates`` best flips of each tensor are
-    evaluated separately. ``history`` records the accuracy after each round and the flips so far.
+    evaluated separately. ``tensors``: evaluate only that many candidates per round, those of the
+    largest linear gain (default: every tensor's). ``history`` records the accuracy after each round
+    and the flips so far.
     """
     pdata = data if probe is None else probe
     hdata = data if history_data is None else history_data
@@ -82,12 +85,15 @@ def bit_search(model: nn.Module, data, cset: SumSet, *, selection: Selection, cl
                         continue
                     if chunk == 1:
                         for e in torch.topk(seg_best, min(candidates, int((seg_best > 0).sum()))).indices + a:
-                            cands.append((i, e.reshape(1), choice[e].reshape(1)))
+                            cands.append((i, e.reshape(1), choice[e].reshape(1), float(top[e])))
                         continue
                     el = torch.topk(seg_best, m).indices + a
-                    cands.append((i, el, choice[el]))
+                    cands.append((i, el, choice[el], float(top[el].sum())))
             if not cands:
                 break
+            if tensors is not None and len(cands) > tensors:
+                cands = sorted(cands, key=lambda c: -c[3])[:tensors]
+            cands = [c[:3] for c in cands]
             scored = []
             for i, el, ch in cands:
                 trial = list(parts)

@@ -62,6 +62,11 @@ def _verify(c: ConstraintSet, parts) -> None:
         raise RuntimeError(f"internal error: corruption left the constraint set {c.to_dict()}{norm}")
 
 
+def clean_gradient(model, data, sel: Selection, probe=None) -> torch.Tensor:
+    """The flat gradient of the loss at the fault-free weights, on ``probe`` (default ``data``)."""
+    return _gradient(model, _probe_data(data, probe), sel)[0]
+
+
 def _gradient(model, pdata, sel: Selection) -> tuple[torch.Tensor, int]:
     _, grads = loss_and_grad(model, pdata, sel.params)
     return finite_gradient(sel.flatten(grads).cpu())  # the search's arithmetic runs on the CPU
@@ -251,10 +256,11 @@ METHODS = {"random": random, "gradient": gradient, "multistep": multistep}
 # ----------------------------------------------------------------------------- the worst cases of a set as it is
 
 def one_step(model: nn.Module, data, cset: ConstraintSet, *, selection: Selection, clean: EvalResult,
-             probe=None) -> WorstCase:
-    """The linear maximisation over the set (each part's maximiser) at the fault-free weights."""
+             probe=None, grad: torch.Tensor | None = None) -> WorstCase:
+    """The linear maximisation over the set (each part's maximiser) at the fault-free weights
+    (``grad``: the flat gradient there, when the caller has it already)."""
     s = _sum(cset)
-    g, _ = _gradient(model, _probe_data(data, probe), selection)
+    g = _gradient(model, _probe_data(data, probe), selection)[0] if grad is None else grad
     parts = [p.to(torch.float64) for p in s.maximize_parts(g.double())]
     check_parts(s, parts)
     r = evaluate_parts(model, data, selection, parts)
