@@ -19,6 +19,14 @@ from .ascent import stronger, strongest
 from .results import WorstCase, check_parts, evaluate_parts, task_extra, total
 
 
+def _applied(parts: list, i: int, el: torch.Tensor, values: torch.Tensor) -> list:
+    """``parts`` with part ``i`` set to ``values`` at elements ``el`` (a copy of that part only)."""
+    out = list(parts)
+    out[i] = parts[i].clone()
+    out[i][el] = values
+    return out
+
+
 def reached(r: EvalResult, until: float) -> bool:
     """Whether an evaluation reached the target value ``until`` of the task's headline metric (accuracy
     down to it; perplexity or MSE up to it)."""
@@ -94,16 +102,15 @@ def bit_search(model: nn.Module, data, cset: SumSet, *, selection: Selection, cl
             if tensors is not None and len(cands) > tensors:
                 cands = sorted(cands, key=lambda c: -c[3])[:tensors]
             cands = [c[:3] for c in cands]
-            scored = []
+            scored = []  # (result, part, elements, choices): one candidate's perturbation alive at a time
             for i, el, ch in cands:
-                trial = list(parts)
-                trial[i] = parts[i].clone()
-                trial[i][el] = cset.parts[i].deltas.double()[el, ch]
+                trial = _applied(parts, i, el, cset.parts[i].deltas.double()[el, ch])
                 with perturbed(selection, total(trial)):
                     r = evaluate(model, pdata)
-                scored.append((r, i, el, trial))
-            r, i, el, trial = strongest(scored, key=lambda t: t[0])
-            parts = trial
+                del trial
+                scored.append((r, i, el, ch))
+            r, i, el, ch = strongest(scored, key=lambda t: t[0])
+            parts = _applied(parts, i, el, cset.parts[i].deltas.double()[el, ch])
             used[i][el] = True
             spent[i] += el.numel()
             advance(el.numel())
