@@ -148,3 +148,24 @@ def test_sweep_json_contract(cnn_sweep):
         if r["method"] == "gradient":
             assert "first_order" in r
     assert d["norm"] == 2 and d["n"] == "all"
+
+
+def test_a_gradient_sweep_takes_its_clean_row_from_the_gradient_pass(monkeypatch):
+    """The clean row of a sweep with gradient methods comes from the same forward pass as the gradient
+    (one pass saved), and equals a plain evaluation exactly; gradient and multi-step share that g."""
+    import hwfault as hw
+    import hwfault.search.methods as methods
+
+    model = hw.load_model("digits-cnn")
+    data = hw.load_data("digits")
+    calls = []
+    real = methods.loss_and_grad
+    monkeypatch.setattr(methods, "loss_and_grad", lambda *a, **k: calls.append(1) or real(*a, **k))
+    r = hw.sweep(model, data, epsilons=[0.1], methods=["gradient", "multistep"], steps=2).to_dict()
+    assert r["clean"] == hw.evaluate(model, data).row()
+    # one gradient pass for the clean row and both methods' start, then the ascent's own steps: adding
+    # the gradient method to a multi-step sweep adds no gradient pass
+    both = len(calls)
+    calls.clear()
+    hw.sweep(model, data, epsilons=[0.1], methods=["multistep"], steps=2)
+    assert both == len(calls) >= 1

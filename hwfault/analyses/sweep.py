@@ -127,10 +127,16 @@ def sweep(model, data, *, epsilons: Sequence[float], norm: float | str = 2, n: i
     pdata, plabel = resolve_probe(data, dset, probe)
     if float64 and probe is not None:
         pdata = _as_float64(None, pdata)[1]
-    base = evaluate(module, dset)
+    grad = None
+    if probe is None and any(m in ("gradient", "multistep") for m in names):
+        base, grad = corruption.clean_and_gradient(module, dset, sel)  # one forward and backward: the clean row and g
+    else:
+        base = evaluate(module, dset)
     results = []
     for m in names:
         kw: dict = {"selection": sel, "clean": base}
+        if grad is not None and m in ("gradient", "multistep"):
+            kw["grad"] = grad
         if m == "random":
             kw.update(trials=trials, seed=seed, antithetic=antithetic,
                       map_trials=_remote(runner, model, module, data, dset, float64, (params, types, layers), ball, eps,

@@ -62,6 +62,14 @@ def _verify(c: ConstraintSet, parts) -> None:
         raise RuntimeError(f"internal error: corruption left the constraint set {c.to_dict()}{norm}")
 
 
+def clean_and_gradient(model, data, sel: Selection) -> tuple[EvalResult, tuple[torch.Tensor, int]]:
+    """The fault-free scores on ``data`` and ``(g, nonfinite)`` there, from one forward and backward
+    pass: what a sweep's clean row and its gradient methods share."""
+    r, grads = loss_and_grad(model, data, sel.params)
+    g, nonfinite = finite_gradient(sel.flatten(grads).cpu())
+    return r, (g, nonfinite)
+
+
 def clean_gradient(model, data, sel: Selection, probe=None) -> torch.Tensor:
     """The flat gradient of the loss at the fault-free weights, on ``probe`` (default ``data``)."""
     return _gradient(model, _probe_data(data, probe), sel)[0]
@@ -148,18 +156,20 @@ def _probe_data(data, probe):
 
 
 def gradient(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Sequence[float],
-             selection: Selection | None = None, probe=None, clean: EvalResult | None = None) -> CorruptionResult:
+             selection: Selection | None = None, probe=None, clean: EvalResult | None = None,
+             grad: tuple[torch.Tensor, int] | None = None) -> CorruptionResult:
     """One-step gradient-based corruption (Eq. 10): a = argmax_{a in S} a.g with g taken on ``probe``.
 
     Each point reports ``first_order`` = a.g, the first-order estimate of the loss change (for an L_p
     ball: eps ||top_n(g)||_q, Eq. 11, with ``grad_norm_q`` = ||top_n(g)||_q), on the probe data, and
     ``gradient_nonfinite`` when some gradient entries were NaN/Inf (they are left out of the search).
+    ``grad``: ``(g, nonfinite)`` on the probe, when the caller has it (:func:`clean_and_gradient`).
     """
     eps_list = validate.epsilons(epsilons)
     sel, base = _setup(model, data, selection, clean)
     pdata = _probe_data(data, probe)
     with progress.task("gradient corruption", len(eps_list) + 1) as advance:
-        g, nonfinite = _gradient(model, pdata, sel)
+        g, nonfinite = _gradient(model, pdata, sel) if grad is None else grad
         advance(1)
         points = []
         for e in eps_list:
@@ -211,7 +221,7 @@ def _ascend(model, pdata, sel: Selection, start, update, *, steps: int, advance=
 
 def multistep(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Sequence[float],
               selection: Selection | None = None, probe=None, steps: int = 10, step_size: float | None = None,
-              clean: EvalResult | None = None) -> CorruptionResult:
+              clean: EvalResult | None = None, grad: tuple[torch.Tensor, int] | None = None) -> CorruptionResult:
     """Multi-step corruption: projected gradient ascent in weight space.
 
     a_0 = the one-step solution (Eq. 10); a_{j+1} = Proj_S(a_j + d_j) with d_j the Eq. 10 direction
@@ -229,7 +239,7 @@ def multistep(model: nn.Module, data, constraint: ConstraintSet, *, epsilons: Se
     same = pdata is data
     points = []
     with progress.task("multi-step corruption", len(eps_list) * (steps + 1) + 1) as advance:
-        g0, _ = _gradient(model, pdata, sel)
+        g0 = _gradient(model, pdata, sel)[0] if grad is None else grad[0]
         advance(1)
         for e in eps_list:
             c = constraint.at(e)
