@@ -421,7 +421,8 @@ def main() -> None:
                                                              "resnet18, 100 for the others)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every child (default 1)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every step")
-    ap.add_argument("--merge", action="store_true", help="keep the other models of an existing --out JSON")
+    ap.add_argument("--merge", action="store_true", help="keep the other models of an existing --out JSON (and, for a model run again with clean among "
+                         "--ops, its operations not run again)")
     ap.add_argument("--timeout-x", type=float, default=200.0,
                     help="stop an operation after this many clean evaluations of its model (default 200; "
                          "0: never); it is reported as a lower bound")
@@ -473,6 +474,9 @@ def main() -> None:
         for model in models:
             s = settings_for(model, args)
             entry = {"settings": {k: v for k, v in s.items() if k != "threads"}, "ops": {}}
+            if args.merge and model in result["models"] and "clean" in ops:  # rerun some ops, keep the others
+                entry["ops"] = {k: v for k, v in result["models"][model].get("ops", {}).items() if k not in ops}
+                entry = {**result["models"][model], **entry}
             result["models"][model] = entry
             for i, op in enumerate(ops):
                 log(f"[scale] {model}: {op} ({i + 1}/{len(ops)}) ...")
