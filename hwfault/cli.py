@@ -456,7 +456,7 @@ def campaign(
     output: Optional[str] = OUTPUT,
     weights: Optional[str] = WEIGHTS,
     device: Optional[str] = DEVICE,
-    cache_mb: str = typer.Option("auto", "--cache-mb", help="Memory budget of the fault-free activation cache (MB), or auto: within about twice a clean evaluation's memory. Values it drops are recomputed."),
+    cache_mb: str = typer.Option("auto", "--cache-mb", help="Memory budget of the fault-free activation cache (MB), or auto: what one forward pass holds at its peak (about twice a clean evaluation's memory in all). Values it drops are recomputed."),
 ):
     """A statistically sized, resumable fault-injection campaign on a chip's fault model."""
     from .analyses.campaign.api import campaign as run, plan_campaign

@@ -56,14 +56,3 @@ class single_thread:
 
         torch.set_num_threads(self.old)
 
-
-def rss_mb() -> float | None:
-    """This process's resident memory now, in MiB (Linux ``/proc``; None elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

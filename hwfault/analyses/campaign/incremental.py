@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 SPARSE_MAX = 64  # faulty elements up to which a layer's output is corrected instead of recomputed
-AUTO_SHARE = 0.95  # "auto" aims at this share of twice a clean evaluation's memory
 PROBE_INPUTS = 8  # inputs on which the sizes of the cached values are measured
 _CLEAN: frozenset = frozenset()  # the channels in which a fault-free value differs: none
 _LOCAL_MODULES = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU,
@@ -75,11 +74,8 @@ class ForwardCache:
             else:
                 m = min(len(x), PROBE_INPUTS)
                 sizes = {n: _scaled(v, m, len(x)) for n, v in self._fill(x[:m], None).items()}
-                if isinstance(budget_bytes, tuple) or budget_bytes == "auto":  # ("auto", headroom bytes)
-                    peak = self._forward_peak(sizes)
-                    extra = budget_bytes[1] if isinstance(budget_bytes, tuple) else 0.0
-                    # the cache and one forward pass on top of ``now``: within 2 (loaded + peak)
-                    self.budget_bytes = budget_bytes = max(peak, AUTO_SHARE * 2 * peak - peak + extra)
+                if budget_bytes == "auto":  # as much as one forward pass holds at its peak
+                    self.budget_bytes = budget_bytes = self._forward_peak(sizes)
                 self.keep = self._choose(sizes, budget_bytes, params)
             self.env = self._fill(x, self.keep)
         self.first_param = next((i for i, n in enumerate(self.nodes) if n.op in ("call_module", "get_attr")
@@ -507,18 +503,13 @@ def _scaled(v, m: int, n: int) -> float:
 
 
 def try_cache(model: nn.Module, x: torch.Tensor, *, budget_mb: float | str | None = "auto",
-              params=None, memory: tuple[float, float] | None = None) -> ForwardCache | None:
+              params=None) -> ForwardCache | None:
     """A :class:`ForwardCache` of at most ``budget_mb`` megabytes (``"auto"``: as much as one fault-free
     forward pass over ``x`` holds at its peak, so a campaign needs at most about twice a clean
     evaluation's memory; None: unbounded), or None if the model cannot be traced. ``params``: the
-    parameters the trials put faults in. ``memory = (loaded, now)``: the process's resident MiB with
-    the model and data loaded, and now; ``"auto"`` then keeps the campaign's peak within twice a clean
-    evaluation's (the loaded memory plus one forward pass), not less than one forward pass."""
+    parameters the trials put faults in."""
     try:
         budget = None if budget_mb is None else budget_mb if budget_mb == "auto" else float(budget_mb) * 2**20
-        if budget == "auto" and memory is not None:
-            loaded, now = memory
-            budget = ("auto", (AUTO_SHARE * 2 * loaded - now) * 2**20)
         return ForwardCache(model, x, budget_bytes=budget, params=params)
     except Exception:  # fx raises many types for untraceable code; the full forward pass still works
         return None

@@ -15,8 +15,9 @@ output moved by more than the tolerance); ``sdc_rate``, the share of those input
 rose by more than that fraction); ``due``, whether any output was NaN/Inf. Rows of an ``lm`` campaign
 also carry ``perplexity`` and ``token_accuracy``, of a ``regression`` one ``mse``.
 
-The fault-free activation cache holds at most ``cache_mb`` megabytes (default ``"auto"``: what keeps
-the campaign within about twice a clean evaluation's memory); values it does not keep are
+The fault-free activation cache holds at most ``cache_mb`` megabytes (default ``"auto"``: what one
+fault-free forward pass over the inputs holds at its peak, so that a campaign needs about twice a
+clean evaluation's memory); values it does not keep are
 recomputed, fault-free, from the nearest kept ones (:mod:`hwfault.analyses.campaign.incremental`).
 """
 
@@ -107,7 +108,7 @@ class Context:
     def __init__(self, recipe: Recipe, model: nn.Module | None = None, data=None):
         from ...data import load_data
         from ...inputs import load_model
-        from ...runtime import rss_mb, tune_allocator
+        from ...runtime import tune_allocator
         from ...spec import ChipSpec
 
         tune_allocator()  # trials reuse freed activation buffers instead of mapping fresh pages
@@ -126,7 +127,6 @@ class Context:
             dev = device_of(self.model)
             self.x, self.y = self.x.to(dev), (None if self.y is None else self.y.to(dev))
         spec = ChipSpec.model_validate(recipe.chip)
-        rss_loaded = rss_mb()  # model and data in memory: what a clean evaluation holds besides activations
         self.chip = Chip.build(spec, self.model)
         if recipe.params:
             import fnmatch
@@ -140,12 +140,10 @@ class Context:
         self.strata: dict[str, Chip] = {}
         base = self.chip.delta(self.chip.view.w_q.double())
         self._base = base if bool(torch.any(base)) else None  # float32 chips store the weights exactly
-        rss_before_golden = rss_mb()
         with single_thread(), perturbed(self.chip.selection, base):
             self.golden = Golden.of(run_logits(self.model, (self.x, self.y), task=self.task), self.y, task=self.task)
             self.cache = None if self.chip.transient else try_cache(
-                self.model, self.x, budget_mb=recipe.cache_mb, params=self.chip.selection.names,
-                memory=None if rss_loaded is None else (rss_loaded, rss_before_golden))
+                self.model, self.x, budget_mb=recipe.cache_mb, params=self.chip.selection.names)
         self.golden_acc = self.golden.accuracy
 
     def cache_info(self) -> dict:
