@@ -169,3 +169,25 @@ def test_the_change_is_followed_channel_by_channel_into_the_next_layer(monkeypat
         finally:
             p.copy_(old)
     torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
+
+
+class LinearOnMaps(nn.Module):
+    """A Linear on the last dimension of a (B, C, H, W) map, then a Conv: the Linear's output features
+    are not the Conv's channels, so its change must not be followed as channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+        self.conv = nn.Conv2d(4, 5, 3, padding=1)
+        self.fc = nn.Linear(5 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(torch.relu(self.lin(x)))).flatten(1))
+
+
+def test_a_linear_on_feature_maps_is_not_followed_as_channels():
+    torch.manual_seed(0)
+    model = LinearOnMaps().eval()
+    x = torch.randn(10, 4, 6, 6)
+    with torch.no_grad():
+        _check(model, x, "lin.weight", torch.Generator().manual_seed(0), count=1)

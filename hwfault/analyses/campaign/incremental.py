@@ -382,7 +382,9 @@ class ForwardCache:
             if node is not None and plan and plan[0] is node and node in self.env and node.args[0] in self.env:
                 out = self._corrected(node, sparse[1], sparse[2])
                 if out is not None:
-                    chans = self._out_channels(node, sparse[1])
+                    # channels are dimension 1: a Conv's output channels, a Linear's features only on (B, F)
+                    lin = isinstance(self.modules[node.target], nn.Linear)
+                    chans = None if lin and out.ndim != 2 else self._out_channels(node, sparse[1])
                     return self._run(self._order(params, node), {node: out}, {node: chans}, params)
         if plan and self.pos[plan[0]] <= self.first_param:
             return self.model(self.env[self.nodes[0]])
