@@ -66,8 +66,7 @@ def clean_and_gradient(model, data, sel: Selection) -> tuple[EvalResult, tuple[t
     """The fault-free scores on ``data`` and ``(g, nonfinite)`` there, from one forward and backward
     pass: what a sweep's clean row and its gradient methods share."""
     r, grads = loss_and_grad(model, data, sel.params)
-    g, nonfinite = finite_gradient(sel.flatten(grads).cpu())
-    return r, (g, nonfinite)
+    return r, finite_gradient(sel.flatten(grads).cpu())  # the search's arithmetic runs on the CPU
 
 
 def clean_gradient(model, data, sel: Selection, probe=None) -> torch.Tensor:
@@ -76,8 +75,7 @@ def clean_gradient(model, data, sel: Selection, probe=None) -> torch.Tensor:
 
 
 def _gradient(model, pdata, sel: Selection) -> tuple[torch.Tensor, int]:
-    _, grads = loss_and_grad(model, pdata, sel.params)
-    return finite_gradient(sel.flatten(grads).cpu())  # the search's arithmetic runs on the CPU
+    return clean_and_gradient(model, pdata, sel)[1]
 
 
 def _maximize(c: ConstraintSet, g: torch.Tensor) -> list[torch.Tensor]:

@@ -185,9 +185,6 @@ class ForwardCache:
                 out.add(v)
         return out
 
-    def kept_bytes(self) -> int:
-        return cache_bytes(self)
-
     def _run(self, todo, overlay: dict, changed: dict | None = None, params: frozenset = frozenset()):
         """Evaluate the nodes in ``todo`` (graph order) into ``overlay``; reads fall back to the cache.
 
@@ -259,10 +256,15 @@ class ForwardCache:
             self._kinds[node] = kind
         return kind
 
-    def _params_of(self, node) -> set:
-        if node.op != "call_module":
-            return set()
-        return {f"{node.target}.{p}" for p, _ in self.modules[node.target].named_parameters()}
+    def _params_of(self, node) -> frozenset:
+        """The names of the parameters a node's module holds (cached: read in every trial)."""
+        key = ("params_of", node)
+        got = self._kinds.get(key)
+        if got is None:
+            got = frozenset() if node.op != "call_module" else frozenset(
+                f"{node.target}.{p}" for p, _ in self.modules[node.target].named_parameters())
+            self._kinds[key] = got
+        return got
 
     def _plan_set(self, params: frozenset) -> set:
         key = ("set", params)
@@ -382,18 +384,20 @@ class ForwardCache:
             if node is not None and plan and plan[0] is node and node in self.env and node.args[0] in self.env:
                 out = self._corrected(node, sparse[1], sparse[2])
                 if out is not None:
-                    # channels are dimension 1: a Conv's output channels, a Linear's features only on (B, F)
-                    lin = isinstance(self.modules[node.target], nn.Linear)
-                    chans = None if lin and out.ndim != 2 else self._out_channels(node, sparse[1])
+                    chans = self._out_channels(node, sparse[1], out)
                     return self._run(self._order(params, node), {node: out}, {node: chans}, params)
         if plan and self.pos[plan[0]] <= self.first_param:
             return self.model(self.env[self.nodes[0]])
         return self._run(self._order(params), {})
 
-    def _out_channels(self, node, index: torch.Tensor) -> set:
-        """The output channels (dimension 1) of a Linear/Conv weight's flat indices."""
-        w = self.modules[node.target].weight
-        return set((index // w[0].numel()).tolist())
+    def _out_channels(self, node, index: torch.Tensor, out: torch.Tensor) -> set | None:
+        """The channels (dimension 1) of ``out`` that a Linear/Conv weight's flat indices change: a
+        Conv's output channels; a Linear's output features only when they are dimension 1, on (B, F)
+        outputs (None: the change is not channel-wise)."""
+        m = self.modules[node.target]
+        if isinstance(m, nn.Linear) and out.ndim != 2:
+            return None
+        return set((index // m.weight[0].numel()).tolist())
 
     def _sparse_node(self, name: str):
         """The call_module node of a Linear/Conv1d/Conv2d whose ``weight`` is ``name`` (else None)."""

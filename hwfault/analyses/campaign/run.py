@@ -45,7 +45,7 @@ from ...params import perturbed
 from ... import stats
 from ..distributed import chunk_size
 from ..realise import transient_logits
-from .incremental import SPARSE_MAX, try_cache
+from .incremental import SPARSE_MAX, cache_bytes, try_cache
 from .journal import Journal
 from .plan import Plan, Stratum, check_plan, sub_chip
 
@@ -152,7 +152,7 @@ class Context:
         if c is None:
             return {"used": False, "reason": "transient faults" if self.chip.transient else "model not traceable by torch.fx"}
         return {"used": True, "budget_mb": None if c.budget_bytes is None else round(c.budget_bytes / 2**20, 1),
-                "kept_mb": round(c.kept_bytes() / 2**20, 1), "kept_values": len(c.env), "values": len(c.nodes)}
+                "kept_mb": round(cache_bytes(c) / 2**20, 1), "kept_values": len(c.env), "values": len(c.nodes)}
 
     def chip_for(self, stratum: Stratum) -> Chip:
         if stratum.name == "all":
