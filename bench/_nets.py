@@ -259,24 +259,24 @@ def _centre_head(model: nn.Module, head: nn.Linear, seed: int, shape: tuple[int,
 # ----------------------------------------------------------------------------- builders
 
 
-def resnet18(num_classes: int = 10, seed: int = 0, calibrate: bool = True) -> ResNet:
-    """CIFAR ResNet-18 (BasicBlock [2, 2, 2, 2]), 3x32x32 inputs, eval mode; 11.2M parameters."""
-    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes)
+def _resnet(block, layers: list[int], num_classes: int, seed: int, calibrate: bool) -> ResNet:
+    """A CIFAR ResNet with seeded weights, its norms calibrated and its head centred, in eval mode."""
+    model = ResNet(block, layers, num_classes)
     _init_(model, seed)
     if calibrate:
         _calibrate_bn(model, seed, (3, 32, 32))
         _centre_head(model, model.fc, seed, (3, 32, 32))
     return model.eval()
+
+
+def resnet18(num_classes: int = 10, seed: int = 0, calibrate: bool = True) -> ResNet:
+    """CIFAR ResNet-18 (BasicBlock [2, 2, 2, 2]), 3x32x32 inputs, eval mode; 11.2M parameters."""
+    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, seed, calibrate)
 
 
 def resnet50(num_classes: int = 10, seed: int = 0, calibrate: bool = True) -> ResNet:
     """CIFAR ResNet-50 (Bottleneck [3, 4, 6, 3]), 3x32x32 inputs, eval mode; 23.5M parameters."""
-    model = ResNet(Bottleneck, [3, 4, 6, 3], num_classes)
-    _init_(model, seed)
-    if calibrate:
-        _calibrate_bn(model, seed, (3, 32, 32))
-        _centre_head(model, model.fc, seed, (3, 32, 32))
-    return model.eval()
+    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, seed, calibrate)
 
 
 def vit(num_classes: int = 10, seed: int = 0, depth: int = 6, dim: int = 384, heads: int = 6) -> ViT:
