@@ -39,7 +39,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Hardware-fault simulation for neural-network accelerators."""
 
 
-from .cliargs import (CHIP, DATA, DEVICE, LAYERS, MODEL, OUTPUT, PARAMS, PROBE, SCHEDULER, TASK, TOLERANCE,  # noqa: F401
+from .cliargs import (CHIP, DATA, DEVICE, LAYERS, MODEL, OUTPUT, PARAMS, PROBE, PROVE, SCHEDULER, TASK, TOLERANCE,  # noqa: F401
                       TYPES, WEIGHTS, WORKERS, _certifiable, _cpu_only, _data_for, _outputs, _outs, _task_kw,
                       _search_n, parse_eps, parse_n)
 
@@ -457,6 +457,7 @@ def campaign(
     weights: Optional[str] = WEIGHTS,
     device: Optional[str] = DEVICE,
     cache_mb: str = typer.Option("auto", "--cache-mb", help="Memory budget of the fault-free activation cache (MB), or auto: what one forward pass holds at its peak (about twice a clean evaluation's memory in all). Values it drops are recomputed."),
+    prove: bool = PROVE,
 ):
     """A statistically sized, resumable fault-injection campaign on a chip's fault model."""
     from .analyses.campaign.api import campaign as run, plan_campaign
@@ -467,7 +468,7 @@ def campaign(
     d = _data_for(model, data)
     if dry_run:
         plan, est = plan_campaign(model, d, chip, trials=trials, margin=margin, confidence=confidence, seed=seed,
-                                  params=params, by=by, cache_mb=cache_mb, **_task_kw(task, tolerance, output, weights, device))
+                                  params=params, by=by, cache_mb=cache_mb, prove=prove, **_task_kw(task, tolerance, output, weights, device))
         out = {**plan.to_dict(), "estimate": {**est, "workers": workers or 1,
                                                "within_ceiling": plan.planned_trials <= validate.MAX_CAMPAIGN_TRIALS}}
         report.print_table(report.plan_table(plan, est, workers or 1))
@@ -476,7 +477,7 @@ def campaign(
         return
     try:
         result = run(model, d, chip, trials=trials, margin=margin, confidence=confidence, seed=seed, db=db,
-                     resume=resume, workers=workers, scheduler=scheduler, params=params, by=by, cache_mb=cache_mb,
+                     resume=resume, workers=workers, scheduler=scheduler, params=params, by=by, cache_mb=cache_mb, prove=prove,
                      **_task_kw(task, tolerance, output, weights, device))
     except KeyboardInterrupt:
         if db and Path(db).is_file():

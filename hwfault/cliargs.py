@@ -84,6 +84,7 @@ def _check_device(value: Optional[str]) -> Optional[str]:
     return value
 
 
+PROVE = typer.Option(True, "--prove/--no-prove", help="Skip the inputs that a bound proves keep their top-1 class (classification; SDC, DUE and accuracy stay exact; such a trial's loss is then not computed).")
 DEVICE = typer.Option(None, "--device", callback=_check_device,
                       help="Where the model runs: auto (a GPU if there is one), cpu, cuda, cuda:N or mps (default: cpu).")
 

@@ -26,7 +26,7 @@ TASK_TYPES = tuple(TASKS.values())  # built-in tasks travel by name; a user's Ta
 
 
 def _recipe(model, data, chip, *, seed: int, params, by, critical: float, task=None, tolerance=None, output=None,
-            weights=None, cache_mb: float | str = CACHE_MB, device=None):
+            weights=None, cache_mb: float | str = CACHE_MB, device=None, prove: bool = True):
     check_device(device)  # a missing GPU is one line before anything loads
     spec = load_chip(chip)
     t = resolve_task(task, model, tolerance)
@@ -39,7 +39,7 @@ def _recipe(model, data, chip, *, seed: int, params, by, critical: float, task=N
     return spec, module, Recipe(label, dlabel, spec.to_dict(), seed, params, by, critical,
                                 t.name if type(t) in TASK_TYPES else t, tol, output,
                                 None if weights is None else str(weights), cache_mb,
-                                None if device is None else str(device))
+                                None if device is None else str(device), bool(prove))
 
 
 def check_cache_mb(cache_mb) -> float | str:
@@ -65,14 +65,14 @@ def _objects(model, data):
 def plan_campaign(model, data, chip, *, trials: int | None = None, margin: float | None = None,
                   confidence: float = 0.95, seed: int = 0, params: str | None = None, by: str | None = None,
                   measure: bool = True, task=None, tolerance: float | None = None, output=None, weights=None,
-                  cache_mb: float | str = CACHE_MB, device=None) -> tuple[Plan, dict | None]:
+                  cache_mb: float | str = CACHE_MB, device=None, prove: bool = True) -> tuple[Plan, dict | None]:
     """The plan of a campaign (trials per stratum) and, with ``measure``, a few real trials timed:
     ``{"seconds_per_trial", "measured_trials", "estimated_seconds"}`` (what ``--dry-run`` prints)."""
     validate.seed(seed)
     validate.probability("--confidence", confidence)
     spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=0.01, task=task,
                                    tolerance=tolerance, output=output, weights=weights, cache_mb=cache_mb,
-                                   device=device)
+                                   device=device, prove=prove)
     plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
     if not measure:
         return plan, None
@@ -84,7 +84,7 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
              seed: int = 0, db: str | None = None, resume: bool = False, workers: int | None = None,
              scheduler: str | None = None, params: str | None = None, by: str | None = None, critical: float = 0.01,
              chunk: int | None = None, on_rows=None, task=None, tolerance: float | None = None, output=None,
-             weights=None, cache_mb: float | str = CACHE_MB, device=None) -> CampaignResult:
+             weights=None, cache_mb: float | str = CACHE_MB, device=None, prove: bool = True) -> CampaignResult:
     """A statistically sized, resumable fault-injection campaign of ``chip`` on ``model``.
 
     Size it with ``trials`` (per stratum) or ``margin`` at ``confidence`` (Leveugle et al. 2009);
@@ -95,7 +95,9 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
     fault-free activation cache (MB, or ``"auto"``: one forward pass's peak; values it does not keep
     are recomputed from the nearest kept ones). ``device`` (:mod:`hwfault.devices`; default the CPU)
     is where trials run: on Dask, ``cuda``/``auto`` give worker i ``cuda:(i % GPUs)``; the faults of
-    trial t are drawn on the CPU, so they are the same on every device."""
+    trial t are drawn on the CPU, so they are the same on every device. ``prove`` (default on): inputs
+    that a bound proves keep their top-1 class are not evaluated (:mod:`.bound`); accuracy, SDC and DUE
+    stay exact, and such a trial's loss is recorded as not computed (None)."""
     check_runner(workers, scheduler)
     if resume and not db:
         raise HwfaultError("--resume needs --db")
@@ -109,7 +111,7 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
                               "rebuilds them); pass them so, or run without workers")
     spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=critical, task=task,
                                    tolerance=tolerance, output=output, weights=weights, cache_mb=cache_mb,
-                                   device=device)
+                                   device=device, prove=prove)
     plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
     check_plan(plan)
     with runner(workers, scheduler) as rn:  # the cluster is up (or the scheduler answered) before the golden run

@@ -22,6 +22,10 @@ differently from a full recompute, so outputs agree with it to float32 round-off
 for bit; a campaign uses the same path in every process, so its rows stay identical across
 processes, and its SDC, DUE and accuracy equal those of plain recomputation (tested).
 
+Given the golden logits (:meth:`ForwardCache.logits_proven`), a trial drops the inputs a Lipschitz
+bound proves keep their top-1 class (:mod:`.bound`): from the faults themselves, then at each cached
+value all of the fault's effect flows through; the rest of the pass runs on the other inputs only.
+
 Models that ``torch.fx`` cannot trace (data-dependent control flow) fall back to the full forward.
 """
 
@@ -32,6 +36,8 @@ import operator
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from .values import Rows, cache_bytes, channelwise, fetch, scaled, sig  # noqa: F401 (cache_bytes: re-exported)
 
 SPARSE_MAX = 64  # faulty elements up to which a layer's output is corrected instead of recomputed
 PROBE_INPUTS = 8  # inputs on which the sizes of the cached values are measured
@@ -69,32 +75,64 @@ class ForwardCache:
         self.env: dict[fx.Node, object] = {}
         self.budget_bytes = budget_bytes
         with torch.no_grad():
+            m = min(len(x), PROBE_INPUTS)
+            probe = self._fill(x[:m], None)
             if budget_bytes is None:
                 self.keep = set(self.nodes)
             else:
-                m = min(len(x), PROBE_INPUTS)
-                sizes = {n: _scaled(v, m, len(x)) for n, v in self._fill(x[:m], None).items()}
+                sizes = {n: scaled(v, m, len(x)) for n, v in probe.items()}
                 if budget_bytes == "auto":  # as much as one forward pass holds at its peak
                     self.budget_bytes = budget_bytes = self._forward_peak(sizes)
                 self.keep = self._choose(sizes, budget_bytes, params)
-            self.env = self._fill(x, self.keep)
+            full: dict = {}
+            self._norm_nodes = {n for n in (self._sparse_node(p) for p in (params or self._owner)) if n is not None}
+            self._norms: dict = {}
+            self.env = self._fill(x, self.keep, full)
+        self._rows_of(probe, full, m, len(x))
+        self.view = Rows(self.env, self._batch)
         self.first_param = next((i for i, n in enumerate(self.nodes) if n.op in ("call_module", "get_attr")
                                  and self._plan_nodes_touch(n)), 0)
 
-    def _fill(self, x, keep: set | None) -> dict:
+    def _fill(self, x, keep: set | None, sigs: dict | None = None) -> dict:
         """The fault-free forward pass; returns the values of the nodes in ``keep`` (None: all), freeing
-        every other value after its last use, so the peak is one forward pass plus what is kept."""
+        every other value after its last use, so the peak is one forward pass plus what is kept
+        (``sigs``: filled with every value's type and shape)."""
         vals: dict = {}
         last = self._last_use()
         for i, node in enumerate(self.nodes):
             if node.op == "output":
                 break
             vals[node] = x if node.op == "placeholder" else self._eval(node, lambda n: vals[n])
+            if sigs is not None:
+                sigs[node] = sig(vals[node])
+                if node in self._norm_nodes:
+                    from .bound import input_norms
+
+                    self._norms[node] = input_norms(self.modules[node.target], vals[node.args[0]])
             if keep is not None:
                 for a in node.all_input_nodes:
                     if last[a] == i and a not in keep:
                         del vals[a]
         return vals if keep is None else {n: v for n, v in vals.items() if n in keep}
+
+    def _rows_of(self, probe: dict, full: dict, m: int, n: int) -> None:
+        """Which values carry the inputs along dimension 0 (``_batch``), and whether a trial may drop
+        inputs part-way (``gains``: every value is then batch-carrying or the same for any batch)."""
+
+        self._batch, ok = set(), m < n
+        for node, v in probe.items():
+            a, b = sig(v), full.get(node)
+            if a[0] == "t" and b is not None and b[0] == "t" and a[1][:1] == (m,) and b[1][:1] == (n,) \
+                    and a[1][1:] == b[1][1:]:
+                self._batch.add(node)
+            elif a != b:
+                ok = False
+        self.gains = self._gains(full) if ok else None
+
+    def _gains(self, sigs: dict):
+        from .bound import Gains
+
+        return Gains(self.gm, self.nodes, {node: (None if sg[0] != "t" else sg[1]) for node, sg in sigs.items()})
 
     def _forward_peak(self, sizes: dict) -> float:
         """The most bytes of intermediate values alive at once in a plain forward pass."""
@@ -127,7 +165,7 @@ class ForwardCache:
             obj, *rest = args
             return getattr(obj, node.target)(*rest, **kwargs)
         if node.op == "get_attr":
-            return _fetch(self.gm, node.target)
+            return fetch(self.gm, node.target)
         raise RuntimeError(f"unexpected fx node {node.op}")
 
     def _choose(self, sizes: dict, budget: float, params=None) -> set:
@@ -160,6 +198,15 @@ class ForwardCache:
                 take([n])
         return keep
 
+    def _articulations(self) -> list:
+        """The values every path from the input to the output passes through (no edge bypasses them)."""
+        out, reach = [], -1
+        for v in self.nodes:
+            if reach <= self.pos[v] and v.op not in ("placeholder", "output", "get_attr"):
+                out.append(v)
+            reach = max([reach] + [self.pos[u] for u in v.users])
+        return out
+
     def _needs(self, i: int, lean: bool = False) -> list:
         """The values a trial with faults in node ``i``'s parameters reads: node ``i``'s inputs and
         output, and the inputs from outside the recomputed part of every node after it."""
@@ -185,20 +232,33 @@ class ForwardCache:
                 out.add(v)
         return out
 
-    def _run(self, todo, overlay: dict, changed: dict | None = None, params: frozenset = frozenset()):
+    def _run(self, todo, overlay: dict, changed: dict | None = None, params: frozenset = frozenset(), golden=None,
+             rows: torch.Tensor | None = None):
         """Evaluate the nodes in ``todo`` (graph order) into ``overlay``; reads fall back to the cache.
 
         ``changed``: for values in ``overlay`` that differ from the cached ones only in a few channels
         (dimension 1), those channels. They are followed through channel-wise operations (norms,
         activations, sums, pooling), and a Linear/Conv layer reading such a value is its cached output
-        plus the layer applied to the change alone (:meth:`_delta`)."""
-        env, out, new = self.env, None, overlay
+        plus the layer applied to the change alone (:meth:`_delta`).
+
+        ``golden``: the golden logits; at each value that all of the fault's effect flows through and
+        whose fault-free version the cache keeps, the inputs that :func:`~.bound.proven` keep their
+        top-1 class are dropped from the rest of the pass. ``rows``: the inputs to evaluate (None: all).
+        Returns ``(out, rows)``, the outputs of the inputs ``rows`` left at the end."""
+        self.view = view = Rows(self.env, self._batch, rows)
+        out, new = None, overlay
 
         def get(n):
-            return new[n] if n in new else env[n]
+            return new[n] if n in new else view[n]
 
         dead = self._frees(todo)
         plan = self._plan_set(params) if changed is not None else None
+        gains = self.gains if golden is not None and changed is not None else None
+        if gains is not None:
+            self._cuts_now = self._cuts(params)
+            for node in list(new):
+                if self._narrow(node, new, golden):
+                    return None, view.rows
         for node in todo:
             for gone in dead.get(node, ()):  # free what no later node reads: the allocator reuses it
                 new.pop(gone, None)
@@ -212,9 +272,35 @@ class ForwardCache:
                 changed[node] = _CLEAN
             else:
                 new[node], changed[node] = self._tracked(node, get, new, changed, params)
+                if gains is not None and self._narrow(node, new, golden):
+                    return None, view.rows
         if isinstance(out, (tuple, list)):
             out = out[0]
-        return out
+        return out, view.rows
+
+    def _narrow(self, node, new: dict, golden) -> bool:
+        """Drop the inputs that the change of ``node``'s value proves unchanged (:mod:`.bound`) from the
+        overlay and the view; True when none is left."""
+        from .bound import change_norms, proven
+
+        if node not in self.env or node not in self._batch or node not in self._cuts_now:
+            return False
+        g = self.gains.of(node)
+        if g is None:
+            return False
+        view = self.view
+        rows = view.rows
+        done = proven(g, change_norms(new[node] - view[node]), golden if rows is None else golden.index_select(0, rows))
+        if not bool(done.any()):
+            return False
+        keep = torch.nonzero(~done).reshape(-1)
+        view.rows = keep if rows is None else rows.index_select(0, keep)
+        if keep.numel() == 0:
+            return True
+        for n, v in new.items():
+            if n in self._batch and isinstance(v, torch.Tensor):
+                new[n] = v.index_select(0, keep)
+        return False
 
     def _tracked(self, node, get, new: dict, changed: dict, params: frozenset):
         """A plan node's value and the channels in which it differs from the cached one (None: any)."""
@@ -227,11 +313,11 @@ class ForwardCache:
         kind = self._kind(node)
         if chans and kind == "delta" and len(chans) <= SPARSE_MAX and node in self.env \
                 and node.args[0] in self.env and not (self._params_of(node) & params):
-            d = self._delta(node, get(node.args[0]), self.env[node.args[0]], sorted(chans))
+            d = self._delta(node, get(node.args[0]), self.view[node.args[0]], sorted(chans))
             if d is not None:
-                return self.env[node] + d, None
+                return self.view[node] + d, None
         value = self._eval(node, get)
-        if chans and kind == "local" and _channelwise(node, value, [get(a) for a in node.all_input_nodes
+        if chans and kind == "local" and channelwise(node, value, [get(a) for a in node.all_input_nodes
                                                                  if changed.get(a, _CLEAN) if a in new]):
             return value, chans
         return value, None
@@ -368,9 +454,8 @@ class ForwardCache:
     def _plan_nodes_touch(self, node) -> bool:
         if node.op == "call_module":
             return any(True for _ in self.modules[node.target].parameters(recurse=True))
-        return isinstance(_fetch(self.gm, node.target), nn.Parameter)
+        return isinstance(fetch(self.gm, node.target), nn.Parameter)
 
-    @torch.no_grad()
     def logits(self, params: frozenset, sparse: tuple[str, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Outputs with the current (faulty) values of ``params``: recompute their downstream nodes only
         (the whole forward pass when the first layer is among them). The cache is left intact.
@@ -378,17 +463,70 @@ class ForwardCache:
         ``sparse = (name, flat_index, delta)``: the faults are ``delta`` added at ``flat_index`` of the
         weight ``name`` (the only faulty tensor); its layer's output is then corrected, not recomputed
         (when the cache keeps that layer's input and output)."""
+        return self.logits_proven(params, sparse)[0]
+
+    @torch.no_grad()
+    def logits_proven(self, params: frozenset, sparse=None, golden: torch.Tensor | None = None):
+        """:meth:`logits`, dropping on the way the inputs that a bound proves keep their top-1 class
+        (``golden``: the golden logits; see :mod:`.bound`). Returns ``(out, rows)``: the outputs of the
+        inputs ``rows`` (a LongTensor; None: of all inputs; ``out`` is None when ``rows`` is empty)."""
+        if golden is not None and self.gains is None:
+            golden = None
         plan = self._plan(params)
+        rows = None
         if sparse is not None and len(sparse[1]) <= SPARSE_MAX:
             node = self._sparse_node(sparse[0])
+            if golden is not None and node is not None:
+                rows = self._proven_at_source(node, sparse[1], sparse[2], golden)
+                if rows is not None and rows.numel() == 0:
+                    return None, rows
             if node is not None and plan and plan[0] is node and node in self.env and node.args[0] in self.env:
+                self.view = Rows(self.env, self._batch, rows)
                 out = self._corrected(node, sparse[1], sparse[2])
                 if out is not None:
                     chans = self._out_channels(node, sparse[1], out)
-                    return self._run(self._order(params, node), {node: out}, {node: chans}, params)
-        if plan and self.pos[plan[0]] <= self.first_param:
-            return self.model(self.env[self.nodes[0]])
-        return self._run(self._order(params), {})
+                    return self._run(self._order(params, node), {node: out}, {node: chans}, params, golden, rows)
+        if plan and self.pos[plan[0]] <= self.first_param and golden is None:
+            x = self.env[self.nodes[0]]
+            return self.model(x if rows is None else x.index_select(0, rows)), rows
+        if golden is None:
+            return self._run(self._order(params), {}, rows=rows)
+        return self._run(self._order(params), {}, {}, params, golden, rows)  # tracked, to drop inputs at the cuts
+
+    def _proven_at_source(self, node, index: torch.Tensor, delta: torch.Tensor, golden: torch.Tensor):
+        """The inputs not proven unchanged by the faults themselves (None: all of them): a weight change
+        ``d`` at input channel ``i`` of a Linear/Conv changes an input's output by at most
+        ``|d| * ||input channel i||_2`` (precomputed per input in the fault-free pass)."""
+        from .bound import proven
+
+        from .bound import source_norms
+
+        norms = self._norms.get(node)
+        g = self.gains.of(node)
+        if norms is None or g is None or not bool(torch.isfinite(delta).all()):
+            return None
+        done = proven(g, source_norms(self.modules[node.target], norms, index, delta), golden)
+        if not bool(done.any()):
+            return None
+        return torch.nonzero(~done).reshape(-1)
+
+    def _cuts(self, params: frozenset) -> set:
+        """The plan's values that every effect of the faults flows through: no earlier recomputed value
+        is read after them."""
+        key = ("cuts", params)
+        got = self._plans.get(key)
+        if got is None:
+            got, reach = set(), -1
+            first = max((self._owner[p] for p in params if p in self._owner), default=len(self.nodes))
+            if any(p not in self._owner for p in params):
+                first = len(self.nodes)  # a parameter the trace does not show: no cut is known
+            for v in self._plan(params):
+                if reach <= self.pos[v] and self.pos[v] >= first:
+                    got.add(v)
+                reach = max([reach] + [self.pos[u] for u in v.users])
+            if len(self._plans) < 4096:
+                self._plans[key] = got
+        return got
 
     def _out_channels(self, node, index: torch.Tensor, out: torch.Tensor) -> set | None:
         """The channels (dimension 1) of ``out`` that a Linear/Conv weight's flat indices change: a
@@ -417,8 +555,8 @@ class ForwardCache:
     def _corrected(self, node, index: torch.Tensor, delta: torch.Tensor) -> torch.Tensor | None:
         """The layer's cached output plus the output change of weight deltas at flat ``index``."""
         m = self.modules[node.target]
-        x = self.env[node.args[0]]
-        out = self.env[node].clone()
+        x = self.view[node.args[0]]
+        out = self.view[node].clone()
         if isinstance(m, nn.Linear):
             o, i = index // m.in_features, index % m.in_features
             for oo, ii, d in zip(o.tolist(), i.tolist(), delta.tolist()):
@@ -446,66 +584,6 @@ class ForwardCache:
                 sl = xp[:, cin + i, sh:sh + m.stride[0] * (H - 1) + 1:m.stride[0], sw:sw + m.stride[1] * (W - 1) + 1:m.stride[1]]
                 out[:, o] += d * sl
         return out
-
-
-def _fetch(mod: nn.Module, target: str):
-    obj = mod
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def cache_bytes(cache: ForwardCache) -> int:
-    """The bytes a cache holds (every cached tensor, including those inside tuples)."""
-    total, seen = 0, set()
-
-    def add(v):
-        nonlocal total
-        if isinstance(v, torch.Tensor):
-            key = (v.untyped_storage().data_ptr(), v.untyped_storage().nbytes())
-            if key not in seen:
-                seen.add(key)
-                total += key[1]
-        elif isinstance(v, (tuple, list)):
-            for u in v:
-                add(u)
-        elif isinstance(v, dict):
-            for u in v.values():
-                add(u)
-
-    for v in cache.env.values():
-        add(v)
-    return total
-
-
-def _channelwise(node, value, changed_inputs: list) -> bool:
-    """Whether channel c of ``value`` depends only on channel c of the changed inputs: every changed
-    input has the output's rank and channel count (a flatten keeps channels when only size-1
-    dimensions follow them; max-pooling with indices, or a flatten from another dimension, does not)."""
-    if not isinstance(value, torch.Tensor) or value.ndim < 2:
-        return False
-    if node.target in (torch.flatten, "flatten"):
-        x = changed_inputs[0] if changed_inputs else None
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        return isinstance(x, torch.Tensor) and start == 1 and value.ndim == 2 and x.ndim > 2 \
-            and all(d == 1 for d in x.shape[2:])
-    for x in changed_inputs:
-        if not isinstance(x, torch.Tensor) or x.ndim != value.ndim or x.shape[1] != value.shape[1]:
-            return False
-    return True
-
-
-def _scaled(v, m: int, n: int) -> float:
-    """Bytes of a value measured on ``m`` inputs, scaled to ``n`` (tensors whose first dimension is
-    the batch grow with it; anything else is counted once)."""
-    if isinstance(v, torch.Tensor):
-        b = v.numel() * v.element_size()
-        return b * n / m if v.ndim and v.shape[0] == m and m else float(b)
-    if isinstance(v, (tuple, list)):
-        return sum(_scaled(u, m, n) for u in v)
-    if isinstance(v, dict):
-        return sum(_scaled(u, m, n) for u in v.values())
-    return 0.0
 
 
 def try_cache(model: nn.Module, x: torch.Tensor, *, budget_mb: float | str | None = "auto",

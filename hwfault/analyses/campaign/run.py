@@ -7,6 +7,10 @@ every trial (also when the trial raises); nothing is deep-copied. Fault-free wor
 process: the golden outputs, and the cached activations from which a trial whose faults sit in one
 layer recomputes only that layer and what follows (:mod:`hwfault.campaign.incremental`).
 
+Inputs that a Lipschitz bound proves keep their top-1 class (classification, ``prove``, on by default)
+are not evaluated (:mod:`hwfault.analyses.campaign.bound`): accuracy, SDC and DUE stay exact, and the
+loss of a trial that skipped any input is recorded as not computed (None).
+
 Metrics per trial (against the golden run of the fault-free chip, i.e. the weights stored in the
 chip's format): accuracy and loss; ``sdc``, whether any input the golden run classifies correctly
 changed its top-1 class (for ``lm``: any correctly predicted token changed; for ``regression``: any
@@ -70,6 +74,7 @@ class Recipe:
     weights: str | None = None        # the state dict of a package.module:factory model
     cache_mb: float | str = CACHE_MB   # how it runs, not what it computes: not part of the identity
     device: str | None = None          # where it runs (hwfault.devices; None = cpu): not part of the identity either
+    prove: bool = True                 # skip inputs proven unchanged (their loss is then not computed): not identity
 
     def identity(self) -> dict:
         ident = {"model": self.model, "model_sha": _file_sha(self.weights or self.model), "data": self.data,
@@ -145,14 +150,23 @@ class Context:
             self.cache = None if self.chip.transient else try_cache(
                 self.model, self.x, budget_mb=recipe.cache_mb, params=self.chip.selection.names)
         self.golden_acc = self.golden.accuracy
+        g = self.golden.logits
+        self._prove = bool(recipe.prove and self.cache is not None and self.cache.gains is not None
+                           and self.task.name == "classification" and not getattr(self.task, "topk", None)
+                           and getattr(self.model, "hwfault_output", None) is None
+                           and isinstance(g, torch.Tensor) and g.ndim == 2 and g.shape[0] == len(self.x))
+        self.proven = self.evaluated = 0  # inputs this process proved unchanged / evaluated, over its trials
 
     def cache_info(self) -> dict:
         """The activation cache in the result: its budget, what it keeps, and whether there is one."""
         c = self.cache
         if c is None:
             return {"used": False, "reason": "transient faults" if self.chip.transient else "model not traceable by torch.fx"}
+        seen = self.proven + self.evaluated
         return {"used": True, "budget_mb": None if c.budget_bytes is None else round(c.budget_bytes / 2**20, 1),
-                "kept_mb": round(cache_bytes(c) / 2**20, 1), "kept_values": len(c.env), "values": len(c.nodes)}
+                "kept_mb": round(cache_bytes(c) / 2**20, 1), "kept_values": len(c.env), "values": len(c.nodes),
+                "prove": self._prove,  # and, of the inputs of the trials this process ran, the share proven unchanged
+                "proven_share": round(self.proven / seen, 4) if seen else None}
 
     def chip_for(self, stratum: Stratum) -> Chip:
         if stratum.name == "all":
@@ -181,22 +195,40 @@ class Context:
             changed = torch.nonzero(programmed != chip.stored).reshape(-1)
             sparse = changed, programmed[changed]
         changed, new = sparse
+        rows = None
         # faults on top of the stored (quantised) weights: the golden run is the fault-free chip
         with perturbed(self.chip.selection, self._base), perturbed(chip.selection, _sparse_delta(chip, changed, new)):
             if chip.transient:
                 out = transient_logits(self.model, self.x, chip, programmed, gen, relative_to=programmed)
             elif self.cache is not None:
                 touched = _touched(chip, changed)
-                out = self._scored(self.cache.logits(touched, _sparse(chip, changed, new, touched))) \
-                    if touched else self.golden.logits
+                out, rows = self._cached(touched, _sparse(chip, changed, new, touched)) if touched \
+                    else (self.golden.logits, None)
             else:
                 out = run_logits(self.model, (self.x, self.y), task=self.task)
         m = score_against(out, self.y, self.golden, critical=self.recipe.critical)
+        if rows is not None:  # some inputs were proven unchanged, not evaluated: their loss is not known
+            m["loss"] = None
+            self.proven += len(self.x) - rows.numel()
+        self.evaluated += len(self.x) if rows is None else rows.numel()
         return {"trial": trial, "stratum": stratum.name, "seed": seed,
                 "n_faults": int(changed.numel()), "faults": self._sites(chip, changed), "accuracy": m["accuracy"],
                 "loss": m["loss"], "sdc": m["sdc"], "sdc_rate": m["sdc_rate"], "critical_sdc": m["critical_sdc"],
                 "due": m["due"], "duration": time.perf_counter() - t0,
                 **self.task.row_metrics(m["accuracy"], m["loss"])}
+
+    def _cached(self, touched: frozenset, sparse) -> tuple:
+        """A trial's outputs from the cache, and the inputs actually evaluated (None: all). With
+        ``prove`` on, inputs that a bound proves keep their top-1 class take the golden outputs."""
+        if not self._prove:
+            return self._scored(self.cache.logits(touched, sparse)), None
+        out, rows = self.cache.logits_proven(touched, sparse, self.golden.logits)
+        if rows is None:
+            return out, None
+        full = self.golden.logits.clone()
+        if rows.numel():
+            full[rows] = out
+        return full, rows
 
     def _scored(self, out):
         return as_output(out, getattr(self.model, "hwfault_output", None))
@@ -244,7 +276,8 @@ def context(recipe: Recipe, model: nn.Module | None = None, data=None) -> Contex
     instead of loading the recipe's, for a campaign run from Python in one process)."""
     if recipe.key not in _CONTEXTS or (model is not None and _CONTEXTS[recipe.key].model is not model) \
             or _CONTEXTS[recipe.key].recipe.device != recipe.device \
-            or _CONTEXTS[recipe.key].recipe.cache_mb != recipe.cache_mb:
+            or _CONTEXTS[recipe.key].recipe.cache_mb != recipe.cache_mb \
+            or _CONTEXTS[recipe.key].recipe.prove != recipe.prove:
         _CONTEXTS.clear()
         _CONTEXTS[recipe.key] = Context(recipe, model, data)
     return _CONTEXTS[recipe.key]
@@ -322,6 +355,7 @@ class _Agg:
             out[f"{k}_ci95"] = list(stats.wilson(hits, n, confidence)) if n else None
         out["sdc_inputs_mean"] = self.sdc_inputs / n if n else None
         out["loss_mean"] = self.loss_sum / self.loss_n if self.loss_n else None  # over trials with a finite loss
+        out["loss_trials"] = self.loss_n  # (trials that skipped proven inputs have none)
         return out
 
 
