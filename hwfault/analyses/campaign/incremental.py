@@ -556,7 +556,8 @@ class ForwardCache:
         """The layer's cached output plus the output change of weight deltas at flat ``index``."""
         m = self.modules[node.target]
         x = self.view[node.args[0]]
-        out = self.view[node].clone()
+        out = self.view[node]
+        out = out.clone() if self.view.rows is None else out  # (a view of some inputs is a copy already)
         if isinstance(m, nn.Linear):
             o, i = index // m.in_features, index % m.in_features
             for oo, ii, d in zip(o.tolist(), i.tolist(), delta.tolist()):
