@@ -118,6 +118,7 @@ class ForwardCache:
     def _rows_of(self, probe: dict, full: dict, m: int, n: int) -> None:
         """Which values carry the inputs along dimension 0 (``_batch``), and whether a trial may drop
         inputs part-way (``gains``: every value is then batch-carrying or the same for any batch)."""
+        from .bound import Gains
 
         self._batch, ok = set(), m < n
         for node, v in probe.items():
@@ -127,12 +128,8 @@ class ForwardCache:
                 self._batch.add(node)
             elif a != b:
                 ok = False
-        self.gains = self._gains(full) if ok else None
-
-    def _gains(self, sigs: dict):
-        from .bound import Gains
-
-        return Gains(self.gm, self.nodes, {node: (None if sg[0] != "t" else sg[1]) for node, sg in sigs.items()})
+        shapes = {node: (None if sg[0] != "t" else sg[1]) for node, sg in full.items()}
+        self.gains = Gains(self.gm, self.nodes, shapes) if ok else None
 
     def _forward_peak(self, sizes: dict) -> float:
         """The most bytes of intermediate values alive at once in a plain forward pass."""
@@ -198,15 +195,6 @@ class ForwardCache:
                 take([n])
         return keep
 
-    def _articulations(self) -> list:
-        """The values every path from the input to the output passes through (no edge bypasses them)."""
-        out, reach = [], -1
-        for v in self.nodes:
-            if reach <= self.pos[v] and v.op not in ("placeholder", "output", "get_attr"):
-                out.append(v)
-            reach = max([reach] + [self.pos[u] for u in v.users])
-        return out
-
     def _needs(self, i: int, lean: bool = False) -> list:
         """The values a trial with faults in node ``i``'s parameters reads: node ``i``'s inputs and
         output, and the inputs from outside the recomputed part of every node after it."""
@@ -255,9 +243,9 @@ class ForwardCache:
         plan = self._plan_set(params) if changed is not None else None
         gains = self.gains if golden is not None and changed is not None else None
         if gains is not None:
-            self._cuts_now = self._cuts(params)
+            cuts = self._cuts(params)
             for node in list(new):
-                if self._narrow(node, new, golden):
+                if self._narrow(node, new, golden, cuts):
                     return None, view.rows
         for node in todo:
             for gone in dead.get(node, ()):  # free what no later node reads: the allocator reuses it
@@ -272,18 +260,18 @@ class ForwardCache:
                 changed[node] = _CLEAN
             else:
                 new[node], changed[node] = self._tracked(node, get, new, changed, params)
-                if gains is not None and self._narrow(node, new, golden):
+                if gains is not None and self._narrow(node, new, golden, cuts):
                     return None, view.rows
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out, view.rows
 
-    def _narrow(self, node, new: dict, golden) -> bool:
+    def _narrow(self, node, new: dict, golden, cuts: set) -> bool:
         """Drop the inputs that the change of ``node``'s value proves unchanged (:mod:`.bound`) from the
-        overlay and the view; True when none is left."""
+        overlay and the view, when ``node`` is one of the ``cuts``; True when none is left."""
         from .bound import change_norms, proven
 
-        if node not in self.env or node not in self._batch or node not in self._cuts_now:
+        if node not in cuts or node not in self.env or node not in self._batch:
             return False
         g = self.gains.of(node)
         if g is None:
@@ -497,9 +485,7 @@ class ForwardCache:
         """The inputs not proven unchanged by the faults themselves (None: all of them): a weight change
         ``d`` at input channel ``i`` of a Linear/Conv changes an input's output by at most
         ``|d| * ||input channel i||_2`` (precomputed per input in the fault-free pass)."""
-        from .bound import proven
-
-        from .bound import source_norms
+        from .bound import proven, source_norms
 
         norms = self._norms.get(node)
         g = self.gains.of(node)
