@@ -17,7 +17,7 @@ PKG = Path(hwfault.__file__).resolve().parent
 LAYERS = [
     ("base", ["errors", "vocab"]),
     ("utilities", ["validate", "files", "progress", "runtime", "devices", "stats", "rng"]),
-    ("data, parameters, scoring", ["formats", "params", "text", "arrays", "data", "tasks", "evaluation", "pt2", "onnxio", "cards", "training"]),
+    ("data, parameters, scoring", ["formats", "blockformats", "params", "text", "arrays", "data", "tasks", "evaluation", "pt2", "onnxio", "cards", "training"]),
     ("sets and models", ["constraints", "onnxbind", "onnxmodel", "quant", "zoo"]),
     ("inputs", ["inputs"]),
     ("search and bounds", ["search", "certification"]),

@@ -1,0 +1,288 @@
+"""The number formats of current accelerators, at the bit level: FP8, OCP microscaling (MX), NVFP4 and
+group-wise intN, each as element codes plus the codes of the scales they share.
+
+Formats (``FORMAT_KINDS``) and their rules, so that results compare across tools:
+
+- ``fp8_e4m3`` (OCP E4M3FN: bias 7, largest normal 448, no infinities, S.1111.111 is NaN) and
+  ``fp8_e5m2`` (bias 15, largest normal 57344, IEEE-like Inf/NaN): one fp32 scale per tensor,
+  ``s = max|w| / largest normal``; elements ``w / s`` rounded to nearest even and saturated.
+- MX (OCP Microscaling v1.0): ``mxfp8_e4m3``, ``mxfp8_e5m2``, ``mxfp6_e2m3``, ``mxfp6_e3m2``,
+  ``mxfp4`` (E2M1) and ``mxint8``: blocks of 32 elements share a scale ``X = 2^(floor(log2 max|v|) -
+  emax)`` stored as E8M0 (code ``e + 127``, 0xFF is NaN; an all-zero block gets code 0), ``emax`` the
+  exponent of the element type's largest normal (E4M3 8, E5M2 15, E2M3 2, E3M2 4, E2M1 2, INT8 0);
+  elements ``v / X`` rounded to nearest even and saturated at the largest normal. MXINT8's elements
+  are 8-bit two's complement ``k`` meaning ``k / 64`` (saturated at +-127).
+- ``nvfp4``: blocks of 16 E2M1 elements with an E4M3 scale each, and one fp32 scale per tensor:
+  ``t = max|w| / (6 * 448)``, block scale ``E4M3(max|v| / 6 / t)``, elements ``E2M1(v / (scale * t))``.
+- ``int`` with ``group``: N-bit two's complement codes with one fp16 scale per group of ``group``
+  weights, ``scale = fp16(max|v| / (2^(N-1) - 1))``, codes ``v / scale`` rounded half to even and
+  clamped to +-(2^(N-1) - 1).
+
+Blocks and groups run along the reduction dimension: a weight of shape (out, ...) is viewed as (out, K),
+K the product of its other dimensions, cut into consecutive blocks along K (the last one of a row may be
+shorter; a 1-D tensor is one row). Codes are unsigned bit patterns in int64 tensors, bit 0 the least
+significant, as in :mod:`hwfault.formats`. Encoding is computed in float64 from the float32 weights, so
+every power-of-two scaling is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from .errors import SpecError, did_you_mean
+
+
+@dataclass(frozen=True)
+class ElementType:
+    """A small float type: sign, ``ebits`` exponent bits (``bias``), ``mbits`` mantissa bits; ``special``:
+    ``"fn"`` (only S.1..1.1..1 is NaN), ``"ieee"`` (exponent all ones: Inf or NaN) or ``"none"``."""
+
+    name: str
+    ebits: int
+    mbits: int
+    bias: int
+    special: str
+
+    @property
+    def bits(self) -> int:
+        return 1 + self.ebits + self.mbits
+
+    def table(self) -> torch.Tensor:
+        """The value (float64) of every code 0 .. 2^bits - 1."""
+        return _tables(self)
+
+    @property
+    def max_normal(self) -> float:
+        t = self.table()
+        return float(t[torch.isfinite(t)].max())
+
+    @property
+    def emax(self) -> int:
+        """The exponent of the largest normal."""
+        return math.frexp(self.max_normal)[1] - 1
+
+    def encode(self, v: torch.Tensor) -> torch.Tensor:
+        """Codes of ``v`` rounded to nearest (ties to the even code) and saturated at the largest
+        normal; NaN becomes the NaN code (types without one: 0)."""
+        v = v.double()
+        pos = self._positive()
+        a = v.abs().clamp(max=float(pos[-1]))
+        hi = torch.searchsorted(pos, a).clamp(max=len(pos) - 1)
+        lo = (hi - 1).clamp(min=0)
+        d_lo, d_hi = a - pos[lo], pos[hi] - a
+        pick_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (hi % 2 == 0))
+        code = torch.where(pick_hi, hi, lo)
+        code = torch.where(a == pos[hi], hi, code)
+        code = code | (torch.signbit(v).long() << (self.bits - 1))
+        nan = self._nan_code()
+        return torch.where(torch.isnan(v), torch.full_like(code, nan), code)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.table().to(codes.device)[codes.long()]
+
+    def _positive(self) -> torch.Tensor:
+        """Values of the non-negative finite codes, in code order (they increase with the code)."""
+        t = self.table()[: 1 << (self.bits - 1)]
+        return t[torch.isfinite(t)]
+
+    def _nan_code(self) -> int:
+        if self.special == "fn":
+            return (1 << (self.bits - 1)) - 1
+        if self.special == "ieee":
+            return (1 << (self.bits - 1)) - 1  # exponent all ones, mantissa all ones
+        return 0
+
+
+_TABLES: dict = {}
+
+
+def _tables(t: ElementType) -> torch.Tensor:
+    if t.name not in _TABLES:
+        codes = torch.arange(1 << t.bits, dtype=torch.int64)
+        sign = torch.where(codes >> (t.bits - 1) == 1, -1.0, 1.0).double()
+        e = (codes >> t.mbits) & ((1 << t.ebits) - 1)
+        m = (codes & ((1 << t.mbits) - 1)).double()
+        frac = m / (1 << t.mbits)
+        val = torch.where(e == 0, frac * 2.0 ** (1 - t.bias), (1 + frac) * torch.pow(2.0, (e - t.bias).double()))
+        top = e == (1 << t.ebits) - 1
+        if t.special == "fn":
+            val = torch.where(top & (m == (1 << t.mbits) - 1), math.nan, val)
+        elif t.special == "ieee":
+            val = torch.where(top, torch.where(m == 0, math.inf, math.nan), val)
+        _TABLES[t.name] = sign * val
+    return _TABLES[t.name]
+
+
+E4M3 = ElementType("e4m3", 4, 3, 7, "fn")
+E5M2 = ElementType("e5m2", 5, 2, 15, "ieee")
+E2M3 = ElementType("e2m3", 2, 3, 1, "none")
+E3M2 = ElementType("e3m2", 3, 2, 3, "none")
+E2M1 = ElementType("e2m1", 2, 1, 1, "none")
+
+#: kind -> (element type or "int8", block size, scale type)
+_KINDS = {"fp8_e4m3": (E4M3, 0, "fp32"), "fp8_e5m2": (E5M2, 0, "fp32"),
+          "mxfp8_e4m3": (E4M3, 32, "e8m0"), "mxfp8_e5m2": (E5M2, 32, "e8m0"), "mxfp6_e2m3": (E2M3, 32, "e8m0"),
+          "mxfp6_e3m2": (E3M2, 32, "e8m0"), "mxfp4": (E2M1, 32, "e8m0"), "mxint8": ("int8", 32, "e8m0"),
+          "nvfp4": (E2M1, 16, "e4m3")}
+FORMAT_KINDS = (*_KINDS, "int")
+SCALE_BITS = {"fp32": 32, "e8m0": 8, "e4m3": 8, "fp16": 16}
+MXINT8_EMAX = 0  # elements k / 64 lie in (-2, 2)
+
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """A format whose elements share scales. ``kind`` one of :data:`FORMAT_KINDS`; for ``int``: ``bits``
+    (2..16) and ``group`` (weights per scale)."""
+
+    kind: str
+    bits: int = 0
+    group: int = 0
+
+    def __post_init__(self):
+        if self.kind not in FORMAT_KINDS:
+            raise SpecError(f"unknown block format kind '{self.kind}'{did_you_mean(self.kind, FORMAT_KINDS)}")
+        if self.kind == "int":
+            if not 2 <= self.bits <= 16:
+                raise SpecError(f"expected 2 to 16 bits for a group-wise int format, got {self.bits}")
+            if self.group < 1:
+                raise SpecError(f"expected group_size >= 1 for a group-wise int format, got {self.group}")
+        else:
+            elem, block, _ = _KINDS[self.kind]
+            object.__setattr__(self, "bits", 8 if elem == "int8" else elem.bits)
+            object.__setattr__(self, "group", block)
+
+    @property
+    def element(self):
+        """The element type (an :class:`ElementType`, or ``"int"`` for integer codes)."""
+        return "int" if self.kind in ("int", "mxint8") else _KINDS[self.kind][0]
+
+    @property
+    def scale_type(self) -> str:
+        return "fp16" if self.kind == "int" else _KINDS[self.kind][2]
+
+    @property
+    def scale_bits(self) -> int:
+        return SCALE_BITS[self.scale_type]
+
+    @property
+    def name(self) -> str:
+        return f"int{self.bits}-g{self.group}" if self.kind == "int" else self.kind
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A tensor stored in a :class:`BlockFormat`: element codes (rows, K padded to whole blocks), one
+    scale code per block (rows, blocks; per tensor: (1, 1)), the fp32 tensor scale of NVFP4 (else 1),
+    and the original shape. :meth:`decode` gives the stored values."""
+
+    fmt: BlockFormat
+    shape: tuple
+    elements: torch.Tensor
+    scales: torch.Tensor
+    tensor_scale: float = 1.0
+
+    @property
+    def k(self) -> int:
+        return math.prod(self.shape[1:]) if len(self.shape) > 1 else math.prod(self.shape)
+
+    def decode(self) -> torch.Tensor:
+        """The stored values (float64, the original shape)."""
+        f = self.fmt
+        elem = _element_values(f, self.elements)
+        scale = _scale_values(f.scale_type, self.scales)
+        if f.group:
+            scale = scale.repeat_interleave(f.group, dim=1)[:, : elem.shape[1]]
+        vals = elem * scale * self.tensor_scale
+        return vals[:, : self.k].reshape(self.shape)
+
+    def with_elements(self, elements: torch.Tensor) -> Blocked:
+        return replace(self, elements=elements)
+
+    def with_scales(self, scales: torch.Tensor) -> Blocked:
+        return replace(self, scales=scales)
+
+
+def encode(w: torch.Tensor, fmt: BlockFormat) -> Blocked:
+    """``w`` stored in ``fmt`` (see the module docstring for each format's rules)."""
+    shape = tuple(w.shape)
+    rows = w.detach().double().reshape(shape[0], -1) if w.ndim > 1 else w.detach().double().reshape(1, -1)
+    if fmt.group == 0:  # FP8 with one fp32 scale per tensor
+        elem = fmt.element
+        amax = float(rows.abs().max()) if rows.numel() else 0.0
+        s = _fp32(amax / elem.max_normal) if amax > 0 else 1.0
+        scale_code = torch.tensor([[_fp32_bits(s)]], dtype=torch.int64)
+        return Blocked(fmt, shape, elem.encode(rows / s), scale_code)
+    g = fmt.group
+    k = rows.shape[1]
+    nb = -(-k // g)
+    padded = torch.zeros(rows.shape[0], nb * g, dtype=torch.float64)
+    padded[:, :k] = rows
+    blocks = padded.view(rows.shape[0], nb, g)
+    amax = blocks.abs().amax(-1)
+    if fmt.kind == "int":
+        qmax = (1 << (fmt.bits - 1)) - 1
+        scale = (amax / qmax).to(torch.float16)
+        sv = scale.double()
+        q = torch.round(blocks / torch.where(sv > 0, sv, 1.0)[..., None]).clamp(-qmax, qmax)
+        codes = q.long() & ((1 << fmt.bits) - 1)
+        return Blocked(fmt, shape, codes.view(rows.shape[0], -1), scale.view(torch.int16).long() & 0xFFFF)
+    if fmt.kind == "nvfp4":
+        t_amax = float(rows.abs().max()) if rows.numel() else 0.0
+        ts = _fp32(t_amax / (6 * 448)) if t_amax > 0 else 1.0
+        scode = E4M3.encode(amax / 6 / ts)
+        sv = E4M3.decode(scode)
+        elems = E2M1.encode(blocks / torch.where(sv > 0, sv * ts, 1.0)[..., None])
+        return Blocked(fmt, shape, elems.view(rows.shape[0], -1), scode, ts)
+    emax = MXINT8_EMAX if fmt.kind == "mxint8" else fmt.element.emax
+    e = torch.frexp(amax)[1].long() - 1 - emax  # floor(log2 amax) - emax, exactly
+    code = torch.where(amax > 0, (e + 127).clamp(0, 254), torch.zeros_like(e))
+    x = torch.pow(2.0, (code - 127).double())[..., None]
+    if fmt.kind == "mxint8":
+        q = torch.round(blocks / x * 64).clamp(-127, 127).long() & 0xFF
+        return Blocked(fmt, shape, q.view(rows.shape[0], -1), code)
+    return Blocked(fmt, shape, fmt.element.encode(blocks / x).view(rows.shape[0], -1), code)
+
+
+def _element_values(fmt: BlockFormat, codes: torch.Tensor) -> torch.Tensor:
+    if fmt.kind == "mxint8":
+        return _signed(codes, 8).double() / 64
+    if fmt.kind == "int":
+        return _signed(codes, fmt.bits).double()
+    return fmt.element.decode(codes)
+
+
+def _scale_values(kind: str, codes: torch.Tensor) -> torch.Tensor:
+    if kind == "e8m0":
+        return torch.where(codes == 0xFF, math.nan, torch.pow(2.0, (codes - 127).double()))
+    if kind == "e4m3":
+        return E4M3.decode(codes)
+    if kind == "fp16":
+        return (codes & 0xFFFF).to(torch.int16).view(torch.float16).double() if codes.numel() else codes.double()
+    return (codes & 0xFFFFFFFF).to(torch.int64).to(torch.int32).view(torch.float32).double()
+
+
+def _signed(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    c = codes.long() & ((1 << bits) - 1)
+    return torch.where(c >= 1 << (bits - 1), c - (1 << bits), c)
+
+
+def _fp32(x: float) -> float:
+    return float(torch.tensor(x, dtype=torch.float32))
+
+
+def _fp32_bits(x: float) -> int:
+    return int(torch.tensor([x], dtype=torch.float32).view(torch.int32)[0]) & 0xFFFFFFFF
+
+
+def parse(text: str, group: int | None = None) -> BlockFormat:
+    """A block format from its name (``"mxfp4"``, ``"nvfp4"``, ``"fp8_e4m3"``, ...) or ``"intN"`` with
+    ``group``."""
+    t = str(text).strip().lower()
+    if t.startswith("int") and t[3:].isdigit():
+        if group is None:
+            raise SpecError(f"{t} with scale = \"per-group\" needs group_size")
+        return BlockFormat("int", int(t[3:]), int(group))
+    return BlockFormat(t)

@@ -1,0 +1,160 @@
+"""Block formats (hwfault.blockformats) bit-exact against independent references: ml_dtypes for the
+element types, and small numpy implementations of the OCP MX, NVFP4 and group-int rules here."""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+from hwfault.blockformats import E2M1, E2M3, E3M2, E4M3, E5M2, BlockFormat, encode, parse
+from hwfault.errors import SpecError
+
+REF = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2, "e2m3": ml_dtypes.float6_e2m3fn,
+       "e3m2": ml_dtypes.float6_e3m2fn, "e2m1": ml_dtypes.float4_e2m1fn}
+TYPES = [E4M3, E5M2, E2M3, E3M2, E2M1]
+MX = {"mxfp8_e4m3": ("e4m3", 8), "mxfp8_e5m2": ("e5m2", 15), "mxfp6_e2m3": ("e2m3", 2), "mxfp6_e3m2": ("e3m2", 4),
+      "mxfp4": ("e2m1", 2)}
+MAX = {"e4m3": 448.0, "e5m2": 57344.0, "e2m3": 7.5, "e3m2": 28.0, "e2m1": 6.0}
+
+
+def _ref_codes(name: str, v: np.ndarray) -> np.ndarray:
+    """ml_dtypes' round-to-nearest-even cast, after saturating at the largest normal."""
+    return np.clip(v, -MAX[name], MAX[name]).astype(REF[name]).view(np.uint8).astype(np.int64)
+
+
+def _hard_values(t, n: int = 4000, seed: int = 0) -> np.ndarray:
+    """Random values over the whole range, zeros, subnormals, exact ties between neighbours and values
+    beyond the range."""
+    rng = np.random.default_rng(seed)
+    table = np.arange(1 << t.bits, dtype=np.uint8).view(REF[t.name]).astype(np.float64)
+    fin = np.unique(table[np.isfinite(table)])
+    ties = (fin[1:] + fin[:-1]) / 2
+    sub = fin[(np.abs(fin) > 0) & (np.abs(fin) < 2.0 ** (1 - t.bias))]
+    wide = rng.standard_normal(n) * np.exp(rng.uniform(-12, 12, n)) * MAX[t.name] / 100
+    return np.concatenate([wide, ties, sub, sub / 3, [0.0, -0.0, MAX[t.name] * 1.01, -MAX[t.name] * 7, 1e30]])
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_element_codes_decode_and_encode_as_ml_dtypes_does(t):
+    codes = np.arange(1 << t.bits, dtype=np.uint8)
+    want = codes.view(REF[t.name]).astype(np.float64)
+    got = t.decode(torch.from_numpy(codes.astype(np.int64))).numpy()
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(got[~np.isnan(want)], want[~np.isnan(want)])
+    v = _hard_values(t)
+    got = t.encode(torch.from_numpy(v)).numpy()
+    assert np.array_equal(got, _ref_codes(t.name, v))
+
+
+def _ref_mx(w: np.ndarray, kind: str) -> np.ndarray:
+    """The OCP MX rule written out per block of 32 along each row: X = 2^(floor(log2 amax) - emax),
+    elements cast with saturation; returns the decoded values."""
+    rows = w.reshape(w.shape[0], -1).astype(np.float64)
+    out = np.zeros_like(rows)
+    for r in range(rows.shape[0]):
+        for b in range(0, rows.shape[1], 32):
+            v = rows[r, b:b + 32]
+            amax = np.abs(v).max()
+            if amax == 0:
+                continue
+            if kind == "mxint8":
+                x = 2.0 ** math.floor(math.log2(amax))
+                out[r, b:b + 32] = np.clip(np.round(v / x * 64), -127, 127) / 64 * x
+                continue
+            name, emax = MX[kind]
+            x = 2.0 ** (math.floor(math.log2(amax)) - emax)
+            out[r, b:b + 32] = np.clip(v / x, -MAX[name], MAX[name]).astype(REF[name]).astype(np.float64) * x
+    return out.reshape(w.shape)
+
+
+def _weights(shape, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * torch.exp(torch.randn(shape, generator=g) * 2)
+    w.view(-1)[::17] = 0.0
+    w[0] = 0.0  # an all-zero row: its blocks get scale code 0 and decode to zeros
+    return w
+
+
+@pytest.mark.parametrize("kind", [*MX, "mxint8"])
+@pytest.mark.parametrize("shape", [(6, 70), (4, 5, 3, 3)])  # K = 70 and 45: the last block of a row is short
+def test_mx_blocks_follow_the_ocp_rule(kind, shape):
+    w = _weights(shape)
+    b = encode(w, BlockFormat(kind))
+    assert b.scales.shape == (shape[0], -(-math.prod(shape[1:]) // 32)) and int(b.scales[0].max()) == 0
+    assert np.array_equal(b.decode().numpy(), _ref_mx(w.numpy(), kind))
+
+
+def test_nvfp4_follows_the_published_recipe():
+    w = _weights((5, 40), seed=2)
+    b = encode(w, BlockFormat("nvfp4"))
+    rows = w.numpy().astype(np.float64)
+    ts = float(np.float32(np.abs(rows).max() / (6 * 448)))
+    want = np.zeros_like(rows)
+    for r in range(rows.shape[0]):
+        for s in range(0, rows.shape[1], 16):
+            v = rows[r, s:s + 16]
+            scale = float(np.clip(np.abs(v).max() / 6 / ts, 0, 448).astype(ml_dtypes.float8_e4m3fn))
+            if scale > 0:
+                want[r, s:s + 16] = np.clip(v / (scale * ts), -6, 6).astype(ml_dtypes.float4_e2m1fn).astype(np.float64) * scale * ts
+    assert b.tensor_scale == ts and np.array_equal(b.decode().numpy(), want)
+
+
+@pytest.mark.parametrize("bits, group", [(4, 32), (8, 128), (3, 7)])
+def test_group_int_codes_round_half_to_even_with_an_fp16_scale_per_group(bits, group):
+    w = _weights((3, 300), seed=3)
+    qmax = (1 << (bits - 1)) - 1
+    w[2, :group] = 0.0
+    w[2, :5] = torch.tensor([float(qmax), 0.5, 1.5, 2.5, -3.5])  # scale 1: exact ties (and a clamp at 3 bits)
+    b = encode(w, parse(f"int{bits}", group))
+    rows = w.numpy().astype(np.float64)
+    want = np.zeros_like(rows)
+    for r in range(rows.shape[0]):
+        for s in range(0, rows.shape[1], group):
+            v = rows[r, s:s + group]
+            sc = float(np.float16(np.abs(v).max() / qmax))
+            want[r, s:s + group] = np.clip(np.round(v / sc), -qmax, qmax) * sc if sc else 0.0
+    assert np.array_equal(b.decode().numpy(), want)
+
+
+@pytest.mark.parametrize("kind", ["fp8_e4m3", "fp8_e5m2"])
+def test_fp8_has_one_fp32_scale_per_tensor(kind):
+    w = _weights((8, 9), seed=4)
+    b = encode(w, BlockFormat(kind))
+    name = kind[4:]
+    s = float(np.float32(np.abs(w.numpy()).max() / MAX[name]))
+    want = np.clip(w.numpy() / s, -MAX[name], MAX[name]).astype(REF[name]).astype(np.float64) * s
+    assert b.scales.shape == (1, 1) and np.array_equal(b.decode().numpy(), want)
+
+
+@pytest.mark.parametrize("kind", ["mxfp4", "mxfp8_e4m3", "mxint8"])
+def test_a_flip_in_a_shared_scale_scales_exactly_its_block(kind):
+    w = _weights((3, 96), seed=5)
+    b = encode(w, BlockFormat(kind))
+    before = b.decode()
+    r, blk = 1, 2
+    code = int(b.scales[r, blk])
+    for bit in range(8):
+        s = b.scales.clone()
+        s[r, blk] = code ^ (1 << bit)
+        after = b.with_scales(s).decode()
+        other = torch.ones_like(after, dtype=torch.bool)
+        other[r, blk * 32:(blk + 1) * 32] = False
+        assert torch.equal(after[other], before[other])
+        if s[r, blk] == 0xFF:
+            assert bool(after[r, blk * 32:(blk + 1) * 32].isnan().all())
+        else:
+            factor = 2.0 ** (int(s[r, blk]) - code)  # 2^(+-2^bit)
+            assert abs(math.log2(factor)) == 2 ** bit
+            assert torch.equal(after[r, blk * 32:(blk + 1) * 32], before[r, blk * 32:(blk + 1) * 32] * factor)
+
+
+@pytest.mark.parametrize("bad, needle", [(lambda: BlockFormat("mxfp5"), "did you mean 'mxfp4'"),
+                                         (lambda: parse("int4"), "group_size"),
+                                         (lambda: parse("int4", 0), "group_size >= 1"),
+                                         (lambda: BlockFormat("int", 20, 32), "2 to 16 bits")])
+def test_bad_block_formats_name_the_field(bad, needle):
+    with pytest.raises(SpecError, match=needle):
+        bad()
