@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .errors import SpecError, did_you_mean
+from .vocab import BLOCK_FORMATS
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ _KINDS = {"fp8_e4m3": (E4M3, 0, "fp32"), "fp8_e5m2": (E5M2, 0, "fp32"),
           "mxfp8_e4m3": (E4M3, 32, "e8m0"), "mxfp8_e5m2": (E5M2, 32, "e8m0"), "mxfp6_e2m3": (E2M3, 32, "e8m0"),
           "mxfp6_e3m2": (E3M2, 32, "e8m0"), "mxfp4": (E2M1, 32, "e8m0"), "mxint8": ("int8", 32, "e8m0"),
           "nvfp4": (E2M1, 16, "e4m3")}
-FORMAT_KINDS = (*_KINDS, "int")
+FORMAT_KINDS = (*BLOCK_FORMATS, "int")
+assert set(_KINDS) == set(BLOCK_FORMATS)
 SCALE_BITS = {"fp32": 32, "e8m0": 8, "e4m3": 8, "fp16": 16}
 MXINT8_EMAX = 0  # elements k / 64 lie in (-2, 2)
 
@@ -286,3 +288,85 @@ def parse(text: str, group: int | None = None) -> BlockFormat:
             raise SpecError(f"{t} with scale = \"per-group\" needs group_size")
         return BlockFormat("int", int(t[3:]), int(group))
     return BlockFormat(t)
+
+
+@dataclass(frozen=True)
+class StoredBlockFormat:
+    """A :class:`BlockFormat` as a chip's number format (the interface of
+    :class:`hwfault.formats.NumberFormat`): each element's code is read with a per-element scale, the
+    value of its block's shared scale times the tensor scale (float32). The element codes are
+    ``bits`` wide; the shared scales are fixed by the fault-free weights."""
+
+    block: BlockFormat
+    per_channel: bool = False
+    is_int: bool = False  # (intN's per-tensor/per-channel rules do not apply)
+    scaled: bool = True   # encode and decode need the per-element scale
+
+    @property
+    def kind(self) -> str:
+        return self.block.kind
+
+    @property
+    def bits(self) -> int:
+        return self.block.bits
+
+    @property
+    def name(self) -> str:
+        return self.block.name
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        """The per-element scale of ``w`` stored in this format (float32, w's shape)."""
+        b = encode(w, self.block)
+        f = self.block
+        s = _scale_values(f.scale_type, b.scales)
+        if f.kind == "mxint8":
+            s = s / 64
+        if f.group:
+            s = s.repeat_interleave(f.group, dim=1)[:, : b.k]
+        s = s * b.tensor_scale
+        rows = b.elements.shape[0]
+        return torch.broadcast_to(s, (rows, b.k)).reshape(w.shape).float() if w.ndim else s.reshape(()).float()
+
+    def encode(self, w: torch.Tensor, scale: torch.Tensor | None = None, *, stored: bool = True) -> torch.Tensor:
+        """Element codes of ``w`` read with ``scale`` (default: the scale of ``w`` itself). Integer
+        codes of stored values may be -2^(N-1) (a flip can store it, as in intN); rounding a weight
+        (``stored=False``) saturates at +-(2^(N-1) - 1)."""
+        s = (self.scale(w) if scale is None else torch.as_tensor(scale)).double()
+        v = w.detach().double() / torch.where(s > 0, s, 1.0)
+        if self.block.element == "int":
+            qmax = (1 << (self.bits - 1)) - 1
+            return torch.round(v).clamp(-qmax - int(stored), qmax).long() & ((1 << self.bits) - 1)
+        return self.block.element.encode(v)
+
+    def decode(self, codes: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        if scale is None:
+            raise ValueError(f"expected the scale to decode {self.name} codes, got None")
+        if self.block.element == "int":
+            e = _signed(codes, self.bits).double()
+        else:
+            e = self.block.element.decode(codes)
+        return (e * torch.as_tensor(scale).double()).float()
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        s = self.scale(w)
+        return self.decode(self.encode(w, s, stored=False), s)
+
+    def step(self, w: torch.Tensor) -> torch.Tensor:
+        """Per element, one quantisation step (float32, units of w): the gap from the stored value to the
+        next larger magnitude (at the largest finite code: to the one below), and at least twice the
+        actual rounding error (saturated values)."""
+        s = self.scale(w)
+        codes = self.encode(w, s, stored=False)
+        q = self.decode(codes, s).double()
+        sign = 1 << (self.bits - 1)
+        if self.block.element == "int":
+            up = q.abs() + s.double()
+            gap = up - q.abs()
+        else:  # the gap to the next larger magnitude; at the largest finite code, the gap below it
+            t = self.block.element
+            mag = codes & (sign - 1)
+            above = t.decode((mag + 1).clamp(max=sign - 1)).abs()
+            below = t.decode((mag - 1).clamp(min=0)).abs()
+            top = (mag + 1 >= sign) | ~torch.isfinite(above)
+            gap = torch.where(top, t.decode(mag).abs() - below, above - t.decode(mag).abs()) * s.double()
+        return torch.maximum(gap, 2 * (w.detach().double() - q).abs()).float()

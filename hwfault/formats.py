@@ -72,6 +72,12 @@ class NumberFormat:
         return self.kind == "int"
 
     @property
+    def scaled(self) -> bool:
+        """Whether encode and decode need a per-element scale (int formats; see also
+        :class:`hwfault.blockformats.StoredBlockFormat`)."""
+        return self.is_int
+
+    @property
     def qmax(self) -> int:
         """Largest quantised code of an int format, 2**(N-1) - 1."""
         return 2 ** (self.bits - 1) - 1
@@ -190,9 +196,9 @@ def bit_deltas(fmt: NumberFormat, w_q: torch.Tensor, scale: torch.Tensor | None 
     LSB) of each element, minus its stored value (w_q itself when w_q is already quantised). Flips
     of float exponent bits may give Inf or NaN, kept as they are. int formats use ``scale``
     (default ``fmt.scale(w_q)``, the scale of the unquantised tensor up to round-off)."""
-    if fmt.is_int:
+    if fmt.scaled:
         scale = fmt.scale(w_q) if scale is None else torch.as_tensor(scale, dtype=torch.float32)
     codes = fmt.encode(w_q, scale)
     flipped = codes.unsqueeze(-1) ^ (1 << torch.arange(fmt.bits, dtype=torch.int64))
-    s = scale.unsqueeze(-1) if fmt.is_int and scale.ndim else scale
+    s = scale.unsqueeze(-1) if fmt.scaled and scale.ndim else scale
     return fmt.decode(flipped, s) - fmt.decode(codes, scale).unsqueeze(-1)

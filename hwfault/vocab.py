@@ -7,7 +7,7 @@ chip spec (``hwfault chips ...``) imports no torch.
 
 from __future__ import annotations
 
-__all__ = ["FLOAT_FORMATS", "INT_BITS", "FORMATS", "COMPONENT_TYPES", "TAGS"]
+__all__ = ["FLOAT_FORMATS", "INT_BITS", "FORMATS", "BLOCK_FORMATS", "COMPONENT_TYPES", "TAGS"]
 
 #: the float formats, by name (IEEE binary32, binary16, bfloat16)
 FLOAT_FORMATS = ("fp32", "fp16", "bf16")
@@ -15,6 +15,10 @@ FLOAT_FORMATS = ("fp32", "fp16", "bf16")
 INT_BITS = range(2, 17)
 #: every number format name: fp32, fp16, bf16, int2 .. int16
 FORMATS = FLOAT_FORMATS + tuple(f"int{n}" for n in INT_BITS)
+#: formats whose elements share scales (their arithmetic is :mod:`hwfault.blockformats`): FP8 with a
+#: tensor scale, OCP microscaling, NVFP4 (group-wise intN is an intN with ``scale = "per-group"``)
+BLOCK_FORMATS = ("fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "mxint8",
+                 "nvfp4")
 
 #: the component types a parameter can have (``--types``, a chip's ``device.types``)
 COMPONENT_TYPES = ("conv", "linear", "norm", "embedding", "attention", "recurrent", "elementwise")

@@ -158,3 +158,69 @@ def test_a_flip_in_a_shared_scale_scales_exactly_its_block(kind):
 def test_bad_block_formats_name_the_field(bad, needle):
     with pytest.raises(SpecError, match=needle):
         bad()
+
+
+# ----------------------------------------------------------------------------- on a chip
+
+KINDS = [{"kind": k} for k in ("fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "mxint8",
+                               "nvfp4")] + [{"kind": "int4", "scale": "per-group", "group_size": 32}]
+
+
+def _chip(fmt: dict, faults=()):
+    from hwfault.faults import Chip
+    from hwfault.inputs import load_model
+    from hwfault.spec import ChipSpec
+
+    spec = ChipSpec.model_validate({"schema_version": 1, "name": "t", "format": fmt, "faults": list(faults)})
+    return Chip.build(spec, load_model("digits-cnn")), spec
+
+
+@pytest.mark.parametrize("fmt", KINDS, ids=lambda f: f["kind"])
+def test_a_chip_stores_every_tensor_in_the_format_and_its_box_holds_the_rounding(fmt):
+    chip, spec = _chip(fmt)
+    v = chip.view
+    block = parse(fmt["kind"], fmt.get("group_size"))
+    want = torch.cat([encode(p.detach(), block).decode().reshape(-1) for p in chip.selection.params])
+    if block.kind == "nvfp4":  # (a chip reads each element with the fp32 product of its two scales)
+        assert torch.allclose(v.w_q.double(), want, rtol=1e-6, atol=0)
+    else:
+        assert torch.equal(v.w_q.double(), want.float().double())
+    assert torch.equal(v.decode(v.encode(v.w_q)), v.w_q)  # the stored values are fixed points of the format
+    assert bool(((v.w_q - v.w).abs() <= v.step() / 2).all())
+    from hwfault.spec import parse_chip
+
+    assert parse_chip(spec.to_toml()) == spec
+
+
+@pytest.mark.parametrize("fmt", [KINDS[2], KINDS[5], KINDS[6], KINDS[-1]], ids=lambda f: f["kind"])
+def test_a_single_element_bit_flip_changes_one_bit_of_one_element(fmt):
+    chip, _ = _chip(fmt, [{"kind": "bitflip", "count": 1}])
+    v = chip.view
+    for seed in range(20):
+        sparse = chip.program_sparse(torch.Generator().manual_seed(seed))
+        if sparse is None or sparse[0].numel() == 0:
+            continue
+        idx, new = sparse
+        old_codes = v.encode_at(idx, v.w_q[idx].double())
+        new_codes = v.encode_at(idx, new) if bool(torch.isfinite(new).all()) else None
+        if new_codes is None:
+            continue
+        x = int((old_codes ^ new_codes)[0])
+        assert x and x & (x - 1) == 0 and x < 1 << v.bits  # exactly one bit of the element's code
+        assert torch.equal(v.decode_at(idx, new_codes).double(), new)
+
+
+def test_a_campaign_on_an_mxfp4_chip_has_the_rows_of_plain_recomputation():
+    from hwfault.analyses.campaign.plan import make_plan
+    from hwfault.analyses.campaign.run import Recipe, context, run_campaign
+
+    chip, spec = _chip({"kind": "mxfp4"}, [{"kind": "bitflip", "count": 2}])
+    rec = Recipe("digits-cnn", "digits", spec.to_dict(), 1)
+    plan = make_plan(chip, trials=40)
+    cached = run_campaign(rec, plan).rows
+    ctx = context(rec)
+    ctx.cache = None
+    plain = run_campaign(rec, plan).rows
+    assert [(a["faults"], a["accuracy"], a["sdc"], a["due"]) for a in cached] == \
+        [(b["faults"], b["accuracy"], b["sdc"], b["due"]) for b in plain]
+    assert sum(r["sdc"] for r in plain) > 0

@@ -42,7 +42,7 @@ class DeviceView:
             ws.append(t.reshape(-1))
             if fmt.name != "fp32":
                 qs.append(fmt.quantize(t).reshape(-1))
-            if fmt.is_int:
+            if fmt.scaled:
                 scales.append(torch.broadcast_to(s, t.shape).reshape(-1))
             tmaxes.append(torch.full((t.numel(),), float(t.abs().max())))
         w = torch.cat(ws)
@@ -75,7 +75,7 @@ class DeviceView:
             i += p.numel()
 
     def _seg_scale(self, a: int, b: int, shape) -> torch.Tensor | None:
-        if not self.fmt.is_int:
+        if not self.fmt.scaled:
             return None
         return self.fmt.scale(self.w[a:b].view(shape))
 
@@ -90,10 +90,10 @@ class DeviceView:
 
     def encode_at(self, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Stored codes of some elements (flat indices ``idx``): O(len(idx)), for sparse faults."""
-        return self.fmt.encode(values.float(), self.scale[idx] if self.fmt.is_int else None)
+        return self.fmt.encode(values.float(), self.scale[idx] if self.fmt.scaled else None)
 
     def decode_at(self, idx: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        return self.fmt.decode(codes, self.scale[idx] if self.fmt.is_int else None)
+        return self.fmt.decode(codes, self.scale[idx] if self.fmt.scaled else None)
 
     def bit_deltas(self, values: torch.Tensor | None = None) -> torch.Tensor:
         """(k, bits): the change of each element when one stored bit flips (bit 0 = LSB)."""
@@ -107,6 +107,11 @@ class DeviceView:
         v = values
         return torch.cat([bit_deltas(self.fmt, v[a:b].view(sh), self._seg_scale(a, b, sh)).reshape(b - a, -1)
                           for a, b, sh in self._segments()])
+
+    def step(self) -> torch.Tensor:
+        """One quantisation step per element (flat, float32), each tensor in its own format (block
+        formats cut a tensor's rows into blocks)."""
+        return torch.cat([self.fmt.step(self.w[a:b].view(sh)).reshape(-1) for a, b, sh in self._segments()])
 
     def segment_of(self) -> torch.Tensor:
         """The index of each element's parameter tensor (k,)."""

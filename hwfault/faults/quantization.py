@@ -22,7 +22,7 @@ class Quantization(FaultModel):
         return view.w_q.double().clone()
 
     def constraint(self, view, coverage):
-        half = view.fmt.step(view.w.view(-1)).double().reshape(-1) / 2 if not view.fmt.is_int else view.scale.double() / 2
+        half = view.step().double() / 2
         return Box(-half, half)
 
     def scaled(self, factor):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from ..errors import did_you_mean
 from ..faults import registry
 from ..faults.config import Flag, StrictModel, Text, fail, show
-from ..vocab import FORMATS, TAGS
+from ..vocab import BLOCK_FORMATS, FORMATS, TAGS
 from .toml import chip_toml
 
 __all__ = ["SCHEMA_VERSION", "FAULT_KINDS", "ChipSpec", "FormatSpec", "DeviceSpec", "Fault"]
@@ -28,33 +28,62 @@ _FORMAT_ALIASES = {"float32": "fp32", "float": "fp32", "single": "fp32", "float1
 
 
 class FormatSpec(StrictModel):
-    """How the chip stores a weight: ``fp32`` / ``fp16`` / ``bf16`` or ``intN`` (N in 2..16, symmetric,
-    one scale per tensor or per output channel)."""
+    """How the chip stores a weight: ``fp32`` / ``fp16`` / ``bf16``; ``intN`` (N in 2..16, symmetric,
+    one scale per tensor, per output channel, or ``per-group`` of ``group_size`` weights along the
+    reduction dimension); or a block format (``fp8_e4m3``, ``mxfp4``, ``nvfp4``, ...:
+    :mod:`hwfault.blockformats`), whose scales the format itself defines."""
 
     kind: Text
-    scale: Literal["per-tensor", "per-channel"] = "per-tensor"
+    scale: Literal["per-tensor", "per-channel", "per-group"] = "per-tensor"
+    group_size: Annotated[int, Field(strict=True, ge=1)] | None = None
 
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        if v in FORMATS:
+        if v in FORMATS or v in BLOCK_FORMATS:
             return v
-        alias = v.lower() if v.lower() in FORMATS else _FORMAT_ALIASES.get(v.lower())
+        alias = v.lower() if v.lower() in FORMATS + BLOCK_FORMATS else _FORMAT_ALIASES.get(v.lower())
         if alias:
             fail(f"unknown number format '{v}' (did you mean '{alias}'?)")
         if re.fullmatch(r"u?int\d+", v.lower()):
             fail(f"expected an integer format int2 .. int16, got '{v}'")
-        hint = did_you_mean(v, FORMATS) or " (choose from: fp32, fp16, bf16, int2 .. int16)"
+        hint = did_you_mean(v, FORMATS + BLOCK_FORMATS) or \
+            f" (choose from: fp32, fp16, bf16, int2 .. int16, {', '.join(BLOCK_FORMATS)})"
         fail(f"unknown number format '{v}'{hint}")
 
     @field_validator("scale")
     @classmethod
     def _scale(cls, v: str, info: ValidationInfo) -> str:
         kind = info.data.get("kind")
-        if v == "per-channel" and kind is not None and not kind.startswith("int"):
-            fail(f"expected 'per-tensor' for the float format '{kind}' (per-channel scales apply to int "
-                 f"formats), got 'per-channel'")
+        if kind in BLOCK_FORMATS and v != "per-tensor":
+            fail(f"expected no scale setting for the block format '{kind}' (its scales are part of the "
+                 f"format), got '{v}'")
+        if v != "per-tensor" and kind is not None and kind not in BLOCK_FORMATS and not kind.startswith("int"):
+            fail(f"expected 'per-tensor' for the float format '{kind}' (per-channel and per-group scales apply "
+                 f"to int formats), got '{v}'")
         return v
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v, info: ValidationInfo):
+        if v is not None and info.data.get("scale") != "per-group":
+            fail(f"expected group_size only with scale = \"per-group\", got group_size = {v} with scale = "
+                 f"\"{info.data.get('scale', 'per-tensor')}\"")
+        return v
+
+    @model_validator(mode="after")
+    def _grouped(self):
+        if self.scale == "per-group" and self.group_size is None:
+            fail("expected group_size (weights per scale, e.g. 32 or 128) with scale = \"per-group\"")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # group_size only where it is set: the specs (and campaign identities) of other formats stay as they were
+        out = handler(self)
+        if out.get("group_size") is None:
+            out.pop("group_size", None)
+        return out
 
     @property
     def is_int(self) -> bool:

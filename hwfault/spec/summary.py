@@ -25,7 +25,9 @@ def fault_line(f) -> str:
 
 def describe_chip(spec: ChipSpec) -> str:
     """A short human-readable summary (for ``hwfault chips show``)."""
-    fmt = spec.format.kind + (f", {spec.format.scale} scale" if spec.format.is_int else "")
+    f = spec.format
+    fmt = f.kind + (f", per-group scale (groups of {f.group_size})" if f.scale == "per-group"
+                    else f", {f.scale} scale" if f.is_int else "")
     dev = spec.device
     where = (", ".join(dev.types) + " layers") if dev.types else "all layer types"
     if dev.params:
