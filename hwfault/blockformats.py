@@ -370,3 +370,57 @@ class StoredBlockFormat:
             top = (mag + 1 >= sign) | ~torch.isfinite(above)
             gap = torch.where(top, t.decode(mag).abs() - below, above - t.decode(mag).abs()) * s.double()
         return torch.maximum(gap, 2 * (w.detach().double() - q).abs()).float()
+
+
+@dataclass(frozen=True)
+class ScaleSites:
+    """The shared scales of a chip's tensors, flat: one site per block (per tensor for FP8), its stored
+    code (``bits`` wide), and the flat element range ``[start, stop)`` it scales (the elements of a
+    block are consecutive in the flat layout: rows are contiguous and blocks run along them)."""
+
+    codes: torch.Tensor    # (S,) int64
+    start: torch.Tensor    # (S,) int64
+    stop: torch.Tensor     # (S,) int64
+    factor: torch.Tensor   # (S,) float64: what multiplies the decoded scale (tensor scale, 1/64 for MXINT8)
+    kind: str              # the scale type: "e8m0", "e4m3", "fp16" or "fp32"
+    bits: int
+
+    @property
+    def count(self) -> int:
+        return self.codes.numel()
+
+    def element_scale(self, site: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The per-element scale (float32, as a chip reads it) of sites ``site`` holding ``codes``."""
+        return (_scale_values(self.kind, codes) * self.factor[site]).float()
+
+    def elements(self, site: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat element indices, the site of each) of the elements the given sites scale."""
+        n = self.stop[site] - self.start[site]
+        owner = torch.repeat_interleave(site, n)
+        first = torch.repeat_interleave(self.start[site], n)
+        offs = torch.arange(int(n.sum())) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+        return first + offs, owner
+
+
+def scale_sites(fmt: BlockFormat, tensors) -> ScaleSites:
+    """The :class:`ScaleSites` of ``tensors`` (the chip's weights, in its flat order) stored in ``fmt``."""
+    codes, start, stop, factor = [], [], [], []
+    base = 0
+    for w in tensors:
+        b = encode(w, fmt)
+        rows, k = b.elements.shape[0], b.k
+        if fmt.group == 0:
+            starts, stops = torch.tensor([base]), torch.tensor([base + w.numel()])
+        else:
+            j = torch.arange(b.scales.shape[1])
+            r = torch.arange(rows)[:, None]
+            starts = (base + r * k + j * fmt.group).reshape(-1)
+            stops = (base + r * k + torch.clamp((j + 1) * fmt.group, max=k)).reshape(-1)
+        codes.append(b.scales.reshape(-1))
+        start.append(starts)
+        stop.append(stops)
+        factor.append(torch.full((starts.numel(),), b.tensor_scale / (64 if fmt.kind == "mxint8" else 1),
+                                 dtype=torch.float64))
+        base += w.numel()
+    return ScaleSites(torch.cat(codes), torch.cat(start), torch.cat(stop), torch.cat(factor), fmt.scale_type,
+                      fmt.scale_bits)

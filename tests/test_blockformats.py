@@ -224,3 +224,58 @@ def test_a_campaign_on_an_mxfp4_chip_has_the_rows_of_plain_recomputation():
     assert [(a["faults"], a["accuracy"], a["sdc"], a["due"]) for a in cached] == \
         [(b["faults"], b["accuracy"], b["sdc"], b["due"]) for b in plain]
     assert sum(r["sdc"] for r in plain) > 0
+
+
+@pytest.mark.parametrize("kind", ["mxfp4", "mxint8", "nvfp4", "fp8_e4m3"])
+def test_a_scale_flip_on_a_chip_rescales_exactly_its_block(kind):
+    chip, _ = _chip({"kind": kind}, [{"kind": "bitflip", "count": 1, "target": "scales"}])
+    v, sites = chip.view, chip.view.scale_sites
+    assert sites.bits == 8 if kind != "fp8_e4m3" else sites.bits == 32
+    seen = 0
+    for seed in range(30):
+        idx, new = chip.program_sparse(torch.Generator().manual_seed(seed))
+        if idx.numel() == 0:
+            continue  # a flip that leaves every element of an all-zero block at zero
+        site = int(torch.searchsorted(sites.start, idx[0], right=True)) - 1
+        block = torch.arange(int(sites.start[site]), int(sites.stop[site]))
+        assert bool(torch.isin(idx, block).all())  # only that block's elements
+        old = v.w_q[idx].double()
+        codes = v.encode_at(idx, old)
+        ratio = new[old != 0] / old[old != 0]
+        if bool(torch.isnan(new).any()):
+            assert bool(torch.isnan(new).all())  # the NaN scale code: the whole block
+        elif ratio.numel():
+            # one factor for the whole block (exact for the powers of two of MX; fp32 products round)
+            assert torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=0 if kind.startswith("mx") else 1e-6, atol=0)
+            assert torch.equal(v.encode_at(idx, old), codes)  # element codes kept
+        seen += 1
+    assert seen > 10
+
+
+def test_sampled_flip_counts_follow_the_binomial_over_element_and_scale_bits_separately():
+    from scipy import stats
+
+    chip, _ = _chip({"kind": "mxfp4"}, [{"kind": "bitflip", "ber": 2e-4, "target": "both", "scale_ber": 5e-3}])
+    v, sites, f = chip.view, chip.view.scale_sites, chip.faults[0]
+    n_el, n_sc = v.k * v.bits, sites.count * sites.bits
+    from hwfault.faults.base import sample_positions
+
+    el, sc = [], []
+    for seed in range(400):
+        g = torch.Generator().manual_seed(seed)
+        a = sample_positions(n_el, f.ber, g)
+        b = sample_positions(n_sc, f.scale_ber, g)
+        el.append(a.numel())
+        sc.append(b.numel())
+        # the fault draws exactly these positions from the same generator
+        g2 = torch.Generator().manual_seed(seed)
+        idx, _ = f.sample_at(v, g2)
+        touched = set((a // v.bits).tolist()) | set(sites.elements(torch.unique(b // sites.bits))[0].tolist())
+        assert set(idx.tolist()) <= touched
+    for counts, n, p in ((el, n_el, f.ber), (sc, n_sc, f.scale_ber)):
+        hist = np.bincount(counts)
+        lo, hi = int(stats.binom.ppf(0.01, n, p)), int(stats.binom.ppf(0.99, n, p))
+        obs = [sum(hist[:lo + 1])] + list(hist[lo + 1:hi]) + [sum(hist[hi:])]
+        exp = [stats.binom.cdf(lo, n, p)] + [stats.binom.pmf(x, n, p) for x in range(lo + 1, hi)] + [stats.binom.sf(hi - 1, n, p)]
+        exp = np.array(exp) * len(counts)
+        assert stats.chisquare(obs, exp / exp.sum() * sum(obs)).pvalue > 1e-3

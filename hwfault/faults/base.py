@@ -108,6 +108,16 @@ class DeviceView:
         return torch.cat([bit_deltas(self.fmt, v[a:b].view(sh), self._seg_scale(a, b, sh)).reshape(b - a, -1)
                           for a, b, sh in self._segments()])
 
+    @functools.cached_property
+    def scale_sites(self):
+        """The shared scales of a block format (:class:`~hwfault.blockformats.ScaleSites`), else None."""
+        block = getattr(self.fmt, "block", None)
+        if block is None:
+            return None
+        from ..blockformats import scale_sites
+
+        return scale_sites(block, [self.w[a:b].view(sh) for a, b, sh in self._segments()])
+
     def step(self) -> torch.Tensor:
         """One quantisation step per element (flat, float32), each tensor in its own format (block
         formats cut a tensor's rows into blocks)."""

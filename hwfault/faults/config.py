@@ -39,11 +39,13 @@ class FaultConfig(StrictModel):
     source: Text = ""
 
 
-def fail(msg: str, index: int | None = None):
-    """Reject a value with ``msg``; ``index`` names the list item (``device.params[1]``)."""
+def fail(msg: str, index: int | None = None, field: str | None = None):
+    """Reject a value with ``msg``; ``index`` names the list item (``device.params[1]``), ``field`` a
+    field of it (``faults[0].target``)."""
     # pydantic keeps only the message of a ValueError; an item index goes in a prefix that
     # hwfault.spec.messages strips again
-    raise ValueError(f"[{index}]\x00{msg}" if index is not None else msg)
+    where = f"[{index}]" + (f".{field}" if field else "")
+    raise ValueError(f"{where}\x00{msg}" if index is not None else msg)
 
 
 def show(v: Any) -> str:

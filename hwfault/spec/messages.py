@@ -126,9 +126,9 @@ def message(err: dict) -> str:
     msg = err.get("msg", "")
     if typ == "value_error":
         msg = msg.removeprefix("Value error, ")
-        m = re.match(r"\[(\d+)\]\x00", msg)  # an item index from hwfault.faults.config.fail
+        m = re.match(r"\[(\d+)\]((?:\.\w+)?)\x00", msg)  # an item index (and field) from hwfault.faults.config.fail
         if m:
-            path, msg = f"{path}[{m.group(1)}]", msg[m.end():]
+            path, msg = f"{path}[{m.group(1)}]{m.group(2)}", msg[m.end():]
     return f"{path}: {msg}"
 
 

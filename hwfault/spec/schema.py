@@ -148,6 +148,18 @@ class ChipSpec(StrictModel):
             fail(f"expected a non-empty one-line name without surrounding spaces, got {show(v)}")
         return v
 
+    @field_validator("faults")
+    @classmethod
+    def _targets(cls, v: list, info: ValidationInfo) -> list:
+        fmt = info.data.get("format")
+        if fmt is None or fmt.kind in BLOCK_FORMATS or fmt.scale == "per-group":
+            return v
+        for i, f in enumerate(v):
+            if getattr(f, "target", "elements") != "elements":
+                fail(f"expected \"elements\" on the format '{fmt.kind}' (it stores no shared scales; block "
+                     f"formats and per-group intN do), got \"{f.target}\"", i, "target")
+        return v
+
     def to_dict(self) -> dict:
         """JSON-ready dictionary (``model_dump(mode="json")``)."""
         return self.model_dump(mode="json")
