@@ -393,6 +393,21 @@ class ScaleSites:
         """The per-element scale (float32, as a chip reads it) of sites ``site`` holding ``codes``."""
         return (_scale_values(self.kind, codes) * self.factor[site]).float()
 
+    def element_sites(self, k: int) -> torch.Tensor:
+        """(k,) the site of every element (-1 for none)."""
+        out = torch.full((k,), -1, dtype=torch.int64)
+        el, owner = self.elements(torch.arange(self.count))
+        out[el] = owner
+        return out
+
+    def factors(self) -> torch.Tensor:
+        """(sites, bits): the change factor (new scale / old scale - 1) when one bit of a site's scale
+        flips; NaN where the old scale is 0 or the new one is not a number."""
+        flipped = self.codes[:, None] ^ (1 << torch.arange(self.bits, dtype=torch.int64))
+        old = _scale_values(self.kind, self.codes)[:, None]
+        new = _scale_values(self.kind, flipped)
+        return torch.where(old != 0, new / old - 1, torch.full_like(new, math.nan))
+
     def elements(self, site: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(flat element indices, the site of each) of the elements the given sites scale."""
         n = self.stop[site] - self.start[site]

@@ -274,8 +274,13 @@ class Ellipsoid(ConstraintSet):
         return self if eps == 1 else Ellipsoid(self.sigma, self.radius * eps)
 
 
+class DiscreteSet(ConstraintSet):
+    """A finite set of discrete faults (bit flips, stuck cells, flipped scales): iterative searches
+    re-solve it greedily at each gradient instead of projecting, and certification refuses it."""
+
+
 @dataclass(frozen=True, eq=False)
-class CandidateSet(ConstraintSet):
+class CandidateSet(DiscreteSet):
     """A discrete set: at most ``n`` elements change, element i to one of its candidate values
     ``deltas[i, j]`` (e.g. flipping bit j of a stored weight, or a cell stuck at SA0/SA1).
 
@@ -421,3 +426,86 @@ class BitSet(CandidateSet):
             x = old ^ new
             used += sum(int(((x >> b) & 1).sum()) for b in range(self.bits))
         return used <= self.n
+
+
+@dataclass(frozen=True, eq=False)
+class BlockScaleSet(DiscreteSet):
+    """Flips of the bits of shared scales: at most ``n`` sites change, site s to one of its candidates
+    j, which multiplies every stored value of its block by ``1 + factors[s, j]`` (the element codes
+    stay; the scale is read as another value). ``site[i]`` is element i's site (-1: none).
+
+    ``maximize`` is exact for a linear objective: the gain of (s, j) is ``factors[s, j]`` times the
+    block's ``sum g_i base_i``, the best candidate per site, then the n sites of largest positive gain.
+    Non-finite candidates (a scale read as NaN or Inf) are left to Monte-Carlo, as bit flips' are.
+    """
+
+    base: torch.Tensor      # (k,) stored values
+    site: torch.Tensor      # (k,) int64
+    factors: torch.Tensor   # (S, m)
+    n: int
+    labels: tuple[str, ...] = ()
+
+    def _finite(self) -> torch.Tensor:
+        f = self.factors.double()
+        return torch.where(torch.isfinite(f), f, torch.zeros_like(f))
+
+    def _sums(self, v: torch.Tensor) -> torch.Tensor:
+        """Per site, the sum over its elements of ``v``."""
+        on = self.site >= 0
+        return torch.zeros(self.factors.shape[0], dtype=torch.float64).index_add_(0, self.site[on], v[on])
+
+    def _point(self, sites: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        f = torch.zeros(self.factors.shape[0], dtype=torch.float64)
+        f[sites] = self._finite()[sites, choice]
+        on = self.site >= 0
+        out = torch.zeros(self.base.numel(), dtype=torch.float64)
+        out[on] = self.base.double()[on] * f[self.site[on]]
+        return out
+
+    def maximize(self, g: torch.Tensor) -> torch.Tensor:
+        gs = self._sums(_flat64(g) * self.base.double())
+        best, j = (self._finite() * gs[:, None]).max(dim=1)
+        k = min(self.n, int((best > 0).sum()))
+        top = torch.topk(best, k).indices if k else torch.zeros(0, dtype=torch.long)
+        return self._point(top, j[top]).to(g.dtype)
+
+    def project(self, a: torch.Tensor) -> torch.Tensor:
+        """The nearest point (Euclidean) with at most n sites changed: per site the best candidate
+        ``c`` minimises ``||a_s - c b_s||^2``, then the n sites whose error it lowers most."""
+        a64, b = _flat64(a), self.base.double()
+        ab, bb, aa = self._sums(a64 * b), self._sums(b * b), self._sums(a64 * a64)
+        c = self._finite()
+        err = aa[:, None] - 2 * c * ab[:, None] + c * c * bb[:, None]
+        best, j = err.min(dim=1)
+        gain = aa - best
+        k = min(self.n, int((gain > 0).sum()))
+        top = torch.topk(gain, k).indices if k else torch.zeros(0, dtype=torch.long)
+        return self._point(top, j[top]).to(a.dtype)
+
+    def contains(self, a: torch.Tensor, rtol: float = 1e-4) -> bool:
+        a64, b = _flat64(a), self.base.double()
+        if bool((a64[self.site < 0] != 0).any()):
+            return False
+        hit = torch.unique(self.site[(a64 != 0) & (self.site >= 0)])
+        if hit.numel() > self.n:
+            return False
+        for s in hit.tolist():
+            el = self.site == s
+            ok = [bool(((a64[el] - b[el] * c).abs() <= rtol * (b[el] * c).abs() + 1e-12).all())
+                  for c in self._finite()[s].tolist() if c != 0]
+            if not any(ok):
+                return False
+        return True
+
+    def random(self, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        sites = torch.randperm(self.factors.shape[0], generator=generator)[: min(self.n, self.factors.shape[0])]
+        j = torch.randint(self.factors.shape[1], (sites.numel(),), generator=generator)
+        return self._point(sites, j).to(dtype)
+
+    def to_dict(self) -> dict:
+        return {"kind": "block-scales", "sites": self.factors.shape[0], "options": self.factors.shape[1], "n": self.n}
+
+    def at(self, eps: float) -> BlockScaleSet:
+        if eps != 1:
+            raise ConstraintError(f"a discrete set ({type(self).__name__}) has one size only: expected eps 1, got {eps}")
+        return self

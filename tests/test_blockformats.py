@@ -279,3 +279,62 @@ def test_sampled_flip_counts_follow_the_binomial_over_element_and_scale_bits_sep
         exp = [stats.binom.cdf(lo, n, p)] + [stats.binom.pmf(x, n, p) for x in range(lo + 1, hi)] + [stats.binom.sf(hi - 1, n, p)]
         exp = np.array(exp) * len(counts)
         assert stats.chisquare(obs, exp / exp.sum() * sum(obs)).pvalue > 1e-3
+
+
+def _tiny_scale_set(n=2):
+    from hwfault.constraints import BlockScaleSet
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(10, generator=g, dtype=torch.float64)
+    site = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3, -1])
+    factors = torch.tensor([[1.0, -0.5, 3.0], [-0.75, 1.0, float("nan")], [0.5, -0.5, 15.0], [2.0, -0.9, 1.0]],
+                           dtype=torch.float64)
+    return BlockScaleSet(base, site, factors, n)
+
+
+def _all_points(s):
+    import itertools
+
+    pts = [torch.zeros(10, dtype=torch.float64)]  # (a NaN candidate is left to Monte-Carlo: it counts as no change)
+    for r in range(1, s.n + 1):
+        for sites in itertools.combinations(range(4), r):
+            for js in itertools.product(range(3), repeat=r):
+                pts.append(s._point(torch.tensor(sites), torch.tensor(js)))
+    return pts
+
+
+def test_the_scale_set_maximises_exactly_and_projects_to_its_nearest_point():
+    s = _tiny_scale_set()
+    pts = _all_points(s)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        grad = torch.randn(10, generator=g, dtype=torch.float64)
+        best = max(float(p @ grad) for p in pts)
+        got = s.maximize(grad)
+        assert s.contains(got) and float(got @ grad) == pytest.approx(best, abs=1e-12)
+        a = torch.randn(10, generator=g, dtype=torch.float64)
+        a[9] = 0.0
+        near = min(float((p - a).norm()) for p in pts)
+        proj = s.project(a)
+        assert s.contains(proj) and float((proj - a).norm()) == pytest.approx(near, abs=1e-12)
+    assert s.contains(s.random(10, torch.Generator().manual_seed(2), torch.float64))
+    three = s._point(torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]))
+    assert not s.contains(three)  # three sites when n = 2
+    off = s._point(torch.tensor([0]), torch.tensor([0]))
+    off[0] *= 1.5
+    assert not s.contains(off)  # not one factor for the whole block
+
+
+@pytest.mark.parametrize("target", ["scales", "both"])
+def test_the_estimate_bracket_holds_for_scale_faults(target, digits):
+    from hwfault.analyses.estimate import estimate
+
+    _, spec = _chip({"kind": "mxfp4"}, [{"kind": "bitflip", "ber": 2e-3, "target": target}])
+    from hwfault.inputs import load_model
+
+    r = estimate(load_model("digits-cnn"), digits, spec, trials=12, seed=0, steps=5, per_fault=False,
+                 severities=()).to_dict()
+    wc, mc = r["worst_case"], r["random"]
+    assert wc["multi_step"]["accuracy"] <= wc["one_step"]["accuracy"] + 0.02
+    assert wc["one_step"]["accuracy"] <= mc["accuracy_min"] + 0.02
+    assert mc["accuracy_mean"] <= r["clean"]["accuracy"] + 0.02

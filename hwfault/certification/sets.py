@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import validate
-from ..constraints import Box, CandidateSet, ConstraintSet, Ellipsoid, LpBall, SumSet
+from ..constraints import Box, ConstraintSet, DiscreteSet, Ellipsoid, LpBall, SumSet
 from ..errors import ConstraintError, did_you_mean
 from ..params import Selection, select
 
@@ -133,7 +133,7 @@ class PerturbationSet:
         total: dict[str, ParamBound] = {n: ParamBound() for n in selection.names}
         kinds = []
         for part in parts:
-            if isinstance(part, CandidateSet):
+            if isinstance(part, DiscreteSet):
                 raise ConstraintError("certify: discrete fault sets (bit flips, stuck-at cells) have no certified "
                                       "bound here; certify the quantisation and analog parts only")
             if isinstance(part, Box):

@@ -143,6 +143,11 @@ class FaultModel:
         """The stored values after this fault, given the values before it."""
         raise NotImplementedError
 
+    def parts(self) -> tuple[tuple[str, FaultModel], ...]:
+        """The named parts of the covering set this fault contributes: itself (a fault on two
+        populations of bits, each with its own budget, gives two)."""
+        return ((self.kind, self),)
+
     def constraint(self, view: DeviceView, coverage: float) -> ConstraintSet:
         raise NotImplementedError
 

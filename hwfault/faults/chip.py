@@ -123,7 +123,7 @@ class Chip:
     def parts(self) -> list[tuple[str, FaultModel]]:
         """The parts of the covering set: quantisation (if the format rounds), then each fault."""
         named = [("quantization", Quantization())] if self.quantized else []
-        return named + [(f"{f.kind}", f) for f in self.faults]
+        return named + [part for f in self.faults for part in f.parts()]
 
     def constraint(self, coverage: float | None = None) -> SumSet:
         """The covering set: the Minkowski sum of each part's set. With m random parts, each part

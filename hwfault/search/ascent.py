@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..constraints import CandidateSet, ConstraintSet
+from ..constraints import ConstraintSet, DiscreteSet
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def set_step(sets: Sequence[ConstraintSet], frac: float | Sequence[float]) -> Ca
 
     def update(parts, g, j):
         g = g.double() if isinstance(g, torch.Tensor) else g
-        return [s.maximize(g).double() if isinstance(s, CandidateSet)
+        return [s.maximize(g).double() if isinstance(s, DiscreteSet)
                 else s.project(a + f * s.maximize(g)).double() for s, a, f in zip(sets, parts, fracs)]
 
     return update

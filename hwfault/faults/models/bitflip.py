@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ...constraints import BitSet
+from ...constraints import BitSet, BlockScaleSet
 from ...errors import HwfaultError
 from ...formats import flip_bits
 from ..base import FaultModel, binomial_budget, sample_positions
@@ -70,15 +70,29 @@ class BitFlip(FaultModel):
             idx, new = _rescaled(view, sites, sc, idx, new, values)
         return idx, new
 
+    def parts(self):
+        """Element bits and scale bits are two parts of the covering set, each with its own budget."""
+        if self.target != "both":
+            return ((self.kind if self.target == "elements" else "bitflip-scales", self),)
+        scales = replace(self, target="scales", ber=self.ber if self.scale_ber is None else self.scale_ber,
+                         scale_ber=None)
+        return ((self.kind, replace(self, target="elements", scale_ber=None)), ("bitflip-scales", scales))
+
     def budget(self, view, coverage) -> int:
-        if self.target != "elements":
-            raise HwfaultError(f"the worst case over scale bits (bitflip target = \"{self.target}\") is not "
-                               "available yet; estimate such chips with --certify none and Monte-Carlo only")
+        """Flips that the covering set allows: the count, or the Binomial quantile at the coverage of
+        the target's bits (with target "both": of the element bits; see :meth:`parts`)."""
+        total = view.scale_sites.count * view.scale_sites.bits if self.target == "scales" else view.k * view.bits
         if self.count is not None:
-            return min(self.count, view.k * view.bits)
-        return binomial_budget(coverage, view.k * view.bits, self.ber)
+            return min(self.count, total)
+        return binomial_budget(coverage, total, self.ber)
 
     def constraint(self, view, coverage):
+        if self.target == "both":
+            raise HwfaultError("a bitflip on elements and scales is two parts of the covering set: use parts()")
+        if self.target == "scales":
+            sites = view.scale_sites
+            return BlockScaleSet(view.w_q.double(), sites.element_sites(view.k), sites.factors(),
+                                 self.budget(view, coverage), tuple(f"scale bit{b}" for b in range(sites.bits)))
         return BitSet(view.bit_deltas(), self.budget(view, coverage), tuple(f"bit{b}" for b in range(view.bits)),
                       base=view.w_q.double(), encode=lambda v: view.encode(v.float()), bits=view.bits)
 
