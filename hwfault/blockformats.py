@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .errors import SpecError, did_you_mean
-from .vocab import BLOCK_FORMATS
+from .vocab import BLOCK_FORMATS, FORMATS
 
 
 @dataclass(frozen=True)
@@ -439,3 +439,17 @@ def scale_sites(fmt: BlockFormat, tensors) -> ScaleSites:
         base += w.numel()
     return ScaleSites(torch.cat(codes), torch.cat(start), torch.cat(stop), torch.cat(factor), fmt.scale_type,
                       fmt.scale_bits)
+
+
+def number_format(text: str, *, per_channel: bool = False, group: int | None = None):
+    """Any stored format by name: a block format (or intN with ``group``) as a
+    :class:`StoredBlockFormat`, else a :class:`hwfault.formats.NumberFormat` (fp32, fp16, bf16, intN)."""
+    t = str(text).strip().lower()
+    if t in BLOCK_FORMATS or group is not None:
+        return StoredBlockFormat(parse(t, group))
+    from .formats import NumberFormat
+
+    if t not in FORMATS and not t.startswith("int"):
+        raise SpecError(f"unknown number format '{text}'{did_you_mean(t, FORMATS + BLOCK_FORMATS)}")
+
+    return NumberFormat.parse(text, per_channel=per_channel)

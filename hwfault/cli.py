@@ -372,7 +372,7 @@ def certify(
 def bits_cmd(
     model: str = MODEL,
     data: Optional[str] = DATA,
-    format: str = typer.Option("int8", "--format", help="Stored number format: int2..int16, fp16, bf16, fp32."),
+    format: str = typer.Option("int8", "--format", help="Stored number format: int2..int16, fp16, bf16, fp32, or a block format (fp8_e4m3, mxfp4, nvfp4, ...)."),
     per_channel: bool = typer.Option(False, "--per-channel", help="intN: one scale per output channel."),
     until: Optional[float] = typer.Option(None, "--until", help="Target of the task's metric: an accuracy (0..1, default 0.11) or a perplexity / MSE."),
     until_factor: Optional[float] = typer.Option(None, "--until-factor", help="Target relative to the quantised model: perplexity or MSE x F, accuracy / F (default 10 for lm and regression)."),

@@ -278,6 +278,11 @@ class DiscreteSet(ConstraintSet):
     """A finite set of discrete faults (bit flips, stuck cells, flipped scales): iterative searches
     re-solve it greedily at each gradient instead of projecting, and certification refuses it."""
 
+    def at(self, eps: float) -> DiscreteSet:
+        if eps != 1:
+            raise ConstraintError(f"a discrete set ({type(self).__name__}) has one size only: expected eps 1, got {eps}")
+        return self
+
 
 @dataclass(frozen=True, eq=False)
 class CandidateSet(DiscreteSet):
@@ -344,11 +349,6 @@ class CandidateSet(DiscreteSet):
 
     def to_dict(self) -> dict:
         return {"kind": "candidates", "k": self.deltas.shape[0], "options": self.deltas.shape[1], "n": self.n}
-
-    def at(self, eps: float) -> CandidateSet:
-        if eps != 1:
-            raise ConstraintError(f"a discrete set ({type(self).__name__}) has one size only: expected eps 1, got {eps}")
-        return self
 
 
 @dataclass(frozen=True, eq=False)
@@ -504,8 +504,3 @@ class BlockScaleSet(DiscreteSet):
 
     def to_dict(self) -> dict:
         return {"kind": "block-scales", "sites": self.factors.shape[0], "options": self.factors.shape[1], "n": self.n}
-
-    def at(self, eps: float) -> BlockScaleSet:
-        if eps != 1:
-            raise ConstraintError(f"a discrete set ({type(self).__name__}) has one size only: expected eps 1, got {eps}")
-        return self

@@ -338,3 +338,18 @@ def test_the_estimate_bracket_holds_for_scale_faults(target, digits):
     assert wc["multi_step"]["accuracy"] <= wc["one_step"]["accuracy"] + 0.02
     assert wc["one_step"]["accuracy"] <= mc["accuracy_min"] + 0.02
     assert mc["accuracy_mean"] <= r["clean"]["accuracy"] + 0.02
+
+
+def test_any_format_by_name_and_a_bad_one_in_one_line(capsys):
+    from hwfault.blockformats import StoredBlockFormat, number_format
+    from hwfault.cli import main
+    from hwfault.formats import NumberFormat
+
+    assert isinstance(number_format("mxfp4"), StoredBlockFormat) and number_format("mxfp4").bits == 4
+    assert number_format("int4", group=64).block.group == 64
+    assert isinstance(number_format("fp16"), NumberFormat) and number_format("int8", per_channel=True).per_channel
+    with pytest.raises(SpecError, match="did you mean 'mxfp4'"):
+        number_format("mxfp5")
+    code = main(["bits", "--model", "digits-cnn", "--format", "nvfp5"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "nvfp4" in err and len(err.splitlines()) == 1

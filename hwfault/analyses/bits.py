@@ -22,7 +22,7 @@ from ..rng import trial_seed
 from ..errors import ConstraintError
 from ..evaluation import evaluate
 from ..faults.base import DeviceView
-from ..formats import NumberFormat
+from ..blockformats import number_format
 from ..params import perturbed, select
 from ..inputs import analysis, resolve_data, resolve_model
 from ..search.bitsearch import bit_search, reached
@@ -95,11 +95,13 @@ def _random_flips(model, data, sel, view, deltas, until, gen, limit) -> int | No
 @analysis
 def bits(model, data, *, format: str = "int8", per_channel: bool = False, until: float | None = None,
          until_factor: float | None = None, max_flips: int = 100, random_runs: int = 5, seed: int = 0, params=None,
-         types="conv,linear", candidates: int = 5) -> BitsResult:
+         types="conv,linear", candidates: int = 5, group: int | None = None) -> BitsResult:
     """Worst-case flips (progressive bit search) and random flips needed to reach the target ``until``
     of the task's headline metric: an accuracy (default 0.11), or a perplexity / MSE. ``until_factor``
     sets the target relative to the quantised model instead (perplexity or MSE times the factor,
-    accuracy divided by it); a task whose metric is not accuracy defaults to ``until_factor=10``."""
+    accuracy divided by it); a task whose metric is not accuracy defaults to ``until_factor=10``.
+    ``format``: any stored format (:func:`hwfault.blockformats.number_format`; ``group``: intN's group
+    size); the search flips element bits."""
     t0 = time.perf_counter()
     task = current()
     if until is not None and until_factor is not None:
@@ -119,7 +121,7 @@ def bits(model, data, *, format: str = "int8", per_channel: bool = False, until:
     validate.trials("--runs", random_runs)
     validate.seed(seed)
     validate.integer("--max-flips", max_flips, lo=1, hi=10_000_000)
-    fmt = NumberFormat.parse(format, per_channel=per_channel)
+    fmt = number_format(format, per_channel=per_channel, group=group)
     module, mlabel = resolve_model(model)
     dset, dlabel = resolve_data(data)
     sel = select(module, params, types=types).weights_only()

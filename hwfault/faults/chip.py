@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from ..constraints import SumSet
-from ..formats import NumberFormat
+from ..blockformats import number_format
 from ..params import Selection, select
-from ..vocab import BLOCK_FORMATS
 from .base import DeviceView, FaultModel
 from .quantization import Quantization
 from .registry import build_fault
@@ -39,16 +38,6 @@ def device_selection(spec, model: nn.Module) -> Selection:
     return sel
 
 
-def chip_format(fs):
-    """The number format of a chip spec's ``[format]``: a :class:`~hwfault.formats.NumberFormat`, or
-    a :class:`~hwfault.blockformats.StoredBlockFormat` for block formats and per-group intN."""
-    if fs.kind in BLOCK_FORMATS or fs.scale == "per-group":
-        from ..blockformats import StoredBlockFormat, parse
-
-        return StoredBlockFormat(parse(fs.kind, fs.group_size))
-    return NumberFormat.parse(fs.kind, per_channel=fs.scale == "per-channel")
-
-
 @dataclass(eq=False)
 class Chip:
     """A chip spec applied to a model."""
@@ -61,7 +50,8 @@ class Chip:
     @classmethod
     def build(cls, spec, model: nn.Module, faults: tuple[FaultModel, ...] | None = None) -> Chip:
         sel = device_selection(spec, model)
-        fmt = chip_format(spec.format)
+        fmt = number_format(spec.format.kind, per_channel=spec.format.scale == "per-channel",
+                            group=spec.format.group_size)
         view = DeviceView.build(sel, fmt)
         fl = tuple(build_fault(f) for f in spec.faults) if faults is None else tuple(faults)
         return cls(spec, sel, view, fl)
