@@ -353,3 +353,12 @@ def test_any_format_by_name_and_a_bad_one_in_one_line(capsys):
     code = main(["bits", "--model", "digits-cnn", "--format", "nvfp5"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and "nvfp4" in err and len(err.splitlines()) == 1
+
+
+def test_scale_faults_on_a_format_without_scales_are_refused_in_one_line():
+    from hwfault.errors import HwfaultError
+    from hwfault.faults.models.bitflip import BitFlip
+
+    chip, _ = _chip({"kind": "int8"})
+    with pytest.raises(HwfaultError, match="int8 stores no shared scales"):
+        BitFlip(ber=1e-3, target="scales").sample_at(chip.view, torch.Generator().manual_seed(0))

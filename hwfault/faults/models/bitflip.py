@@ -49,7 +49,7 @@ class BitFlip(FaultModel):
         their new values (float64), flipped from ``values`` (default: the stored ``w_q``). Scale bits
         (``target``) follow the element bits in the population: a flip there rescales its block."""
         n_el = view.k * view.bits if self.target != "scales" else 0
-        sites = view.scale_sites if self.target != "elements" else None
+        sites = _sites(view) if self.target != "elements" else None
         n_sc = sites.count * sites.bits if sites is not None else 0
         if self.count is not None:
             pos = _distinct(n_el + n_sc, self.count, gen)
@@ -59,8 +59,7 @@ class BitFlip(FaultModel):
         else:
             pos = sample_positions(n_el + n_sc, self.ber, gen)
         el, sc = pos[pos < n_el], pos[pos >= n_el] - n_el
-        idx = torch.unique(el // view.bits) if el.numel() else el.new_zeros(0)
-        new = torch.zeros(0, dtype=torch.float64)
+        idx, new = el.new_zeros(0), torch.zeros(0, dtype=torch.float64)
         if el.numel():
             idx, local = torch.unique(el // view.bits, return_inverse=True)  # only the touched weights
             base = view.w_q[idx].double() if values is None else values[idx]
@@ -81,7 +80,7 @@ class BitFlip(FaultModel):
     def budget(self, view, coverage) -> int:
         """Flips that the covering set allows: the count, or the Binomial quantile at the coverage of
         the target's bits (with target "both": of the element bits; see :meth:`parts`)."""
-        total = view.scale_sites.count * view.scale_sites.bits if self.target == "scales" else view.k * view.bits
+        total = _sites(view).count * _sites(view).bits if self.target == "scales" else view.k * view.bits
         if self.count is not None:
             return min(self.count, total)
         return binomial_budget(coverage, total, self.ber)
@@ -90,7 +89,7 @@ class BitFlip(FaultModel):
         if self.target == "both":
             raise HwfaultError("a bitflip on elements and scales is two parts of the covering set: use parts()")
         if self.target == "scales":
-            sites = view.scale_sites
+            sites = _sites(view)
             return BlockScaleSet(view.w_q.double(), sites.element_sites(view.k), sites.factors(),
                                  self.budget(view, coverage), tuple(f"scale bit{b}" for b in range(sites.bits)))
         return BitSet(view.bit_deltas(), self.budget(view, coverage), tuple(f"bit{b}" for b in range(view.bits)),
@@ -119,6 +118,14 @@ class BitFlip(FaultModel):
         if self.scale_ber is not None:
             out["scale_ber"] = self.scale_ber
         return out
+
+
+def _sites(view):
+    """The view's shared scales, or a one-line error for a format that has none."""
+    if view.scale_sites is None:
+        raise HwfaultError(f"bitflip target scales/both: the format {view.fmt.name} stores no shared scales "
+                           "(block formats and per-group intN do)")
+    return view.scale_sites
 
 
 def _distinct(total: int, count: int, gen) -> torch.Tensor:
