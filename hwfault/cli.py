@@ -278,7 +278,7 @@ def export(
     data: Optional[str] = DATA,
     chip: Optional[str] = typer.Option(None, "--chip", "-c", help="Chip the file is meant for: stored in the file with the robustness summary on it."),
     out: str = typer.Option(..., "--out", "-o", help="The ONNX file to write."),
-    fmt: str = typer.Option("fp32", "--format", help="fp32 (torch.onnx) or int8 (QCDQ through brevitas; intN for an intN chip)."),
+    fmt: str = typer.Option("fp32", "--format", help="fp32 (torch.onnx); int8 (QCDQ through brevitas; the chip's intN on an intN chip, its intN-gG on a per-group one); block formats as hwfault's codes + DequantizeLinear: fp8_e4m3, fp8_e5m2 (opset 19), intN-gG e.g. int4-g128 (21), mxfp8_e4m3, mxfp8_e5m2, mxint8 (24)."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 17 for fp32; 13 for int8 QCDQ, 14 if the model has attention)."),
     trials: int = typer.Option(50, "--trials", help="Monte-Carlo chips for the robustness summary (with --chip)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the export report as JSON here ('-' = stdout)."),

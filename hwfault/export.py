@@ -12,14 +12,23 @@
           output channel as the chip says) and exported by brevitas as QCDQ (opset 13 by default):
           integer weight initializers -> [Clip for a narrow range] -> DequantizeLinear -> float
           Conv/Gemm; activations, biases and BatchNorm stay float.
+block     (``fp8_e4m3``, ``fp8_e5m2``, ``intN-gG`` (intN, one fp16 scale per G weights), ``mxfp8_e4m3``,
+          ``mxfp8_e5m2``, ``mxint8``) the Linear/Conv weights stored as hwfault's codes of the format
+          (:mod:`hwfault.blockexport`): the TorchScript export of the model at the quantised weights, whose
+          weight initializers are replaced by float8 / int4 / int8 / int16 codes and their scales and
+          ``DequantizeLinear`` (opset 19 for FP8, 21 for intN-gG, 24 for MX by default). The dequantised
+          weights are checked in onnxruntime to equal ``fmt.quantize(w)`` bit for bit before parity.
+          ``mxfp6_*``, ``mxfp4`` and ``nvfp4`` are refused (onnxruntime cannot read their elements).
 
 Every export checks itself before the file appears: ``onnx.checker`` (full check), then onnxruntime
 (CPU, one thread) on the evaluation data (or a random sample of the input shape) against the torch
-model the file was made from (the brevitas model for intN; the float model is reported beside it).
-Pass criteria: fp32 max |delta logit| <= 1e-4 and 100% top-1 agreement; intN agreement >= 99.5% and
-|accuracy difference| <= 0.5 points. A file that fails parity is still written, and its
-:class:`ExportReport` says why (``passed`` False); a file that cannot be exported or fails the checker
-raises :class:`~hwfault.errors.ExportError` and nothing is written. Files are written atomically.
+model the file was made from (the brevitas model for intN, the model at the quantised weights for a
+block format; the float model is reported beside them). Pass criteria: fp32 and block formats (whose
+weights are the reference's, bit for bit) max |delta logit| <= 1e-4 and 100% top-1 agreement; intN
+agreement >= 99.5% and |accuracy difference| <= 0.5 points. A file that fails parity is still
+written, and its :class:`ExportReport` says why (``passed`` False); a file that cannot be exported,
+fails the checker or (block formats) whose weights are not hwfault's raises
+:class:`~hwfault.errors.ExportError` and nothing is written. Files are written atomically.
 
 The file carries ``metadata_props`` (read back with :func:`read_metadata`): ``hwfault_version``,
 ``hwfault_format``, ``hwfault_scale``, ``hwfault_exporter``, ``hwfault_input_shape``, ``hwfault_parity``,
@@ -67,8 +76,9 @@ class ExportReport:
     """What was written and how the file compares with the torch model in onnxruntime.
 
     Accuracies and agreements are fractions in [0, 1]. ``reference`` is the torch model the file is
-    held to (the brevitas model for intN files); ``float_*`` compare an intN file with the float
-    model it was quantised from (None for fp32). ``failures`` lists the parity criteria not met.
+    held to (the brevitas model for intN files, the model at the stored weights for block formats);
+    ``float_*`` compare an intN or block-format file with the float model it was quantised from (None
+    for fp32). ``failures`` lists the parity criteria not met.
     """
 
     path: str
@@ -107,9 +117,13 @@ class ExportReport:
 
 def _parse_format(fmt: str, spec) -> tuple[str, int | None]:
     """(format name, bits or None for fp32); an intN chip sets N for an int export."""
+    from .blockexport import format_hint
+
     f = str(fmt).strip().lower()
     if f not in FORMATS:
-        raise ExportError(f"expected an export format fp32 or int8 (intN with N in 2..8), got '{fmt}'")
+        raise ExportError(f"expected an export format fp32 or int8 (intN with N in 2..8; intN-gG for one fp16 scale "
+                          f"per G weights; fp8_e4m3, fp8_e5m2, mxfp8_e4m3, mxfp8_e5m2, mxint8), got '{fmt}'"
+                          f"{format_hint(f)}")
     if f == "fp32":
         return f, None
     bits = int(f[3:])
@@ -123,6 +137,15 @@ def _parse_format(fmt: str, spec) -> tuple[str, int | None]:
             raise ExportError(f"export format {f} conflicts with chip '{spec.name}' format {kind}")
         bits = chip_bits
     return f"int{bits}", bits
+
+
+def _formats(fmt: str, spec):
+    """(block format or None, format name, bits or None): a block format (:mod:`hwfault.blockexport`),
+    else fp32 or a per-tensor / per-channel intN (:func:`_parse_format`)."""
+    from .blockexport import block_format
+
+    block = block_format(fmt, spec)
+    return (block, block.name, None) if block is not None else (None, *_parse_format(fmt, spec))
 
 
 def _resolve_chip(chip):
@@ -334,6 +357,10 @@ def _run_exporter(exporter: str, model, reference, sample, raw: Path, opset: int
         with _quiet_fds():
             if exporter == "torchscript":
                 return _export_torchscript(model, sample, raw, opset)
+            if exporter == "torchscript-dq":  # the weights are stored in their format afterwards
+                from .blockexport import TORCHSCRIPT_MAX_OPSET
+
+                return _export_torchscript(reference, sample, raw, min(opset, TORCHSCRIPT_MAX_OPSET))
             if exporter == "dynamo":
                 return _export_dynamo(model, sample, opset)
             return _export_qcdq(reference, sample, raw, opset)
@@ -354,7 +381,7 @@ def _parity(proto, x, y, model, reference, bits: int | None, fname: str) -> dict
         raise ExportError(f"exported {fname} file does not run in onnxruntime: {_first_line(e)}") from None
     with torch.no_grad():
         want = logits(reference, (x, None))
-        flt = logits(model, (x, None)) if bits is not None else None
+        flt = logits(model, (x, None)) if reference is not model else None
     delta, agree = _max_delta(got, want), _agreement(got, want)
     acc_onnx, acc_ref = accuracy_of(got, y), accuracy_of(want, y)
     acc_diff = None if acc_onnx is None else acc_onnx - acc_ref
@@ -369,11 +396,13 @@ def _parity(proto, x, y, model, reference, bits: int | None, fname: str) -> dict
             failures.append(f"top-1 agreement {100 * agree:.2f}% < {100 * INT_MIN_AGREEMENT:g}%")
         if acc_diff is not None and abs(acc_diff) > INT_MAX_ACCURACY_DIFF + 1e-12:
             failures.append(f"accuracy differs by {100 * acc_diff:+.2f} points (limit {100 * INT_MAX_ACCURACY_DIFF:g})")
-    if failures and bits is not None:  # is it onnxruntime's fused integer kernels? say so
+    if failures and reference is not model:  # is it onnxruntime's fused integer kernels? say so
         with contextlib.suppress(Exception):
             plain = _run_ort(ort_session(proto, threads=1, fuse=False), x)
             plain_agree = _agreement(plain, want)
-            if plain_agree >= INT_MIN_AGREEMENT:
+            plain_ok = plain_agree >= INT_MIN_AGREEMENT if bits is not None else \
+                plain_agree == 1.0 and _max_delta(plain, want) <= FP32_MAX_DELTA
+            if plain_ok:
                 failures.append(f"onnxruntime's QDQ fusions cause it: without them the file matches the reference "
                                 f"to {_max_delta(plain, want):.2g} ({100 * plain_agree:.2f}% agreement)")
     acc_float = accuracy_of(flt, y) if flt is not None else None
@@ -388,7 +417,8 @@ def _parity(proto, x, y, model, reference, bits: int | None, fname: str) -> dict
 def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str = "fp32", opset: int | None = None,
                 chip=None, metadata: dict | None = None, sample_input: torch.Tensor | None = None,
                 per_channel: bool | None = None) -> ExportReport:
-    """Export ``model`` to ``out_path`` as ``fmt`` (``"fp32"``, ``"int8"`` or ``"intN"``) and check the file.
+    """Export ``model`` to ``out_path`` as ``fmt`` (``"fp32"``, ``"int8"``, ``"intN"`` or a block format:
+    ``"fp8_e4m3"``, ``"int4-g128"``, ... see the module docstring) and check the file.
 
     ``data`` (a TensorDataset or ``(x, y)``) is the evaluation data of the parity check; without it a
     random sample shaped like ``sample_input`` is used (one of the two is required: it fixes the input
@@ -408,7 +438,9 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
     if device_of(model).type != "cpu":  # the file is traced, and its parity checked, on the CPU
         model = copy.deepcopy(model).cpu()
     spec = _resolve_chip(chip)
-    fname, bits = _parse_format(fmt, spec)
+    block, fname, bits = _formats(fmt, spec)
+    if block is not None and per_channel:
+        raise ExportError(f"per_channel applies to intN exports; {fname} has scales of its own")
     if per_channel is None:
         per_channel = bool(spec is not None and bits is not None and spec.format.kind.startswith("int")
                            and spec.format.scale == "per-channel")
@@ -422,18 +454,33 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
             logits(model, (sample, None))  # a model that cannot run on this input shape fails here, in its own words
             if y is not None:
                 check_targets(logits(model, (x[:1], None)), y)  # labels beyond the model's outputs: not its data
-        exporter, reference, ref_label = _exporter(model, fname, bits, per_channel)
+        if block is not None:
+            from . import blockexport as bx
+
+            reference, layers = bx.quantized_copy(model, block)
+            exporter, ref_label, opset = "torchscript-dq", f"torch model at its {fname} weights", \
+                bx.check_opset(bx.OPSET[block.kind] if opset is None else opset, block)
+            reference.eval()
+        else:
+            exporter, reference, ref_label = _exporter(model, fname, bits, per_channel)
         if opset is None:
             opset = DEFAULT_OPSET[exporter]
             if exporter == "brevitas-qcdq" and any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
                 opset = 14  # attention traces to scaled_dot_product_attention: ONNX ops from opset 14
-        opset = _check_opset(opset, exporter)
+        if block is None:
+            opset = _check_opset(opset, exporter)
         with _scratch(out_path) as tmp:
             proto = _run_exporter(exporter, model, reference, sample, Path(tmp) / "export.onnx", opset, fname)
+        if block is not None:  # the weight initializers replaced by the format's codes and DequantizeLinear
+            proto = bx.set_opset(proto, opset)
+            expected = bx.store_weights(proto, reference, layers, block)
         input_shape = tuple(d.dim_param or d.dim_value or "?" for d in proto.graph.input[0].type.tensor_type.shape.dim)
         base = {"version": __version__, "format": fname, "exporter": exporter, "input_shape": list(input_shape)}
         if bits is not None:
             base["scale"] = "per-channel" if per_channel else "per-tensor"
+        if block is not None:
+            base["scale"] = "per-tensor" if block.group == 0 else "per-group" if block.kind == "int" else "per-block"
+            base["storage"], base["layers"] = bx.storage_text(block, opset), list(layers)
         if spec is not None:
             base["chip"], base["chip_name"] = spec.to_toml(), spec.name
         entries = {**(metadata or {}), **base}  # the caller's entries cannot mask what the file is
@@ -442,6 +489,8 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
             onnx.checker.check_model(proto, full_check=True)
         except Exception as e:  # onnx.checker.ValidationError, shape-inference errors
             raise ExportError(f"exported {fname} file fails onnx.checker: {_first_line(e)}") from None
+        if block is not None:
+            bx.check_weights(proto, expected, block)
         par = _parity(proto, x, y, model, reference, bits, fname)
         _set_props(proto, _meta_props({**entries, "parity": {
             "reference": ref_label, "data": label, "max_abs_delta": par["max_abs_delta"], "agreement": par["agreement"],
@@ -449,7 +498,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, *, data=None, fmt: str =
             "passed": not par["failures"]}}))
         atomic_write(out_path, lambda t: onnx.save_model(proto, str(t), save_as_external_data=False), what="--out")
     return ExportReport(
-        path=str(out_path), format=fname, scale=None if bits is None else ("per-channel" if per_channel else "per-tensor"),
+        path=str(out_path), format=fname, scale=base.get("scale"),
         exporter=exporter, opset=opset, input_shape=input_shape, reference=ref_label, data=label, n=len(x),
         initializers=_initializer_types(proto), size_bytes=out_path.stat().st_size, seconds=time.perf_counter() - t0,
         metadata=metadata_of(proto), passed=not par["failures"], **par)
@@ -476,6 +525,7 @@ def export_model(model: str, data: str, out: str | Path, *, fmt: str = "fp32", o
     from .data import load_data
     from .inputs import resolve_model
 
+    _formats(fmt, _resolve_chip(chip))  # a format that cannot be exported fails before any work
     module, model = resolve_model(model)
     if not differentiable(module):
         raise HwfaultError(f"{model}: already an ONNX file; export takes a torch model")

@@ -23,7 +23,7 @@ LAYERS = [
     ("search and bounds", ["search", "certification"]),
     ("device model", ["faults", "spec"]),
     ("report", ["report"]),
-    ("analyses and deployment", ["analyses", "export"]),
+    ("analyses and deployment", ["analyses", "export", "blockexport"]),
     ("command line", ["cliargs", "cli", "__init__", "__main__"]),
 ]
 LAYER = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
