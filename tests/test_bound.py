@@ -31,7 +31,8 @@ def _power_norm(f, shape, iters: int = 60) -> float:
 
 @pytest.mark.parametrize("kw, hw", [(dict(kernel_size=3, padding=1), 12), (dict(kernel_size=3, stride=2, padding=1), 12),
                                     (dict(kernel_size=5, padding=2, dilation=1), 9), (dict(kernel_size=3, dilation=2, padding=2), 10),
-                                    (dict(kernel_size=3, padding=1, groups=2), 8), (dict(kernel_size=1), 6)])
+                                    (dict(kernel_size=3, padding=1, groups=2), 8), (dict(kernel_size=1), 6),
+                                    (dict(kernel_size=1, stride=2, groups=4), 6)])
 def test_the_conv_constant_bounds_its_operator_norm_and_is_tight(kw, hw):
     torch.manual_seed(1)
     conv = nn.Conv2d(8, 12, bias=False, **kw).double()

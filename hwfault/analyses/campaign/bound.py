@@ -84,6 +84,14 @@ class Gains:
                 pass
         return self._g[node]
 
+    def warm(self) -> None:
+        """Compute every constant now (from the logits backwards: no deep recursion), so that the
+        campaign's trials do not pay for them: they depend on the fault-free weights only."""
+        if self.logits is None:
+            return
+        for node in reversed(list(self.shapes)):
+            self.of(node)
+
     def _compute(self, node) -> float:
         if node is self.logits:
             return 1.0
@@ -198,11 +206,13 @@ def _conv_lipschitz(m, scale: torch.Tensor | None, shape_in) -> float:
     w = m.weight.detach().double()
     if scale is not None:
         w = w * scale.view(-1, *([1] * (w.ndim - 1)))
+    cout_g = w.shape[0] // m.groups
+    if all(k == 1 for k in w.shape[2:]):  # pointwise: one matrix at every position (strides only subsample)
+        return max(_spectral(w[g * cout_g:(g + 1) * cout_g].flatten(1)) for g in range(m.groups))
     exact = _conv_fourier(m, w, shape_in)
     if exact is not None:  # (the simple bounds below hold for the circular convolution too: never smaller)
         return exact
     k = math.prod(w.shape[2:])
-    cout_g = w.shape[0] // m.groups
     flat = max(_spectral(w[g * cout_g:(g + 1) * cout_g].reshape(cout_g, -1)) for g in range(m.groups))
     taps = w.flatten(2)
     per_tap = sum(max(_spectral(taps[g * cout_g:(g + 1) * cout_g, :, j]) for g in range(m.groups)) for j in range(k))
