@@ -402,11 +402,13 @@ class ScaleSites:
 
     def factors(self) -> torch.Tensor:
         """(sites, bits): the change factor (new scale / old scale - 1) when one bit of a site's scale
-        flips; NaN where the old scale is 0 or the new one is not a number."""
+        flips; NaN where the new one is not a number. A zero scale (an all-zero NVFP4 block) scales
+        zeros: a finite new scale changes nothing (factor 0)."""
         flipped = self.codes[:, None] ^ (1 << torch.arange(self.bits, dtype=torch.int64))
         old = _scale_values(self.kind, self.codes)[:, None]
         new = _scale_values(self.kind, flipped)
-        return torch.where(old != 0, new / old - 1, torch.full_like(new, math.nan))
+        nan = torch.full_like(new, math.nan)
+        return torch.where(~torch.isfinite(new), nan, torch.where(old != 0, new / old - 1, torch.zeros_like(new)))
 
     def elements(self, site: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(flat element indices, the site of each) of the elements the given sites scale."""

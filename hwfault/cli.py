@@ -374,6 +374,7 @@ def bits_cmd(
     data: Optional[str] = DATA,
     format: str = typer.Option("int8", "--format", help="Stored number format: int2..int16, fp16, bf16, fp32, or a block format (fp8_e4m3, mxfp4, nvfp4, ...)."),
     per_channel: bool = typer.Option(False, "--per-channel", help="intN: one scale per output channel."),
+    target: str = typer.Option("elements", "--target", help="Flip the bits of the stored elements, or of the scales that blocks share (mx*, nvfp4, fp8_*)."),
     until: Optional[float] = typer.Option(None, "--until", help="Target of the task's metric: an accuracy (0..1, default 0.11) or a perplexity / MSE."),
     until_factor: Optional[float] = typer.Option(None, "--until-factor", help="Target relative to the quantised model: perplexity or MSE x F, accuracy / F (default 10 for lm and regression)."),
     max_flips: int = typer.Option(100, "--max-flips", help="Give up the search after this many flips."),
@@ -393,7 +394,7 @@ def bits_cmd(
     validate.trials("--runs", runs)
     validate.seed(seed)
     _outs(json_path)
-    r = run(model, _data_for(model, data), format=format, per_channel=per_channel, until=until,
+    r = run(model, _data_for(model, data), format=format, per_channel=per_channel, target=target, until=until,
             until_factor=until_factor, max_flips=max_flips, random_runs=runs, seed=seed, params=params,
             **_task_kw(task, tolerance, output, weights, device))
     d = r.to_dict()

@@ -283,6 +283,27 @@ class DiscreteSet(ConstraintSet):
             raise ConstraintError(f"a discrete set ({type(self).__name__}) has one size only: expected eps 1, got {eps}")
         return self
 
+    def nonfinite_point(self, g: torch.Tensor) -> torch.Tensor | None:
+        """A point of the set that makes a stored value non-finite (NaN or Inf: an FP8 element one flip
+        from its NaN code, an fp32 exponent flip, a scale read as NaN), at the element (or site) of
+        largest ``|g|``; None when the set has none. The linear oracle cannot rank such a point (its
+        loss change is not a number), so the worst case weighs it apart (:func:`worst_cases`)."""
+        return None
+
+    # The units a search changes one at a time (an element's stored bits, a shared scale): the bit
+    # search ranks them by linear gain, tensor by tensor, and builds its points from them.
+    def unit_gains(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per unit, the best finite candidate's linear gain ``g . delta`` and its index."""
+        raise NotImplementedError
+
+    def unit_anchor(self) -> torch.Tensor:
+        """Per unit, the flat index of an element it changes (to tell which tensor it is in)."""
+        raise NotImplementedError
+
+    def point(self, units: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
+        """The point (float64, flat) with each of ``units`` changed to its candidate ``choices``."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True, eq=False)
 class CandidateSet(DiscreteSet):
@@ -291,9 +312,9 @@ class CandidateSet(DiscreteSet):
 
     ``maximize`` is the greedy linear oracle: the best candidate per element by g_i * delta_ij, then
     the n elements of largest positive gain (exact for this set, since gains add over elements).
-    Non-finite candidates (float exponent flips to Inf/NaN) are left to Monte-Carlo: the oracle
-    ranks finite candidates only. ``project`` snaps each element to its nearest candidate or 0 and
-    keeps the n largest changes.
+    Non-finite candidates (float exponent flips to Inf/NaN, an FP8 element's NaN code) are not
+    ranked by the oracle (their loss change is not a number): :meth:`nonfinite_point` gives one.
+    ``project`` snaps each element to its nearest candidate or 0 and keeps the n largest changes.
     """
 
     deltas: torch.Tensor  # (k, m)
@@ -311,6 +332,24 @@ class CandidateSet(DiscreteSet):
         k = min(self.n, int((best > 0).sum()))
         top = torch.topk(best, k).indices if k else torch.zeros(0, dtype=torch.long)
         return top, j[top], best[top]
+
+    def nonfinite_point(self, g: torch.Tensor) -> torch.Tensor | None:
+        bad = ~torch.isfinite(self.deltas)
+        rows = bad.any(dim=1)
+        if self.n < 1 or not bool(rows.any()):
+            return None
+        score = torch.where(rows, _flat64(g).abs(), torch.full_like(_flat64(g), -1.0))
+        i = int(score.argmax())
+        return self.apply(torch.tensor([i]), bad[i].to(torch.int8).argmax().reshape(1))
+
+    def unit_gains(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (_flat64(g)[:, None] * self._finite()).max(dim=1)
+
+    def unit_anchor(self) -> torch.Tensor:
+        return torch.arange(self.deltas.shape[0])
+
+    def point(self, units: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
+        return self.apply(units, choices)
 
     def apply(self, elements: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
         a = torch.zeros(self.deltas.shape[0], dtype=torch.float64)
@@ -338,7 +377,8 @@ class CandidateSet(DiscreteSet):
         if nz.numel() > self.n:
             return False
         d = self.deltas.double()[nz]
-        ok = ((d - a64[nz, None]).abs() <= rtol * d.abs() + 1e-12) | ((d == a64[nz, None]) & ~torch.isfinite(d))
+        same_bad = ((d == a64[nz, None]) & ~torch.isfinite(d)) | (torch.isnan(d) & torch.isnan(a64[nz, None]))
+        ok = ((d - a64[nz, None]).abs() <= rtol * d.abs() + 1e-12) | same_bad
         return bool(ok.any(dim=1).all())
 
     def random(self, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -436,7 +476,8 @@ class BlockScaleSet(DiscreteSet):
 
     ``maximize`` is exact for a linear objective: the gain of (s, j) is ``factors[s, j]`` times the
     block's ``sum g_i base_i``, the best candidate per site, then the n sites of largest positive gain.
-    Non-finite candidates (a scale read as NaN or Inf) are left to Monte-Carlo, as bit flips' are.
+    Non-finite candidates (a scale read as NaN or Inf) are not ranked by the oracle, as bit flips'
+    are not; :meth:`nonfinite_point` gives one.
     """
 
     base: torch.Tensor      # (k,) stored values
@@ -454,17 +495,39 @@ class BlockScaleSet(DiscreteSet):
         on = self.site >= 0
         return torch.zeros(self.factors.shape[0], dtype=torch.float64).index_add_(0, self.site[on], v[on])
 
-    def _point(self, sites: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    def _point(self, sites: torch.Tensor, choice: torch.Tensor, raw: bool = False) -> torch.Tensor:
         f = torch.zeros(self.factors.shape[0], dtype=torch.float64)
-        f[sites] = self._finite()[sites, choice]
+        f[sites] = (self.factors.double() if raw else self._finite())[sites, choice]
         on = self.site >= 0
         out = torch.zeros(self.base.numel(), dtype=torch.float64)
         out[on] = self.base.double()[on] * f[self.site[on]]
         return out
 
-    def maximize(self, g: torch.Tensor) -> torch.Tensor:
+    def nonfinite_point(self, g: torch.Tensor) -> torch.Tensor | None:
+        bad = ~torch.isfinite(self.factors)
+        rows = bad.any(dim=1)
+        if self.n < 1 or not bool(rows.any()):
+            return None
+        score = torch.where(rows, self._sums(_flat64(g).abs()), torch.full((rows.numel(),), -1.0, dtype=torch.float64))
+        s = int(score.argmax())
+        return self._point(torch.tensor([s]), bad[s].to(torch.int8).argmax().reshape(1), raw=True)
+
+    def unit_gains(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per site, its best finite factor's gain: the factor times the block's ``sum g_i base_i``
+        (the damage of the whole block it scales, to first order)."""
         gs = self._sums(_flat64(g) * self.base.double())
-        best, j = (self._finite() * gs[:, None]).max(dim=1)
+        return (self._finite() * gs[:, None]).max(dim=1)
+
+    def unit_anchor(self) -> torch.Tensor:
+        on = torch.nonzero(self.site >= 0).reshape(-1)
+        first = torch.full((self.factors.shape[0],), self.base.numel(), dtype=torch.long)
+        return first.scatter_reduce(0, self.site[on], on, reduce="amin")
+
+    def point(self, units: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
+        return self._point(units, choices)
+
+    def maximize(self, g: torch.Tensor) -> torch.Tensor:
+        best, j = self.unit_gains(g)
         k = min(self.n, int((best > 0).sum()))
         top = torch.topk(best, k).indices if k else torch.zeros(0, dtype=torch.long)
         return self._point(top, j[top]).to(g.dtype)
@@ -493,6 +556,10 @@ class BlockScaleSet(DiscreteSet):
             el = self.site == s
             ok = [bool(((a64[el] - b[el] * c).abs() <= rtol * (b[el] * c).abs() + 1e-12).all())
                   for c in self._finite()[s].tolist() if c != 0]
+            v, raw = a64[el], self.factors.double()[s]
+            if not bool(torch.isfinite(v).all()):  # a scale read as NaN or Inf: every value of the block with it
+                ok = [bool(((v == b[el] * c) | (torch.isnan(v) & torch.isnan(b[el] * c))).all())
+                      for c in raw[~torch.isfinite(raw)].tolist()]
             if not any(ok):
                 return False
         return True

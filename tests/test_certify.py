@@ -315,6 +315,41 @@ def test_quantisation_box_contains_the_quantised_model():
         assert pt.certified_stable == pytest.approx(float(safe.double().mean()))
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "fp8_e4m3", "mxint8"])
+def test_the_block_format_box_contains_the_stored_model_and_its_certificate_is_sound(fmt):
+    """Block-wise quantisation safety: each element's box is half its step read with its block's scale;
+    the stored model lies in it, and the lower bounds hold at the stored model."""
+    from hwfault.blockformats import number_format
+
+    model = tiny_cnn()
+    x = _inputs((1, 6, 6), n=12)
+    y = _labels(model, x)
+    f = number_format(fmt)
+    pset = cert.quantisation_set(model, format=fmt)
+    named = dict(model.named_parameters())
+    deltas = {n: (f.quantize(named[n].detach()) - named[n].detach()).double() for n in pset.bounds}
+    for n, d in deltas.items():
+        assert torch.equal(pset.bounds[n].radius, (f.step(named[n].detach()) / 2).double())
+        assert bool((d.abs() <= pset.bounds[n].radius * (1 + 1e-6)).all())
+    assert bool(any((d != 0).any() for d in deltas.values()))  # (the stored model is not the float one)
+    real = _realised(_double(model), x, y, deltas)
+    lb = margin_bounds(model, x, y, pset, "crown")
+    assert _below(lb, real)
+    pt = cert.quantisation_safety(model, (x, y), format=fmt, method="crown")
+    assert pt.certified_stable == pytest.approx(float((lb.min(1).values > 0).double().mean()))
+    assert pt.extra["set"]["format"] == f.name
+
+
+def test_a_block_format_chip_certifies_its_rounding(digits):
+    from hwfault.analyses.chip_bounds import certify_chip
+
+    notes = []
+    d = certify_chip("digits-mlp", digits, "mxint8-sram-0.55v", method="ibp", on_note=notes.append)
+    labels = [p["label"] for p in d["points"]]
+    assert labels == ["mxint8 rounding"] and notes  # the bit-flip covering set itself is discrete: a note
+    assert 0 < d["points"][0]["certified_stable"] <= 1
+
+
 # ----------------------------------------------------------------------------- exactness on tiny nets
 
 

@@ -2,8 +2,9 @@
 can do to a model (``hwfault certify --chip``).
 
 Two sets are certified: the chip's covering set (all its faults at the coverage; discrete bit-flip
-and stuck-cell sets have no certificate and are skipped with a note), and for an intN chip the
-rounding of the weights to its grid (quantisation safety: half a step per element).
+and stuck-cell sets have no certificate and are skipped with a note), and for an intN chip or a
+block-format chip (FP8, MX, NVFP4, per-group intN) the rounding of the weights to its format
+(quantisation safety: half a step per element, each read with its block's scale).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def certify_chip(model, data, chip, *, coverage: float | None = None, method: st
     except HwfaultError as e:
         if on_note:
             on_note(str(e))
-    if dev.view.fmt.is_int:
-        q = quantisation_safety(module, test, dev.view.fmt.bits, per_channel=spec.format.scale == "per-channel",
+    fmt = dev.view.fmt
+    if fmt.is_int or getattr(fmt, "block", None) is not None:  # intN, and the block formats, block-wise
+        q = quantisation_safety(module, test, per_channel=spec.format.scale == "per-channel", format=fmt,
                                 params=list(dev.selection.names), method=method, time_budget=time_budget)
         points.append({**q.to_dict(), "label": f"{dev.view.fmt.name} rounding"})
     if not points:

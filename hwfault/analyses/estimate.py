@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import progress, stats, validate
-from ..constraints import CandidateSet
+from ..constraints import DiscreteSet, SumSet
 from ..rng import generator
 from ..runtime import single_thread
 from ..evaluation import EvalResult, as_tensors, differentiable, logits, score
@@ -225,7 +225,7 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
     if not differentiable(model):
         return WorstCases(skipped=f"{type(model).__name__}: the worst cases need gradients; Monte-Carlo only")
     cset = chip.constraint(coverage)
-    bits = any(isinstance(s, CandidateSet) and s.n > 0 for s in cset.parts)
+    bits = any(isinstance(s, DiscreteSet) and getattr(s, "n", 0) > 0 for s in cset.parts)
     with progress.task("worst case: one step", steps + 2 + bits) as advance:
         os_ = one_step(model, data, cset, selection=chip.selection, clean=clean, probe=probe, grad=grad)
         advance(1, description="worst case: multi-step")
@@ -242,7 +242,47 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
                                {**bs.extra, **task_extra(r), "nonfinite": r.nonfinite,
                                 "probe_accuracy": bs.accuracy})
             advance(1)
+        nf = _nonfinite_case(model, data, cset, chip, clean, grad, probe)
+    if nf is not None:  # a stored value one fault from NaN/Inf: every search's answer is at least as bad
+        os_, ms = _worse(os_, nf), _worse(ms, nf)
+        bs = None if bs is None else _worse(bs, WorstCase(nf.method, nf.accuracy, nf.loss, nf.loss_change, nf.parts,
+                                                          {**nf.extra, "flips": 1}))
     return WorstCases(os_, ms, bs, {"coverage": coverage, **cset.to_dict()})
+
+
+def _nonfinite_case(model, data, cset, chip: Chip, clean: EvalResult, grad, probe) -> WorstCase | None:
+    """The covering set's point that makes one stored value non-finite (an FP8 element flipped to its
+    NaN code, a shared scale read as NaN, an fp32 exponent flipped to Inf), scored on ``data``; None
+    when the set has none. The gradient searches cannot rank it (its loss change is not a number),
+    yet Monte-Carlo draws it: leaving it out would put the worst case above Monte-Carlo's minimum."""
+    parts = list(cset.parts) if isinstance(cset, SumSet) else [cset]
+    if not any(isinstance(p, DiscreteSet) for p in parts):
+        return None
+    g = None
+    for i, p in enumerate(parts):
+        if not isinstance(p, DiscreteSet):
+            continue
+        if g is None:
+            g = (grad if grad is not None else clean_gradient(model, data, chip.selection, probe=probe)).double()
+        point = p.nonfinite_point(g)
+        if point is not None:
+            pts = [torch.zeros_like(g) for _ in parts]
+            pts[i] = point
+            r = evaluate_parts(model, data, chip.selection, pts)
+            return WorstCase("nonfinite", r.accuracy, r.loss, r.loss - clean.loss, tuple(pts),
+                             {**task_extra(r), "nonfinite": r.nonfinite, "nonfinite_candidate": True,
+                              "first_order": None})
+    return None
+
+
+def _worse(found: WorstCase, nf: WorstCase) -> WorstCase:
+    """``nf`` in ``found``'s place (named as it, with what the search itself found) when it scores lower."""
+    worse = nf.accuracy < found.accuracy or (nf.accuracy == found.accuracy and not math.isfinite(nf.loss)
+                                             and math.isfinite(found.loss))
+    if not worse:
+        return found
+    return WorstCase(found.method, nf.accuracy, nf.loss, nf.loss_change, nf.parts,
+                     {**found.extra, **nf.extra, "searched_accuracy": found.accuracy})
 
 
 @dataclass(frozen=True)

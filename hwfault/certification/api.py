@@ -250,14 +250,15 @@ def certify_set(model: nn.Module | str, data, perturbation: PerturbationSet | Co
                         pt.mean_margin_lower, pt.seconds, pt.n, {**pt.extra, "set": perturbation.to_dict()})
 
 
-def quantisation_safety(model: nn.Module | str, data, bits: int, *, per_channel: bool = False,
+def quantisation_safety(model: nn.Module | str, data, bits: int | None = None, *, per_channel: bool = False,
                         params: str | Sequence[str] | Selection | None = None, method: str = "auto",
                         batch_size: int = 128, time_budget: float = 30.0,
-                        on_progress: Progress | None = None) -> CertifyPoint:
+                        on_progress: Progress | None = None, format=None) -> CertifyPoint:
     """Quantisation safety: ``certified_stable`` is the share of inputs whose prediction is certified
-    unchanged by any rounding of the selected weights inside the intN quantisation box (half a step
-    per element, :func:`quantisation_set`); ``certified_accuracy`` also requires a correct prediction."""
+    unchanged by any rounding of the selected weights inside the quantisation box (half a step per
+    element, :func:`quantisation_set`: the intN grid of ``bits``, or any stored ``format``, block-wise);
+    ``certified_accuracy`` also requires a correct prediction."""
     m = _model(model)
-    pset = quantisation_set(m, bits, per_channel=per_channel, params=params)
+    pset = quantisation_set(m, bits, per_channel=per_channel, params=params, format=format)
     return certify_set(m, data, pset, method=method, batch_size=batch_size, time_budget=time_budget,
-                       on_progress=on_progress, label=f"certify int{bits} rounding")
+                       on_progress=on_progress, label=f"certify {pset.description['format']} rounding")

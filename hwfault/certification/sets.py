@@ -163,18 +163,26 @@ class PerturbationSet:
         return cls(total, {"kind": "+".join(kinds) or "empty", "norm": None, "eps": None, "relative": None})
 
 
-def quantisation_set(model: nn.Module, bits: int, *, per_channel: bool = False,
-                     params: str | Sequence[str] | Selection | None = None) -> PerturbationSet:
-    """The box of every rounding of the selected weights to an intN grid: half a step per element,
-    with the scale rule of :mod:`hwfault.formats` (symmetric, max|w| / (2**(N-1) - 1) per tensor or per
-    output channel). Default parameters: the weight tensors of conv and linear layers (a chip's default)."""
+def quantisation_set(model: nn.Module, bits: int | None = None, *, per_channel: bool = False,
+                     params: str | Sequence[str] | Selection | None = None, format=None) -> PerturbationSet:
+    """The box of every rounding of the selected weights to a stored format: half a step per element.
+    ``bits``: an intN grid with the scale rule of :mod:`hwfault.formats` (symmetric, max|w| / (2**(N-1)
+    - 1) per tensor or per output channel); ``format``: any stored format instead (a name or a format
+    object: FP8, MX, NVFP4, per-group intN, ...), block-wise: each element's step is its element
+    type's spacing at its magnitude read with its block's scale, widened to twice the actual rounding
+    error where a value saturates, so the stored weights lie in the box. Default parameters: the
+    weight tensors of conv and linear layers (a chip's default)."""
+    from ..blockformats import number_format
     from ..formats import NumberFormat
 
-    fmt = NumberFormat.parse(f"int{int(bits)}", per_channel=per_channel)
+    if format is None:
+        fmt = NumberFormat.parse(f"int{int(bits)}", per_channel=per_channel)
+    else:
+        fmt = number_format(format, per_channel=per_channel) if isinstance(format, str) else format
     sel = select(model, types=["conv", "linear"]).weights_only() if params is None else _selection(model, params)
     out = {}
     for name, w in zip(sel.names, sel.params):
-        half = torch.broadcast_to(fmt.scale(w.detach().float()), w.shape).to(DTYPE) / 2
+        half = torch.broadcast_to(fmt.step(w.detach().float()), w.shape).to(DTYPE) / 2
         out[name] = ParamBound(radius=half.clone())
     return PerturbationSet(out, {"kind": "quantisation", "norm": "inf", "eps": None, "relative": None,
                                  "format": fmt.name, "per_channel": bool(per_channel)})

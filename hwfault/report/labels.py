@@ -221,15 +221,18 @@ def bracket_rows(d: dict) -> list[tuple[str, float | None, str]]:
             ("Monte-Carlo mean", r["accuracy_mean"], f"95% CI {_pct(lo)}-{_pct(hi)}%, {r['trials']} chips"),
             ("Monte-Carlo 1st percentile", r["accuracy_p01"], ""),
             ("Monte-Carlo min", r["accuracy_min"], "")]
+    nan = "one fault makes a stored value NaN/Inf"
     if "skipped" in w:
         rows.append(("worst case", None, w["skipped"]))
     else:
-        rows += [(WORST_CASE["one_step"], w["one_step"]["accuracy"],
-                  f"first-order loss change {_num(w['one_step']['first_order'])}"),
-                 (WORST_CASE["multi_step"], w["multi_step"]["accuracy"], f"{w['multi_step']['steps']} steps")]
+        os_, ms = w["one_step"], w["multi_step"]
+        rows += [(WORST_CASE["one_step"], os_["accuracy"], nan if os_.get("nonfinite_candidate") else
+                  f"first-order loss change {_num(os_['first_order'])}"),
+                 (WORST_CASE["multi_step"], ms["accuracy"], nan if ms.get("nonfinite_candidate") else f"{ms['steps']} steps")]
     if "bit_search" in w:
-        rows.append((WORST_CASE["bit_search"], w["bit_search"]["accuracy"],
-                     f"{w['bit_search']['flips']:,} of {w['bit_search']['budget']:,} {discrete_units(d)}"))
+        b = w["bit_search"]
+        rows.append((WORST_CASE["bit_search"], b["accuracy"], nan if b.get("nonfinite_candidate") else
+                     f"{b['flips']:,} of {b['budget']:,} {discrete_units(d)}"))
     if "certified" in d:
         c = d["certified"]
         rows.append(("certified floor", c.get("accuracy"),

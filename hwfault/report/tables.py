@@ -252,6 +252,8 @@ def bits_text(d: dict) -> str:
     flips = d["flips"] if d["flips"] is not None else f"> {d['max_flips']} (not reached)"
     rnd = f"{d['random_flips']:g}" if d["random_flips"] is not None else "not reached in most runs"
     metric = _task_metric(d)
+    if d.get("target") == "scales":
+        flips, rnd = f"{flips} (scale bits)", f"{rnd} (scale bits)"
     if metric:  # perplexity, mse: the target is a rise
         factor = f" ({d['until_factor']:g}x the quantised model)" if d.get("until_factor") else ""
         return (f"{d['model']} stored as {d['format']}: clean {metric} {_num(d['clean'].get(metric))}, "
