@@ -18,7 +18,7 @@ LAYERS = [
     ("base", ["errors", "vocab"]),
     ("utilities", ["validate", "files", "progress", "runtime", "devices", "stats", "rng"]),
     ("data, parameters, scoring", ["formats", "blockformats", "params", "text", "arrays", "data", "tasks", "evaluation", "pt2", "onnxio", "cards", "training"]),
-    ("sets and models", ["constraints", "onnxbind", "onnxmodel", "quant", "zoo"]),
+    ("sets and models", ["constraints", "onnxbind", "onnxmodel", "quant", "fakequant", "zoo"]),
     ("inputs", ["inputs"]),
     ("search and bounds", ["search", "certification"]),
     ("device model", ["faults", "spec"]),

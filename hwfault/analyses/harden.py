@@ -14,15 +14,23 @@ Five methods, each a way of choosing the weights at which the training gradient 
               of the chip spec (quantisation, noise, stuck cells, bit errors) at every step.
 ``randbet``   random bit error training (Stutz et al.): weights clipped to [-w_max, w_max] after
               every step, and the average of the clean gradient and the gradient under random bit
-              errors at rate ``ber`` in the chip's integer format (int8 if the chip stores floats).
+              errors at rate ``ber`` in the chip's integer format (int8 if the chip stores floats), or
+              in the chip's block format: element bits, and scale bits too where the chip's bitflip
+              faults target scales.
 
-For integer chips the model trains with brevitas fake-quantised weights at the chip's bit width and
-scale granularity (QAT, a straight-through estimator), so the integer model that is exported is the
-model that was hardened. The latent float weights are saved; quantising them with the chip's format
-gives the trained integer weights.
+For integer chips (per-tensor or per-channel scales) the model trains with brevitas fake-quantised
+weights at the chip's bit width and scale granularity (QAT, a straight-through estimator); for chips
+in a block format (FP8, MX, NVFP4, intN with per-group scales: :mod:`hwfault.blockformats`) the chip's
+device weights train through :mod:`hwfault.fakequant` (forward: the chip's stored values bit for bit;
+backward: straight through). Either way the model that is deployed is the model that was hardened:
+the latent float weights are saved, and quantising them with the chip's format gives the trained
+weights. With block-format QAT, the crt-star and apd corruptions move the latent weights (the forward
+pass quantises ``w + a``, as brevitas does), while the noise and randbet faulty passes read the
+chip's faulty stored values as they are (gradient straight through to the latent weights).
 
-Faulty forward passes leave BatchNorm running statistics alone (momentum 0): the statistics the
-model deploys with are those of its fault-free weights.
+Faulty forward passes leave BatchNorm running statistics alone (momentum 0, and restored after the
+pass): the statistics the model deploys with are those of its fault-free weights. A fault pattern whose
+weights, faulty loss or gradient are not finite gives no faulty gradient (that step is clean).
 """
 
 from __future__ import annotations
@@ -78,6 +86,7 @@ class HardenConfig:
     from_scratch: bool = False
     qat_bits: int | None = None
     qat_per_channel: bool = False
+    qat_format: str | None = None  # block-format QAT (hwfault.fakequant): the chip's format name
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -115,6 +124,8 @@ class HardenResult:
     config: HardenConfig
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    fault_patterns: int = 0   # noise, randbet: the training fault patterns drawn,
+    dropped_patterns: int = 0  # and those with non-finite weights, loss or gradient (the step took the clean one)
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -122,18 +133,22 @@ class HardenResult:
 
 @contextlib.contextmanager
 def _frozen_bn(model: nn.Module):
-    """BatchNorm layers stop updating their running statistics (for faulty forward passes)."""
-    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """BatchNorm layers stop updating their running statistics (for faulty forward passes): momentum 0,
+    and the statistics restored on exit (a faulty pass with infinite activations would otherwise leave
+    NaN in them: 0 * inf is NaN)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum, {k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None})
+             for m in bns]
     for m, _, _ in saved:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, mom, tracked in saved:
-            m.momentum = mom
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
+        with torch.no_grad():
+            for m, mom, bufs in saved:
+                m.momentum = mom
+                for k, b in bufs.items():
+                    getattr(m, k).copy_(b)
 
 
 def task_loss(model: nn.Module, x, y) -> torch.Tensor:
@@ -163,8 +178,11 @@ def _flat(gs) -> torch.Tensor:
 class Trainer:
     """One optimisation step per minibatch for the configured method."""
 
-    def __init__(self, model: nn.Module, cfg: HardenConfig, chip_spec=None, gen: torch.Generator | None = None):
+    def __init__(self, model: nn.Module, cfg: HardenConfig, chip_spec=None, gen: torch.Generator | None = None,
+                 fakequant=None):
         self.model, self.cfg, self.spec = model, cfg, chip_spec
+        self.fakequant = fakequant  # a hwfault.fakequant.FakeQuantized on model (block-format QAT), or None
+        self.patterns = self.dropped = 0  # fault patterns drawn; those that gave no gradient (not finite)
         self.sel = select(model)  # n = k: every parameter, as in the paper's corruption-resistant training
         self.params = list(self.sel.params)
         self.gen = gen or torch.Generator().manual_seed(cfg.seed)
@@ -208,20 +226,25 @@ class Trainer:
         else:  # noise, randbet: a fresh fault pattern of the chip at every step
             sel, delta = _fault_delta(self.fault_spec, self.model, self.gen)
             gmap = dict(zip(self.params, g0))
+            self.patterns += 1
+            g1 = {}
             if delta is not None and torch.isfinite(delta).all():
                 fparams = list(sel.params)
-                with perturbed(sel, delta), _frozen_bn(self.model):
+                # the faulty weights are the chip's stored values already: read as they are, not re-quantised
+                exact = self.fakequant.exact(fparams) if self.fakequant is not None else contextlib.nullcontext()
+                with perturbed(sel, delta), _frozen_bn(self.model), exact:
                     lf = task_loss(self.model, x, y)
                     if torch.isfinite(lf):
                         g1 = dict(zip(fparams, torch.autograd.grad(lf, fparams, allow_unused=True)))
-                    else:
-                        g1 = {}
+                        if not all(g is None or torch.isfinite(g).all() for g in g1.values()):
+                            g1 = {}  # a finite loss can still overflow its gradient (huge faulty weights)
                 a = self.cfg.alpha
                 # faults touch the device weights only; the rest (biases, norms) see the faulty forward too
                 self._apply([(1 - a) * gmap[p] + a * g1[p] if g1.get(p) is not None else gmap[p]
                              for p in self.params])
             else:
                 self._apply(g0)
+            self.dropped += not g1
         return float(loss)
 
     def _apply(self, grads) -> None:
@@ -236,9 +259,17 @@ class Trainer:
 
 
 def _randbet_spec(chip_spec, ber: float):
-    """RandBET's training faults: random bit errors at rate ``ber`` in the chip's integer format."""
-    from ..spec import parse_chip
+    """RandBET's training faults: random bit errors at rate ``ber`` in the chip's integer format; for a
+    chip in a block format, in its format and on its device weights: the element bits, and the scale
+    bits too (at the same rate) if any bitflip fault of the chip targets scales."""
+    from ..spec import ChipSpec, parse_chip
 
+    if chip_spec is not None and block_format(chip_spec) is not None:
+        scales = any(f.kind == "bitflip" and f.target != "elements" for f in chip_spec.faults)
+        return ChipSpec.model_validate({
+            **chip_spec.to_dict(), "name": "randbet-training", "references": [],
+            "description": f"random bit errors for RandBET in {chip_spec.name}'s format",
+            "faults": [{"kind": "bitflip", "ber": ber, "target": "both" if scales else "elements"}]})
     kind, scale = "int8", "per-tensor"
     if chip_spec is not None and chip_spec.format.kind.startswith("int"):
         kind, scale = chip_spec.format.kind, chip_spec.format.scale
@@ -262,8 +293,21 @@ def _fault_delta(spec, model: nn.Module, gen: torch.Generator):
 # ----------------------------------------------------------------------------- QAT
 
 
-def _qat_bits(spec) -> tuple[int | None, bool]:
-    if spec is None or not spec.format.kind.startswith("int"):
+def block_format(spec):
+    """The chip's format if it is a block format (FP8, MX, NVFP4, intN per group: a
+    :class:`~hwfault.blockformats.StoredBlockFormat`), else None."""
+    from ..blockformats import StoredBlockFormat, number_format
+
+    if spec is None:
+        return None
+    f = spec.format
+    fmt = number_format(f.kind, per_channel=f.scale == "per-channel", group=f.group_size)
+    return fmt if isinstance(fmt, StoredBlockFormat) else None
+
+
+def brevitas_qat(spec) -> tuple[int | None, bool]:
+    """brevitas QAT: (bits, per channel) for an intN chip with per-tensor or per-channel scales."""
+    if spec is None or not spec.format.kind.startswith("int") or block_format(spec) is not None:
         return None, False
     return int(spec.format.kind[3:]), spec.format.scale == "per-channel"
 
@@ -291,7 +335,8 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
 
     Fine-tunes the given weights; with ``cfg.from_scratch`` a fresh model from ``build`` is trained
     for ``cfg.epochs`` instead. For integer chips training runs through brevitas fake-quantised
-    weights (unless ``qat`` is False). Returns the float model (eval mode) with the hardened weights.
+    weights, for chips in a block format through :mod:`hwfault.fakequant` on the chip's device weights
+    (neither if ``qat`` is False). Returns the float model (eval mode) with the hardened weights.
     """
     from ..evaluation import as_tensors, check_targets, logits
 
@@ -299,8 +344,10 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
     if len(x) == 0:
         raise ModelError("harden: expected training data, got an empty data set")
     check_targets(logits(model, (x[:2], y[:2])), y)  # the outputs fit the targets, every label among them
-    bits, per_channel = _qat_bits(chip_spec) if qat else (None, False)
-    cfg = HardenConfig(**{**cfg.to_dict(), "qat_bits": bits, "qat_per_channel": per_channel})
+    bits, per_channel = brevitas_qat(chip_spec) if qat else (None, False)
+    block = block_format(chip_spec) if qat else None
+    cfg = HardenConfig(**{**cfg.to_dict(), "qat_bits": bits, "qat_per_channel": per_channel,
+                          "qat_format": block.name if block is not None else None})
     t0 = time.perf_counter()
     with deterministic():
         torch.manual_seed(cfg.seed)
@@ -319,19 +366,27 @@ def harden(model: nn.Module, data, cfg: HardenConfig, *, chip_spec=None, build: 
             net = quantize_model(base, bits, per_channel=per_channel)
             for p in net.parameters():
                 p.requires_grad_(True)
-        trainer = Trainer(net, cfg, chip_spec)
-        opt = torch.optim.AdamW(trainer.params, lr=cfg.lr, weight_decay=0.0 if not cfg.from_scratch else 1e-4)
-        steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        history = train_epochs(net, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size, gen=gen, optimizer=opt,
-                               scheduler=sched, step=trainer.step, after_step=trainer.after_step, on_epoch=on_epoch)
+        fq = None
+        if block is not None:
+            from ..fakequant import FakeQuantized
+            from ..faults import device_selection
+
+            fq = FakeQuantized(base, device_selection(chip_spec, base).params, block)
+        with fq if fq is not None else contextlib.nullcontext():
+            trainer = Trainer(net, cfg, chip_spec, fakequant=fq)
+            opt = torch.optim.AdamW(trainer.params, lr=cfg.lr, weight_decay=0.0 if not cfg.from_scratch else 1e-4)
+            steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+            gen = torch.Generator().manual_seed(cfg.seed)
+            history = train_epochs(net, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size, gen=gen, optimizer=opt,
+                                   scheduler=sched, step=trainer.step, after_step=trainer.after_step,
+                                   on_epoch=on_epoch)
         if net is not base:
             _copy_back(net, base)
     base.eval()
     for p in base.parameters():
         p.requires_grad_(False)
-    return HardenResult(base, cfg, history, time.perf_counter() - t0)
+    return HardenResult(base, cfg, history, time.perf_counter() - t0, trainer.patterns, trainer.dropped)
 
 
 # ----------------------------------------------------------------------------- report

@@ -23,7 +23,8 @@ from ..inputs import analysis, load_model
 from ..tasks import current
 from ..spec import load_chip
 from ..zoo import get_entry
-from .harden import HardenConfig, HardenResult, harden, hardening_report, save_hardened, source_arch
+from .harden import (HardenConfig, HardenResult, brevitas_qat, harden, hardening_report, save_hardened,
+                     source_arch)
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,10 @@ def harden_checkpoint(model: str, data: str, cfg: HardenConfig, *, out: str | Pa
 
     Data without a train split are refused unless ``train_on_eval`` (then the card says so). For an
     intN chip the model trains through brevitas QAT unless ``qat`` is False; a ``.pt2`` model, which has
-    no Linear/Conv modules for brevitas, trains float weights (a note says so). ``device``: where the
-    models train and are evaluated (:mod:`hwfault.devices`); the checkpoint is written from the CPU."""
+    no Linear/Conv modules for brevitas, trains float weights (a note says so). A chip in a block format
+    (FP8, MX, NVFP4, intN per group) trains through :mod:`hwfault.fakequant`, ``.pt2`` models too.
+    ``device``: where the models train and are evaluated (:mod:`hwfault.devices`); the checkpoint is
+    written from the CPU."""
     note = on_note or (lambda msg: None)
     arch = source_arch(model)
     out = check_output(out, what="--out", suffixes=(".safetensors",) if arch is not None else (".pt2",))
@@ -68,11 +71,16 @@ def harden_checkpoint(model: str, data: str, cfg: HardenConfig, *, out: str | Pa
         note(f"{data} has no train split: training on the evaluation data (--train-on-eval); the test accuracy "
              f"below is on data the model trained on")
     train = load_data(data, "train")
-    if spec is not None and spec.format.kind.startswith("int") and qat and isinstance(base, torch.fx.GraphModule):
+    if qat and brevitas_qat(spec)[0] is not None and isinstance(base, torch.fx.GraphModule):
         note("a torch.export model has no Linear/Conv modules for brevitas; training float weights (--no-qat)")
         qat = False
     result = harden(base, train, cfg, chip_spec=spec, qat=qat, build=get_entry(arch).build if arch else None,
                     on_epoch=on_epoch)
+    if result.dropped_patterns * 2 > result.fault_patterns:
+        note(f"{result.dropped_patterns} of {result.fault_patterns} training fault patterns gave weights, a loss or "
+             f"a gradient that are not finite (e.g. a flipped high exponent bit of a shared scale); those steps "
+             f"took the clean gradient only" + (" (a lower --ber trains on more of them)" if cfg.method == "randbet"
+                                                else ""))
     hard_eval = evaluate(result.model, test)
     rep = None
     if spec is not None:
