@@ -141,7 +141,12 @@ def _rescaled(view, sites, pos: torch.Tensor, idx: torch.Tensor, new: torch.Tens
     """Flip scale bits ``pos`` (site * bits + bit) on top of element changes (idx, new): every element
     of a hit block keeps its code and is read with the block's new scale."""
     site, local = torch.unique(pos // sites.bits, return_inverse=True)
-    codes = flip_bits(sites.codes[site], local, pos % sites.bits)
+    return rescale(view, sites, site, flip_bits(sites.codes[site], local, pos % sites.bits), idx, new, values)
+
+
+def rescale(view, sites, site: torch.Tensor, codes: torch.Tensor, idx: torch.Tensor, new: torch.Tensor, values):
+    """Sites ``site`` (sorted, distinct) read with scale ``codes``, on top of element changes (idx,
+    new): ``(idx, new)`` of every touched element, sorted; each element of a hit block keeps its code."""
     el, owner = sites.elements(site)
     cur = view.w_q[el].double() if values is None else values[el]
     if idx.numel():  # the element flips drawn before (their new codes are read with the new scale)

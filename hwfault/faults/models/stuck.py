@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ...constraints import BitSet, CandidateSet
+from ...constraints import BitSet, BlockScaleSet, CandidateSet
 from ...formats import stick_bits
 from ..base import FaultModel, binomial_budget, sample_positions
+from .bitflip import _sites, rescale
 
 __all__ = ["StuckAt"]
 
@@ -28,6 +29,7 @@ class StuckAt(FaultModel):
     sa1: float = 0.0
     granularity: str = "weight"
     sa1_value: str = "max"
+    target: str = "elements"  # bit granularity: "elements", "scales" (a block format's shared scales) or "both"
     kind = "stuck"
     severity_name = "stuck rate"
 
@@ -41,18 +43,31 @@ class StuckAt(FaultModel):
         return self.sa0 + self.sa1
 
     def _cells(self, view) -> int:
+        if self.target == "scales":
+            return _sites(view).count * _sites(view).bits
         return view.k * (view.bits if self.granularity == "bit" else 1)
 
     def sample(self, view, values, gen):
-        pos = sample_positions(self._cells(view), self.rate, gen)
+        n_el = 0 if self.target == "scales" else self._cells(view)
+        sites = _sites(view) if self.target != "elements" else None
+        n_sc = sites.count * sites.bits if sites is not None else 0
+        pos = sample_positions(n_el + n_sc, self.rate, gen)  # scale cells follow the element cells
         if pos.numel() == 0:
             return values
         one = torch.rand(pos.numel(), generator=gen, dtype=torch.float64) < (self.sa1 / self.rate)
         out = values.clone()
         if self.granularity == "bit":
-            idx, local = torch.unique(pos // view.bits, return_inverse=True)
-            codes = stick_bits(view.encode_at(idx, values[idx]), local, pos % view.bits, one.long())
-            out[idx] = view.decode_at(idx, codes).double()
+            el, sc, one_el, one_sc = pos[pos < n_el], pos[pos >= n_el] - n_el, one[pos < n_el], one[pos >= n_el]
+            idx, new = el.new_zeros(0), torch.zeros(0, dtype=torch.float64)
+            if el.numel():
+                idx, local = torch.unique(el // view.bits, return_inverse=True)
+                codes = stick_bits(view.encode_at(idx, values[idx]), local, el % view.bits, one_el.long())
+                new = view.decode_at(idx, codes).double()
+            if sc.numel():  # a stuck scale bit: every element of its block read with the block's new scale
+                site, local = torch.unique(sc // sites.bits, return_inverse=True)
+                codes = stick_bits(sites.codes[site], local, sc % sites.bits, one_sc.long())
+                idx, new = rescale(view, sites, site, codes, idx, new, values)
+            out[idx] = new
             return out
         sign = torch.where(torch.rand(pos.numel(), generator=gen) < 0.5, -1.0, 1.0).double()
         high = view.tmax.double()[pos] * sign if self.sa1_value == "max" else torch.zeros(pos.numel(), dtype=torch.float64)
@@ -62,9 +77,26 @@ class StuckAt(FaultModel):
     def budget(self, view, coverage) -> int:
         return binomial_budget(coverage, self._cells(view), self.rate)
 
+    def parts(self):
+        """Element cells and scale cells are two parts of the covering set, each with its own budget."""
+        if self.target == "elements":
+            return ((self.kind, self),)
+        if self.target == "scales":
+            return (("stuck-scales", self),)
+        return ((self.kind, replace(self, target="elements")), ("stuck-scales", replace(self, target="scales")))
+
     def constraint(self, view, coverage):
         w = view.w_q.double()
         n = self.budget(view, coverage)
+        if self.target == "both":
+            raise ValueError("a stuck fault on elements and scales is two parts of the covering set: use parts()")
+        if self.target == "scales":  # a stuck scale bit changes its block only if it sticks at the other value
+            sites = _sites(view)
+            bits = (sites.codes[:, None] >> torch.arange(sites.bits)) & 1
+            allowed = ((bits == 1) & (self.sa0 > 0)) | ((bits == 0) & (self.sa1 > 0))
+            f = sites.factors()
+            return BlockScaleSet(w, sites.element_sites(view.k), torch.where(allowed, f, torch.zeros_like(f)), n,
+                                 tuple(f"scale bit{b}" for b in range(sites.bits)))
         if self.granularity == "bit":
             deltas = view.bit_deltas()
             codes = view.encode(view.w_q)
@@ -99,5 +131,6 @@ class StuckAt(FaultModel):
         return self.rate
 
     def describe(self):
-        return {"kind": self.kind, "sa0": self.sa0, "sa1": self.sa1, "granularity": self.granularity,
-                "sa1_value": self.sa1_value}
+        out = {"kind": self.kind, "sa0": self.sa0, "sa1": self.sa1, "granularity": self.granularity,
+               "sa1_value": self.sa1_value}
+        return out if self.target == "elements" else {**out, "target": self.target}
