@@ -141,3 +141,39 @@ def test_estimate_shows_each_part_as_progress(monkeypatch):
         assert bar in tasks, (bar, tasks)
     assert ("now", "worst case: multi-step") in events and any(e[1].startswith("per fault: ") for e in events
                                                                if e[0] == "now")
+
+
+
+def test_workers_never_perturb_the_shipped_object_itself(monkeypatch, cnn, digits):
+    """Dask may copy a shipped object from one worker to another from a thread of its own at any time
+    (its memory manager drops and re-fetches replicas): trials must perturb a private copy, never the
+    object in the worker's store, or a copy taken mid-trial carries a fault to every trial of the other
+    worker (a CI run saw dask's sweep rows differ from the local run's this way)."""
+    import copy
+
+    import torch
+
+    import hwfault.search.methods as methods
+    from hwfault.analyses import estimate, sweep
+    from hwfault.constraints import LpBall
+    from hwfault.tasks import current
+
+    shipped = copy.deepcopy(cnn)
+    pristine = [p.detach().clone() for p in shipped.parameters()]
+    seen = []
+
+    def watch(fn):
+        def watched(*a, **k):  # at every evaluation inside a trial: is the shipped object untouched?
+            seen.append(all(torch.equal(p, q) for p, q in zip(shipped.parameters(), pristine)))
+            return fn(*a, **k)
+        return watched
+
+    monkeypatch.setattr(methods, "evaluate", watch(methods.evaluate))
+    job = sweep._Job(distributed.new_key(), shipped, digits, False, (None, None, None), LpBall(p=2.0, eps=1.0),
+                     (0.5,), current())
+    assert len(sweep._chunk(job, 0, False, [0, 1, 2])) == 3 and len(seen) == 3 and all(seen)
+    seen.clear()  # the estimate's Monte-Carlo chips as well (faults are programmed into the worker's model)
+    monkeypatch.setattr(estimate, "chip_logits", watch(estimate.chip_logits))
+    ejob = estimate._Job(distributed.new_key(), shipped, digits, hw.load_chip("int8-sram-0.5v").model_dump(mode="json"),
+                         current())
+    assert len(estimate._chunk(ejob, ("all", None), 0, [0, 1])) == 2 and seen and all(seen)

@@ -191,11 +191,19 @@ def device_type(module) -> str | None:
 
 def load(model_src, data_src, *, output=None, device: str | None = None):
     """The worker's model and data: loaded from a name or path (frozen, the test split), or the
-    shipped objects; the model moved to this worker's ``device`` (None: left on the CPU)."""
+    shipped objects; the model moved to this worker's ``device`` (None: left on the CPU).
+
+    A shipped model is deep-copied: trials perturb the worker's model in place, and the shipped object
+    itself stays in the worker's store, from where Dask may copy it to another worker at any time
+    (its memory manager drops and re-fetches replicas) - from a thread of its own, while a trial runs.
+    A copy taken mid-trial would carry that trial's fault to every trial of the other worker."""
+    import copy
+
     from ..data import load_data
     from ..inputs import load_model
 
-    model = load_model(model_src, requires_grad=False, output=output) if isinstance(model_src, str) else model_src
+    model = load_model(model_src, requires_grad=False, output=output) if isinstance(model_src, str) \
+        else copy.deepcopy(model_src)
     data = load_data(data_src, "test") if isinstance(data_src, str) else data_src
     if device is not None:
         from ..devices import to_device, worker_device
