@@ -7,7 +7,7 @@ chip spec (``hwfault chips ...``) imports no torch.
 
 from __future__ import annotations
 
-__all__ = ["FLOAT_FORMATS", "INT_BITS", "FORMATS", "BLOCK_FORMATS", "COMPONENT_TYPES", "TAGS"]
+__all__ = ["FLOAT_FORMATS", "INT_BITS", "FORMATS", "BLOCK_FORMATS", "COMPONENT_TYPES", "TAGS", "LAYER_TYPES"]
 
 #: the float formats, by name (IEEE binary32, binary16, bfloat16)
 FLOAT_FORMATS = ("fp32", "fp16", "bf16")
@@ -24,3 +24,5 @@ BLOCK_FORMATS = ("fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3
 COMPONENT_TYPES = ("conv", "linear", "norm", "embedding", "attention", "recurrent", "elementwise")
 #: what ``--types`` accepts: the component types and the tensor names ``bias`` / ``weight``
 TAGS = COMPONENT_TYPES + ("bias", "weight")
+#: the kinds of layer whose outputs activation faults strike (``types`` of an activation fault)
+LAYER_TYPES = ("conv", "linear", "norm", "activation", "pool")

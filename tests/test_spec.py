@@ -119,7 +119,7 @@ def test_fault_defaults():
         ("additive", "sigma = 0.1\n"), ("multiplicative", "sigma = 0\n"), ("pcm", ""), ("read", "sigma = 0.02\n"),
         ("drift", "t = 3600\n"), ("bitflip", "ber = 0\n"), ("stuck", "")]) + FMT
     spec = parse_chip(text)
-    assert [f.kind for f in spec.faults] == list(FAULT_KINDS)
+    assert [f.kind for f in spec.faults] == list(FAULT_KINDS)[:7]  # (the activation kinds follow: test_activation.py)
     add, mul, pcm, read, drift, flip, stuck = spec.faults
     assert pcm.g_max == 25.0 and read.relative_to == "max" and mul.sigma == 0.0 and isinstance(mul.sigma, float)
     assert (drift.t, drift.t0, drift.compensation, drift.nu_mean, drift.nu_std) == (3600.0, 20.0, True, None, None)
@@ -187,7 +187,7 @@ F = OK + FMT  # a valid start; [[faults]] tables follow
     (F + '[[faults]]\nkind = "additive"\n', "faults[0].sigma: required field missing"),
     (F + '[[faults]]\nkind = "additive"\nsigma = 0.1\n[[faults]]\nkind = "bitfilp"\nber = 0.1\n',
      "faults[1].kind: unknown fault kind 'bitfilp' (did you mean 'bitflip'?)"),
-    (F + '[[faults]]\nkind = "noise"\n', "faults[0].kind: unknown fault kind 'noise' (choose from: additive, bitflip"),
+    (F + '[[faults]]\nkind = "noise"\n', "faults[0].kind: unknown fault kind 'noise' (choose from: activation-bitflip, activation-stuck, additive, bitflip"),
     (F + '[[faults]]\nber = 0.1\n', "faults[0].kind: required field missing (choose from: additive, multiplicative"),
     (F + '[[faults]]\nkind = 3\n', "faults[0].kind: expected a string"),
     (OK + "faults = [1]\n" + FMT, "faults[0]: expected a table"),
@@ -303,7 +303,7 @@ def test_many_errors_are_summarised():
 
 def test_all_floats_reject_non_finite_values():
     fields = {"additive": "sigma", "multiplicative": "sigma", "pcm": "g_max", "read": "sigma", "drift": "t",
-              "bitflip": "ber", "stuck": "sa0"}
+              "bitflip": "ber", "stuck": "sa0", "activation-bitflip": "ber", "activation-stuck": "sa1"}
     assert set(fields) == set(FAULT_KINDS)
     for kind, field in fields.items():
         for v in ("nan", "inf", "-inf"):
@@ -428,7 +428,8 @@ def test_chips_cli(tmp_path, capsys):
 # one valid [[faults]] body per kind (a new kind adds its line here, with its own tests)
 EXAMPLES = {"additive": "sigma = 0.1", "multiplicative": "sigma = 0.05", "pcm": "g_max = 20.0",
             "read": 'sigma = 0.02\nrelative_to = "weight"', "drift": "t = 3600\nnu_mean = 0.05", "bitflip": "count = 3",
-            "stuck": 'sa1 = 0.01\ngranularity = "bit"'}
+            "stuck": 'sa1 = 0.01\ngranularity = "bit"', "activation-bitflip": 'ber = 1e-6\ntypes = ["conv"]',
+            "activation-stuck": "sa0 = 0.001"}
 
 
 def _all_kinds_spec():

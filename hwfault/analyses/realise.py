@@ -38,9 +38,10 @@ def transient_logits(model: nn.Module, x: torch.Tensor, chip: Chip, programmed: 
     weights), so the perturbation applied is the read values minus those."""
     ref = chip.view.w.double() if relative_to is None else relative_to
     outs = []
-    for i in range(0, len(x), READ_BATCH):
-        with perturbed(chip.selection, (chip.read(programmed, gen) - ref).float()):
-            outs.append(logits(model, (x[i:i + READ_BATCH], None)))
+    with chip.forward_hooks(model, gen):  # activation faults: drawn per batch, the hooks removed on exit
+        for i in range(0, len(x), READ_BATCH):
+            with perturbed(chip.selection, (chip.read(programmed, gen) - ref).float()):
+                outs.append(logits(model, (x[i:i + READ_BATCH], None)))
     return torch.cat(outs)
 
 
@@ -85,7 +86,7 @@ def realised(model: nn.Module, chip, *, seed: int = 0, trial: int = 0) -> Iterat
     dev = _chip(model, chip)
     gen = generator(seed, trial)
     programmed = dev.program(gen)
-    with perturbed(dev.selection, dev.delta(programmed)):
+    with perturbed(dev.selection, dev.delta(programmed)), dev.forward_hooks(model, gen):
         handle, at_programmed = None, None
         if dev.transient:
             hook, at_programmed = _redraw_hook(dev, programmed, gen)
@@ -112,4 +113,8 @@ def faulty_copy(model: nn.Module, chip, *, seed: int = 0, trial: int = 0) -> nn.
             p.add_(d.to(p.device, p.dtype))
     if dev.transient:
         twin.register_forward_pre_hook(_redraw_hook(dev, programmed, gen)[0])
+    if dev.forward_faults:  # the activation faults' hooks stay on the copy (kept alive with it)
+        hooks = dev.forward_hooks(twin, gen)
+        hooks.__enter__()
+        twin.__dict__["_hwfault_forward_hooks"] = hooks
     return twin

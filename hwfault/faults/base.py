@@ -137,6 +137,7 @@ class FaultModel:
     kind: str = "fault"
     transient: bool = False   # redrawn for every inference (read noise, transient bit flips)
     overrides: bool = False   # the faulty elements read a fixed value, whatever earlier faults did
+    forward: bool = False     # acts on forward passes (hooks on layers), not on the stored weights
     severity_name: str = "severity"
 
     def sample(self, view: DeviceView, values: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

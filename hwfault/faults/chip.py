@@ -8,6 +8,7 @@ registry), applied in the spec's order after quantisation.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,11 +66,32 @@ class Chip:
 
     @property
     def persistent(self) -> tuple[FaultModel, ...]:
-        return tuple(f for f in self.faults if not f.transient)
+        return tuple(f for f in self.faults if not f.transient and not f.forward)
 
     @property
     def transient(self) -> tuple[FaultModel, ...]:
-        return tuple(f for f in self.faults if f.transient)
+        """The faults redrawn for every inference: transient weight faults, and the faults that act on
+        forward passes (activation faults, run through :meth:`forward_hooks` per batch)."""
+        return tuple(f for f in self.faults if f.transient or f.forward)
+
+    @property
+    def forward_faults(self) -> tuple[FaultModel, ...]:
+        return tuple(f for f in self.faults if f.forward)
+
+    @property
+    def activation_format(self) -> str:
+        """How the chip stores activations (``[activations] format``; fp32 when the spec has none)."""
+        act = getattr(self.spec, "activations", None)
+        return "fp32" if act is None else act.format
+
+    def forward_hooks(self, model: nn.Module, gen: torch.Generator):
+        """A context manager that installs the hooks of the forward faults (activation flips, stuck
+        neurons) on ``model`` for one chip, and removes them on exit, also after an exception."""
+        if not self.forward_faults:
+            return contextlib.nullcontext(model)
+        from .models.activation import ActivationFormat, installed
+
+        return installed(self.forward_faults, model, ActivationFormat(self.activation_format), gen)
 
     @property
     def offsets(self) -> np.ndarray:

@@ -129,8 +129,8 @@ def register(*, kind: str, config: type[FaultConfig], model: type[FaultModel] | 
     ``args``, the model is built from the config fields it shares by name (every model field without
     a default must be one of them).
     """
-    if not isinstance(kind, str) or not kind.isidentifier():
-        raise ValueError(f"fault kind: expected an identifier, got {kind!r}")
+    if not isinstance(kind, str) or not kind.replace("-", "_").isidentifier():
+        raise ValueError(f"fault kind: expected an identifier (hyphens allowed), got {kind!r}")
     if not (isinstance(config, type) and issubclass(config, FaultConfig)):
         raise TypeError(f"fault kind '{kind}': config must subclass hwfault.faults.config.FaultConfig")
     if _literal_kind(config) != kind:

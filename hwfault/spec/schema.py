@@ -19,7 +19,7 @@ from ..faults.config import Flag, StrictModel, Text, fail, show
 from ..vocab import BLOCK_FORMATS, FORMATS, TAGS
 from .toml import chip_toml
 
-__all__ = ["SCHEMA_VERSION", "FAULT_KINDS", "ChipSpec", "FormatSpec", "DeviceSpec", "Fault"]
+__all__ = ["SCHEMA_VERSION", "FAULT_KINDS", "ChipSpec", "FormatSpec", "DeviceSpec", "ActivationsSpec", "Fault"]
 
 SCHEMA_VERSION = 1
 
@@ -116,6 +116,23 @@ class DeviceSpec(StrictModel):
         return v
 
 
+class ActivationsSpec(StrictModel):
+    """How the chip stores activations, for the bits that activation faults flip: ``format`` is fp32
+    (the default), fp16, bf16, intN (one scale per input and layer output: max|a| over the largest
+    code) or a block format (FP8 likewise; MX formats with their block scales along the output)."""
+
+    format: Text = "fp32"
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v in FORMATS or v in BLOCK_FORMATS:
+            return v
+        hint = did_you_mean(v, FORMATS + BLOCK_FORMATS) or \
+            f" (choose from: fp32, fp16, bf16, int2 .. int16, {', '.join(BLOCK_FORMATS)})"
+        fail(f"unknown activation format '{v}'{hint}")
+
+
 FAULT_KINDS: tuple[str, ...] = registry.names()
 
 Fault = Annotated[Union[tuple(k.config for k in registry.kinds())], Field(discriminator="kind")]
@@ -132,6 +149,7 @@ class ChipSpec(StrictModel):
     coverage: Annotated[float, Field(strict=True, gt=0, lt=1)] = 0.999
     format: FormatSpec
     device: DeviceSpec = DeviceSpec()
+    activations: ActivationsSpec | None = None
     faults: list[Fault] = []
 
     @field_validator("schema_version")
@@ -159,6 +177,13 @@ class ChipSpec(StrictModel):
                 fail(f"expected \"elements\" on the format '{fmt.kind}' (it stores no shared scales; block "
                      f"formats and per-group intN do), got \"{f.target}\"", i, "target")
         return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)  # activations only where set: other chips' dicts (and campaign identities) stay
+        if out.get("activations") is None:
+            out.pop("activations", None)
+        return out
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary (``model_dump(mode="json")``)."""
