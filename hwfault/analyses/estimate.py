@@ -225,6 +225,11 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
     if not differentiable(model):
         return WorstCases(skipped=f"{type(model).__name__}: the worst cases need gradients; Monte-Carlo only")
     cset = chip.constraint(coverage)
+    if not cset.parts:  # only faults of the forward pass (activations): the weights stay as stored
+        at = WorstCase("one_step", clean.accuracy, clean.loss, 0.0, (), {"first_order": 0.0, "nonfinite": 0})
+        os_, ms = at, WorstCase("multi_step", clean.accuracy, clean.loss, 0.0, (), {"steps": 0, "nonfinite": 0})
+        return _with_activations(WorstCases(os_, ms, None, {"coverage": coverage, **cset.to_dict()}), chip, model,
+                                 data, clean, coverage)
     bits = any(isinstance(s, DiscreteSet) and getattr(s, "n", 0) > 0 for s in cset.parts)
     with progress.task("worst case: one step", steps + 2 + bits) as advance:
         os_ = one_step(model, data, cset, selection=chip.selection, clean=clean, probe=probe, grad=grad)
@@ -247,7 +252,38 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
         os_, ms = _worse(os_, nf), _worse(ms, nf)
         bs = None if bs is None else _worse(bs, WorstCase(nf.method, nf.accuracy, nf.loss, nf.loss_change, nf.parts,
                                                           {**nf.extra, "flips": 1}))
-    return WorstCases(os_, ms, bs, {"coverage": coverage, **cset.to_dict()})
+    return _with_activations(WorstCases(os_, ms, bs, {"coverage": coverage, **cset.to_dict()}), chip, model, data,
+                             clean, coverage)
+
+
+def _with_activations(wc: WorstCases, chip: Chip, model, data, clean: EvalResult, coverage: float) -> WorstCases:
+    """Each worst case with the activation faults' one-step worst point on top (at its weights),
+    scored on ``data`` (:mod:`.activation_worst`); unchanged for a chip without activation faults."""
+    if not chip.forward_faults:
+        return wc
+    from . import activation_worst
+    from ..params import perturbed
+    from ..search.results import total
+
+    out, seen = [], {}
+    with progress.task("worst case: activations", 2 + (wc.bit_search is not None)) as advance:
+        for w in (wc.one_step, wc.multi_step, wc.bit_search):
+            if w is None:
+                out.append(None)
+                continue
+            key = tuple(id(p) for p in w.parts)  # the same weight point: the same activation worst case
+            if key not in seen:
+                with perturbed(chip.selection, total(w.parts) if w.parts else None):
+                    seen[key] = activation_worst.one_step(chip, model, data, coverage)
+            r, n = seen[key]
+            advance(1)
+            if r is None:
+                out.append(w)
+                continue
+            out.append(WorstCase(w.method, r.accuracy, r.loss, r.loss - clean.loss, w.parts,
+                                 {**w.extra, **task_extra(r), "nonfinite": r.nonfinite, "activation_faults": n,
+                                  "weights_only_accuracy": w.accuracy}))
+    return WorstCases(out[0], out[1], out[2], {**wc.set, "activation_faults": n})
 
 
 def _nonfinite_case(model, data, cset, chip: Chip, clean: EvalResult, grad, probe) -> WorstCase | None:
