@@ -253,3 +253,57 @@ def test_the_activation_one_step_takes_each_inputs_largest_first_order_gain():
         mine = [int(p) - i * 40 * 8 for p in pos if i * 320 <= int(p) < (i + 1) * 320]
         if best > 1e-6:
             assert mine == [arg], (i, mine, arg, best)
+
+
+def test_an_activation_campaign_agrees_with_an_independent_reference_per_trial(digits):
+    """Each trial flips one cell (layer, neuron, bit) for every input; a reference written here (a
+    forward hook that XORs that bit of the float32 pattern) gives the same SDC and DUE per trial."""
+    import re
+
+    model = hw.load_model("digits-cnn")
+    spec = ChipSpec.model_validate({"schema_version": 1, "name": "t", "format": {"kind": "fp32"},
+                                    "faults": [{"kind": "activation-bitflip", "count": 1, "mode": "persistent",
+                                                "types": ["linear"]}]})
+    res = hw.campaign(model, digits, spec, trials=30, seed=1)
+    x, y = digits.tensors
+    with torch.no_grad():
+        gold = model(x)
+    pred, correct = gold.argmax(1), gold.argmax(1) == y
+    mods = dict(model.named_modules())
+    sdcs = []
+    for row in res.rows:
+        layer, neuron, bit = re.fullmatch(r"(\w+)\[(\d+)\]\.bit(\d+)", row["faults"]).groups()
+        neuron, bit = int(neuron), int(bit)
+
+        def flip(m, a, o):
+            flat = o.reshape(o.shape[0], -1).clone()
+            col = flat[:, neuron].numpy().copy().view(np.uint32) ^ np.uint32(1 << bit)
+            flat[:, neuron] = torch.from_numpy(col.view(np.float32))
+            return flat.view(o.shape)
+
+        h = mods[layer].register_forward_hook(flip)
+        try:
+            with torch.no_grad():
+                out = model(x)
+        finally:
+            h.remove()
+        finite = torch.isfinite(out).all(1)
+        sdc = int(bool((correct & ((out.argmax(1) != pred) | ~finite)).any()))
+        assert (row["sdc"], row["due"]) == (sdc, int(not bool(finite.all()))), row
+        assert row["n_faults"] == 1
+        sdcs.append(sdc)
+    assert 0 < sum(sdcs) < len(sdcs)  # (some flips matter, some do not)
+    assert res.plan["population"] == (64 + 10) * 32  # neurons x bits of the linear layers' outputs
+
+
+def test_single_activation_flip_campaigns_are_sized_per_layer():
+    p, _ = hw.plan_campaign("digits-cnn", "digits", ChipSpec.model_validate({
+        "schema_version": 1, "name": "t", "format": {"kind": "fp32"},
+        "faults": [{"kind": "activation-bitflip", "count": 1, "mode": "persistent"}]}), margin=0.05, by="layer",
+        measure=False)
+    from hwfault.analyses.campaign.plan import sample_size
+
+    names = [s.name for s in p.strata]
+    assert names == ["activation:conv1", "activation:conv2", "activation:fc1", "activation:fc2"]
+    for s in p.strata:
+        assert s.population == s.sites * 32 and s.trials == sample_size(0.05, 0.95, s.population)

@@ -32,13 +32,13 @@ READ_BATCH = 64  # inputs per draw of the transient faults in the analyses
 
 
 def transient_logits(model: nn.Module, x: torch.Tensor, chip: Chip, programmed: torch.Tensor, gen: torch.Generator,
-                     *, relative_to: torch.Tensor | None = None) -> torch.Tensor:
+                     *, relative_to: torch.Tensor | None = None, log: list | None = None) -> torch.Tensor:
     """Logits of a programmed chip whose transient faults are redrawn for every batch of READ_BATCH
     inputs. ``relative_to``: the values the model's device weights hold now (default: its float
     weights), so the perturbation applied is the read values minus those."""
     ref = chip.view.w.double() if relative_to is None else relative_to
     outs = []
-    with chip.forward_hooks(model, gen):  # activation faults: drawn per batch, the hooks removed on exit
+    with chip.forward_hooks(model, gen, log):  # activation faults: drawn per batch, the hooks removed on exit
         for i in range(0, len(x), READ_BATCH):
             with perturbed(chip.selection, (chip.read(programmed, gen) - ref).float()):
                 outs.append(logits(model, (x[i:i + READ_BATCH], None)))

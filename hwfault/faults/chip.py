@@ -84,14 +84,15 @@ class Chip:
         act = getattr(self.spec, "activations", None)
         return "fp32" if act is None else act.format
 
-    def forward_hooks(self, model: nn.Module, gen: torch.Generator):
+    def forward_hooks(self, model: nn.Module, gen: torch.Generator, log: list | None = None):
         """A context manager that installs the hooks of the forward faults (activation flips, stuck
-        neurons) on ``model`` for one chip, and removes them on exit, also after an exception."""
+        neurons) on ``model`` for one chip, and removes them on exit, also after an exception.
+        ``log`` receives the (layer, neuron, bit) cells of persistent activation flips."""
         if not self.forward_faults:
             return contextlib.nullcontext(model)
         from .models.activation import ActivationFormat, installed
 
-        return installed(self.forward_faults, model, ActivationFormat(self.activation_format), gen)
+        return installed(self.forward_faults, model, ActivationFormat(self.activation_format), gen, log)
 
     @property
     def offsets(self) -> np.ndarray:

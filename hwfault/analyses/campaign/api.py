@@ -62,6 +62,27 @@ def _objects(model, data):
     return obj_model, obj_data
 
 
+def _sizes(spec, module, data):
+    """For a single activation flip per trial: a function giving the neurons per input of each struck
+    layer (from a fault-free forward of the data's first input); None for any other chip."""
+    from .plan import single_activation_flip
+
+    chip = Chip.build(spec, module)
+    fault = single_activation_flip(chip)
+    if fault is None:
+        return None
+
+    def sizes() -> dict:
+        from ...evaluation import batches
+        from ...faults.models.activation import layer_sizes
+        from ...inputs import resolve_data
+
+        dset, _ = resolve_data(data)
+        return layer_sizes(module, fault, next(iter(batches(dset, 1)))[0])
+
+    return sizes
+
+
 def plan_campaign(model, data, chip, *, trials: int | None = None, margin: float | None = None,
                   confidence: float = 0.95, seed: int = 0, params: str | None = None, by: str | None = None,
                   measure: bool = True, task=None, tolerance: float | None = None, output=None, weights=None,
@@ -73,7 +94,8 @@ def plan_campaign(model, data, chip, *, trials: int | None = None, margin: float
     spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=0.01, task=task,
                                    tolerance=tolerance, output=output, weights=weights, cache_mb=cache_mb,
                                    device=device, prove=prove)
-    plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
+    plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by,
+                     sizes=_sizes(spec, module, data))
     if not measure:
         return plan, None
     context(recipe, module, _objects(model, data)[1])
@@ -112,7 +134,8 @@ def campaign(model, data, chip, *, trials: int | None = None, margin: float | No
     spec, module, recipe = _recipe(model, data, chip, seed=seed, params=params, by=by, critical=critical, task=task,
                                    tolerance=tolerance, output=output, weights=weights, cache_mb=cache_mb,
                                    device=device, prove=prove)
-    plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by)
+    plan = make_plan(Chip.build(spec, module), trials=trials, margin=margin, confidence=confidence, by=by,
+                     sizes=_sizes(spec, module, data))
     check_plan(plan)
     with runner(workers, scheduler) as rn:  # the cluster is up (or the scheduler answered) before the golden run
         context(recipe, obj_model if obj_model is not None else module, obj_data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from scipy import stats
 
@@ -85,11 +85,34 @@ class Plan:
                 "margin": self.margin, "confidence": self.confidence, "strata": [s.to_dict() for s in self.strata]}
 
 
-def _population(chip: Chip) -> tuple[int | None, str]:
-    """Finite population (sites x bits) for single-fault campaigns; None (infinite) for patterns."""
+ACTIVATION_STRATUM = "activation:"  # the name prefix of a per-layer stratum of activation faults
+
+
+def single_activation_flip(chip: Chip):
+    """The chip's one fault if it is a single persistent activation bit flip per trial (the classic
+    neuron injection: one cell of one layer output, the same for every input), else None."""
+    fl = chip.faults
+    if len(fl) == 1 and fl[0].kind == "activation-bitflip" and fl[0].count == 1 and fl[0].mode == "persistent":
+        return fl[0]
+    return None
+
+
+def activation_stratum(chip: Chip, layers) -> Chip:
+    """The chip with its activation faults restricted to the layers of one stratum."""
+    return chip.with_faults([replace(f, params=tuple(layers)) if f.forward else f for f in chip.faults])
+
+
+def _population(chip: Chip, sizes: dict | None = None) -> tuple[int | None, str]:
+    """Finite population (sites x bits) for single-fault campaigns; None (infinite) for patterns.
+    ``sizes``: neurons per input of each struck layer, for a single activation flip per trial."""
     fl = chip.faults
     if len(fl) == 1 and fl[0].kind == "bitflip" and getattr(fl[0], "count", None) == 1:
         return chip.view.k * chip.view.bits, "single bit flip per trial"
+    if sizes is not None and single_activation_flip(chip) is not None:
+        from ...faults.models.activation import ActivationFormat
+
+        return sum(sizes.values()) * ActivationFormat(chip.activation_format).bits, \
+            "single activation bit flip per trial (neurons x bits; one cell for every input)"
     return None, "fault patterns drawn from the chip's distributions"
 
 
@@ -101,22 +124,35 @@ def sub_chip(chip: Chip, names: Iterable[str]) -> Chip:
 
 
 def make_plan(chip: Chip, *, trials: int | None = None, margin: float | None = None, confidence: float = 0.95,
-              by: str | None = None) -> Plan:
-    """Trials per stratum: given, or sized by Leveugle et al. for ``margin`` at ``confidence``."""
+              by: str | None = None, sizes=None) -> Plan:
+    """Trials per stratum: given, or sized by Leveugle et al. for ``margin`` at ``confidence``.
+    ``sizes()``: neurons per input of each layer that a single activation flip strikes (its
+    population is neurons x bits, and ``by="layer"`` makes one stratum per struck layer)."""
     if trials is None and margin is None:
         raise ConstraintError("expected --trials N or --margin E (with --confidence C)")
     if trials is not None and trials < 1:
         raise ConstraintError(f"expected --trials >= 1, got {trials}")
     if by not in (None, "layer"):
         raise ConstraintError(f"expected --by layer, got '{by}'")
+    act = single_activation_flip(chip) is not None and sizes is not None
+    layer_sizes = sizes() if act else None
     groups = ([(n, (n,)) for n in chip.selection.names] if by == "layer" else [("all", chip.selection.names)])
+    if act and by == "layer":
+        groups = [(ACTIVATION_STRATUM + n, (n,)) for n in layer_sizes]
     strata, first = [], 0
-    pop_all, mode = _population(chip)
+    pop_all, mode = _population(chip, layer_sizes)
     for name, names in groups:
-        sc = sub_chip(chip, names) if by == "layer" else chip
-        pop, _ = _population(sc)
+        if act:
+            sc = activation_stratum(chip, names) if by == "layer" else chip
+            part = {k: v for k, v in layer_sizes.items() if by != "layer" or k in names}
+            pop, _ = _population(sc, part)
+            sites = sum(part.values())
+        else:
+            sc = sub_chip(chip, names) if by == "layer" else chip
+            pop, _ = _population(sc)
+            sites = sc.view.k
         n = trials if trials is not None else sample_size(margin, confidence, pop)
-        strata.append(Stratum(name, tuple(names), sc.view.k, pop, n, first))
+        strata.append(Stratum(name, tuple(names), sites, pop, n, first))
         first += n
     return Plan(first, tuple(strata), pop_all, mode + (", one stratum per layer" if by == "layer" else ""),
                 margin, confidence if margin is not None else None)

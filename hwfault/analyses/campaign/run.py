@@ -51,7 +51,7 @@ from ..distributed import chunk_size
 from ..realise import transient_logits
 from .incremental import SPARSE_MAX, cache_bytes, try_cache
 from .journal import Journal
-from .plan import Plan, Stratum, check_plan, sub_chip
+from .plan import ACTIVATION_STRATUM, Plan, Stratum, activation_stratum, check_plan, sub_chip
 
 MAX_SITES = 16  # sites listed per trial row; the count is always exact
 CACHE_MB = "auto"  # default budget of the fault-free activation cache: about 2x a clean evaluation in all
@@ -175,7 +175,8 @@ class Context:
         if stratum.name == "all":
             return self.chip
         if stratum.name not in self.strata:
-            self.strata[stratum.name] = sub_chip(self.chip, stratum.params)
+            self.strata[stratum.name] = (activation_stratum(self.chip, stratum.params) if stratum.name.startswith(
+                ACTIVATION_STRATUM) else sub_chip(self.chip, stratum.params))
         return self.strata[stratum.name]
 
     def _sites(self, chip: Chip, changed: torch.Tensor) -> str:
@@ -198,11 +199,11 @@ class Context:
             changed = torch.nonzero(programmed != chip.stored).reshape(-1)
             sparse = changed, programmed[changed]
         changed, new = sparse
-        rows = None
+        rows, cells = None, []
         # faults on top of the stored (quantised) weights: the golden run is the fault-free chip
         with perturbed(self.chip.selection, self._base), perturbed(chip.selection, _sparse_delta(chip, changed, new)):
             if chip.transient:
-                out = transient_logits(self.model, self.x, chip, programmed, gen, relative_to=programmed)
+                out = transient_logits(self.model, self.x, chip, programmed, gen, relative_to=programmed, log=cells)
             elif self.cache is not None:
                 touched = _touched(chip, changed)
                 out, rows = self._cached(touched, _sparse(chip, changed, new, touched)) if touched \
@@ -214,8 +215,12 @@ class Context:
             m["loss"] = None
             self.proven += len(self.x) - rows.numel()
         self.evaluated += len(self.x) if rows is None else rows.numel()
+        sites = self._sites(chip, changed)
+        if cells:  # persistent activation flips: layer[neuron].bitB, the same cell for every input
+            act = ",".join(f"{n}[{e}].bit{b}" for n, e, b in cells[:MAX_SITES])
+            sites = ",".join(x for x in (sites, act) if x)
         return {"trial": trial, "stratum": stratum.name, "seed": seed,
-                "n_faults": int(changed.numel()), "faults": self._sites(chip, changed), "accuracy": m["accuracy"],
+                "n_faults": int(changed.numel()) + len(cells), "faults": sites, "accuracy": m["accuracy"],
                 "loss": m["loss"], "sdc": m["sdc"], "sdc_rate": m["sdc_rate"], "critical_sdc": m["critical_sdc"],
                 "due": m["due"], "duration": time.perf_counter() - t0,
                 **self.task.row_metrics(m["accuracy"], m["loss"])}

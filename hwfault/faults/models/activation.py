@@ -127,6 +127,8 @@ class ActivationBitFlip(ForwardFault):
             if name not in state:
                 state[name] = (state["cells"].get(name, torch.zeros(0, dtype=torch.long)) if self.count is not None
                                else sample_positions(n * bits, self.ber, gen).sort().values)
+                if state.get("log") is not None:  # (layer, neuron, bit) of every cell, for a campaign's row
+                    state["log"] += [(name, int(c) // bits, int(c) % bits) for c in state[name]]
             cells = state[name]
             pos = (torch.arange(b)[:, None] * (n * bits) + cells[None, :]).reshape(-1)
         elif self.count is not None:  # this batch's flips, drawn over all the fault's layers at once
@@ -231,15 +233,15 @@ def _flipped(out: torch.Tensor, pos: torch.Tensor, n: int, bits: int, afmt: Acti
 
 
 @contextlib.contextmanager
-def installed(faults, model: nn.Module, afmt: ActivationFormat, gen: torch.Generator):
+def installed(faults, model: nn.Module, afmt: ActivationFormat, gen: torch.Generator, log: list | None = None):
     """The forward faults' hooks on ``model`` for the block (one chip); removed in a ``finally``.
     Counted faults learn their layers' sizes from a fault-free probe of the first input, at the
-    first call."""
+    first call. ``log``: a list that receives the (layer, neuron, bit) cells of persistent flips."""
     handles, probing = [], []
     try:
         plans = []
         for f in faults:
-            state: dict = {}
+            state: dict = {"log": log}
             mods = strike_modules(model, f.types, f.params)
             plans.append((f, mods, state))
             for name, m in mods:
@@ -297,3 +299,17 @@ def _pre_hook(f: ForwardFault, name: str, afmt: ActivationFormat, state: dict, g
             return None
         return (f.apply_input(name, args[0], afmt, state, gen), *args[1:])
     return pre
+
+
+def layer_sizes(model: nn.Module, fault, x1: torch.Tensor) -> dict[str, int]:
+    """Neurons per input of each layer ``fault`` strikes, from a fault-free forward of ``x1``."""
+    sizes: dict = {}
+    hooks = [m.register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, o[0].numel()))
+             for n, m in strike_modules(model, fault.types, fault.params)]
+    try:
+        with torch.no_grad():
+            model(x1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
