@@ -10,9 +10,10 @@ For each model of the zoo (the CNN on digits, the character LM on its held-out c
 - ``elements`` / ``scales``: the Monte-Carlo mean over ``--chips`` chips of a persistent ``bitflip``
   at ``--ber`` on the element bits only, and on the scale bits only (``target = "scales"``; formats
   without shared scales have none), with the share of chips whose outputs went NaN/Inf (DUE);
-- ``flips``: the progressive bit search's flips (element bits) to chance (accuracy 0.11; LM:
-  10x the stored perplexity), at most ``--max-flips`` (default 20; None: not reached), for the models
-  in ``--flips`` (default the CNN: the LM's search takes about 10 minutes per format here).
+- ``flips`` / ``flips_scales``: the progressive bit search's flips to chance (accuracy 0.11; LM: 10x
+  the stored perplexity) in the element bits, and in the shared-scale bits (formats with scales), at
+  most ``--max-flips`` (default 20; None: not reached), for the models in ``--flips`` (default both);
+  the LM's search runs on its first ``--flips-inputs`` windows (default 20), the CNN's on all inputs.
 
 Writes bench/results/formats.json, formats.md and formats.png (format x fragility) and prints the
 table. Chips are seeded from (seed, chip index), so a rerun gives the same figures.
@@ -88,11 +89,16 @@ def run_model(name: str, args) -> list[dict]:
                 due += nf
             row[target] = sum(vals) / len(vals)
             row[f"{target}_due"] = due / args.chips
-        row["flips"] = None
+        row["flips"] = row["flips_scales"] = None
         if name in args.flips.split(","):
             until = {"until": 0.11} if task != "lm" else {"until_factor": 10.0}
-            b = hw.bits(model, data, format=kind, group=group, max_flips=args.max_flips, random_runs=1, **until)
-            row["flips"] = b.flips
+            sdata = data if task != "lm" else _data(name, args.flips_inputs)[0]
+            for target, key in (("elements", "flips"), ("scales", "flips_scales")):
+                if target == "scales" and row["scales"] is None:
+                    continue
+                b = hw.bits(model, sdata, format=kind, group=group, max_flips=args.max_flips, random_runs=1,
+                            target=target, **until)
+                row[key] = b.flips
         row["flips_searched"], row["max_flips"] = name in args.flips.split(","), args.max_flips
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
@@ -109,16 +115,20 @@ def _num(v, metric: str) -> str:
 
 def table(rows: list[dict], ber: float, chips: int) -> str:
     out = [f"Monte-Carlo: {chips} chips per cell at BER {ber:g}, element bits and scale bits separately "
-           "(DUE: share of chips with NaN/Inf outputs). Flips: worst-case element-bit flips to chance "
-           "(accuracy 11%; LM: 10x the stored perplexity).", "",
-           "| model | format | bits | stored | MC, element bits (DUE) | MC, scale bits (DUE) | flips to chance |",
-           "|---|---|--:|--:|--:|--:|--:|"]
+           "(DUE: share of chips with NaN/Inf outputs). Flips: worst-case flips to chance (accuracy 11%; "
+           "LM: 10x the stored perplexity) in the element bits and in the scale bits.", "",
+           "| model | format | bits | stored | MC, element bits (DUE) | MC, scale bits (DUE) | element flips to chance "
+           "| scale flips to chance |",
+           "|---|---|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         m = r["metric"]
         el = f"{_num(r['elements'], m)} ({100 * r['elements_due']:.0f}%)"
         sc = "-" if r["scales"] is None else f"{_num(r['scales'], m)} ({100 * r['scales_due']:.0f}%)"
         flips = (f"> {r['max_flips']}" if r["flips"] is None else r["flips"]) if r["flips_searched"] else "not searched"
-        out.append(f"| {r['model']} | {r['format']} | {r['bits']} | {_num(r['stored'], m)} | {el} | {sc} | {flips} |")
+        sflips = "-" if r["scales"] is None else (f"> {r['max_flips']}" if r.get("flips_scales") is None else
+                                                  r["flips_scales"]) if r["flips_searched"] else "not searched"
+        out.append(f"| {r['model']} | {r['format']} | {r['bits']} | {_num(r['stored'], m)} | {el} | {sc} | {flips} "
+                   f"| {sflips} |")
     return "\n".join(out) + "\n"
 
 
@@ -153,8 +163,15 @@ def figure(rows: list[dict], path: Path, ber: float) -> None:
             bx.set_axis_off()
             continue
         flips = [r["flips"] if r["flips"] is not None else r["max_flips"] for r in rs]
-        bx.bar(list(x), flips, color=["C3" if r["flips"] is None else "C2" for r in rs])
-        bx.set(title="worst-case element-bit flips to chance (red: not reached)", ylabel="flips", yscale="log")
+        bx.bar([i - 0.2 for i in x], flips, 0.4, color=["C3" if r["flips"] is None else "C0" for r in rs],
+               label="element bits")
+        sf = [(r["flips_scales"] if r["flips_scales"] is not None else r["max_flips"]) if r["scales"] is not None
+              else float("nan") for r in rs]
+        bx.bar([i + 0.2 for i in x], sf, 0.4, color=["C3" if r["flips_scales"] is None else "C1" for r in rs],
+               label="scale bits")
+        bx.set(title=f"worst-case flips to chance (red: not reached in {rs[0]['max_flips']})", ylabel="flips",
+               yscale="log")
+        bx.legend(fontsize=8)
         bx.set_xticks(list(x), [r["format"] for r in rs], rotation=60, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -167,8 +184,8 @@ def main() -> None:
     ap.add_argument("--ber", type=float, default=1e-3)
     ap.add_argument("--chips", type=int, default=10)
     ap.add_argument("--inputs", type=int, default=200, help="LM windows evaluated (the CNN uses all its test inputs)")
-    ap.add_argument("--flips", default="digits-cnn", help="the models whose flips to chance are searched (the LM's bit "
-                    "search takes about 10 minutes per format on 2 cores)")
+    ap.add_argument("--flips", default="digits-cnn,pycode-charlm", help="the models whose flips to chance are searched")
+    ap.add_argument("--flips-inputs", type=int, default=20, help="LM windows the bit search runs on")
     ap.add_argument("--max-flips", type=int, default=20, help="the bit search's budget (flips to chance beyond it: not reached)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -179,6 +196,7 @@ def main() -> None:
         rows += run_model(name, args)
         md = table(rows, args.ber, args.chips)
         meta = {"ber": args.ber, "chips": args.chips, "inputs_lm": args.inputs, "max_flips": args.max_flips,
+                "flips_inputs_lm": args.flips_inputs,
                 "seconds": round(time.perf_counter() - t0, 1), "python": platform.python_version(),
                 "torch": torch.__version__, "hwfault": hw.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for fname, text in (("formats.md", md), ("formats.json", json.dumps({"settings": meta, "rows": rows}, indent=1))):
