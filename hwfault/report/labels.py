@@ -94,7 +94,9 @@ def certify_method(method: str | None) -> str:
 FAULT_KINDS = {"stuck": "stuck-at cells", "bitflip": "bit flips", "read": "read noise",
                "pcm": "PCM programming noise", "drift": "conductance drift",
                "additive": "additive programming noise", "multiplicative": "multiplicative programming noise",
-               "quantization": "quantisation"}
+               "quantization": "quantisation", "bitflip-scales": "bit flips in shared scales",
+               "stuck-scales": "stuck bits in shared scales", "activation-bitflip": "activation bit flips",
+               "activation-stuck": "stuck neurons", "periphery": "analog periphery (DAC, ADC, output noise)"}
 
 
 def fault_kind(kind: str) -> str:
@@ -105,7 +107,8 @@ def fault_kind(kind: str) -> str:
 #: the severity name of a fault (``FaultModel.severity_name``) in words
 SEVERITY_NAMES = {"stuck rate": "stuck-cell rate", "BER": "bit error rate", "sigma": "sigma",
                   "t (s)": "time since programming", "flips": "flipped bits per chip", "step": "quantisation step",
-                  "severity": "severity"}
+                  "severity": "severity", "activation BER": "bit error rate per inference",
+                  "stuck-neuron rate": "stuck-neuron rate"}
 
 
 def severity_name(kind: str, name: str) -> str:
