@@ -41,7 +41,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 from .cliargs import (CHIP, DATA, DEVICE, LAYERS, MODEL, OUTPUT, PARAMS, PROBE, PROVE, SCHEDULER, TASK, TOLERANCE,  # noqa: F401
                       TYPES, WEIGHTS, WORKERS, _certifiable, _cpu_only, _data_for, _outputs, _outs, _task_kw,
-                      _search_n, parse_eps, parse_n)
+                      _search_n, parse_eps, parse_n, protect_command)
+app.command("protect")(protect_command)
 
 
 # ----------------------------------------------------------------------------- commands

@@ -132,3 +132,85 @@ def _certifiable(model: str, task: Optional[str]) -> None:
     t = resolve_task(task, model)
     if t.name != "classification":
         raise HwfaultError(f"certify: {no_bound_reason(t)}")
+
+
+# ----------------------------------------------------------------------------- hwfault protect
+
+
+def parse_budgets(text: str) -> list:
+    """``--budget``: comma-separated shares of the stored weight bits (0.005, or 0.5%) or numbers of
+    bits (integers, 1000); a one-line error for anything else."""
+    import re
+
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            if part.endswith("%"):
+                v = float(part[:-1]) / 100
+            elif re.fullmatch(r"\+?\d+", part):
+                v = int(part)
+            else:
+                v = float(part)
+        except ValueError:
+            v = None
+        ok = v is not None and ((isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0 < v <= 1))
+        if not ok:
+            raise ConstraintError(f"expected --budget as shares of the stored weight bits in (0, 1] (0.005 or 0.5%) "
+                                  f"or numbers of bits (1000), comma-separated, got '{part}'")
+        out.append(v)
+    return out
+
+
+def parse_strategies(text: str) -> list[str]:
+    from .errors import did_you_mean
+    from .spec.protection import STRATEGIES
+
+    out = [s.strip() for s in text.split(",") if s.strip()]
+    for s in out:
+        if s not in STRATEGIES:
+            raise ConstraintError(f"unknown strategy '{s}' in --strategies{did_you_mean(s, STRATEGIES)}")
+    if not out:
+        raise ConstraintError(f"expected --strategies as some of {', '.join(STRATEGIES)}, got '{text}'")
+    return out
+
+
+def protect_command(
+    model: str = MODEL,
+    data: Optional[str] = DATA,
+    chip: str = CHIP,
+    budget: Optional[str] = typer.Option(None, "--budget", help="Comma-separated budgets of protected weight bits: shares (0.005 or 0.5%) or numbers of bits (1000)."),
+    strategies: str = typer.Option("ranked,random,magnitude", "--strategies", help="Which bits: ranked (the worst-case ranking, |gradient x bit damage|), random, magnitude (the largest weights' top bits)."),
+    scheme: Optional[str] = typer.Option(None, "--scheme", help="ecc (SECDED per 64-bit word) or tmr (default: the chip's [[protection]] ecc/tmr entry, else tmr)."),
+    trials: int = typer.Option(50, "--trials", help="Monte-Carlo chips per row (the same chips for every row)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo chips and of the random choice."),
+    coverage: Optional[float] = typer.Option(None, "--coverage", help="Coverage of the worst-case sets (default: the spec's)."),
+    no_worst_case: bool = typer.Option(False, "--no-worst-case", help="Skip the worst-case searches."),
+    search_inputs: str = typer.Option("64", "--search-inputs", help="Evaluation inputs the worst-case searches run on, or all."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON here ('-' = stdout)."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Draw accuracy vs budget, one curve per strategy, here."),
+    task: Optional[str] = TASK,
+    tolerance: Optional[float] = TOLERANCE,
+    output: Optional[str] = OUTPUT,
+    weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
+):
+    """Choose protections under a budget (ECC/TMR on the most damaging weight bits, against random and
+    magnitude choice) and evaluate them with the chip's own: accuracy, SDC, DUE, worst case, cost."""
+    budgets = parse_budgets(budget) if budget is not None else []
+    strats = parse_strategies(strategies)
+    if scheme is not None and scheme not in ("ecc", "tmr"):
+        from .errors import did_you_mean
+
+        raise ConstraintError(f"unknown --scheme '{scheme}'{did_you_mean(scheme, ('ecc', 'tmr'))}")
+    validate.trials("--trials", trials)
+    validate.seed(seed)
+    if coverage is not None:
+        validate.probability("--coverage", coverage)
+    _outs(json_path, plot)
+    from .analyses.protect import protect
+    from .report.protect import plot_protect, protect_table
+
+    result = protect(model, _data_for(model, data), chip, budgets=budgets, strategies=strats, scheme=scheme,
+                     trials=trials, seed=seed, coverage=coverage, worst_case=not no_worst_case,
+                     search_inputs=_search_n(search_inputs), **_task_kw(task, tolerance, output, weights, device))
+    _outputs(result, protect_table(result.to_dict()), json_path, plot, lambda r, p: plot_protect(r.to_dict(), p))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ class DeviceView:
     ``w`` are the float32 weights of the model, ``w_q`` the values stored in the chip's number
     format, ``scale`` the per-element quantisation scale (1 for float formats) and ``tmax`` the
     max |w| of each element's tensor (the reference of relative noise and of conductance mapping).
-    ``offsets`` and ``stored`` are computed once per view (treat them as read-only).
+    ``offsets`` and ``stored`` are computed once per view (treat them as read-only). ``protected``:
+    the stored bits under ECC or TMR, which the bit-flip model honours (:meth:`with_protected`).
     """
 
     selection: Selection
@@ -32,6 +34,7 @@ class DeviceView:
     w_q: torch.Tensor
     scale: torch.Tensor
     tmax: torch.Tensor
+    protected: object = None  # the protected stored bits (ECC/TMR: hwfault.faults.protection.bits), or None
 
     @classmethod
     def build(cls, selection: Selection, fmt: NumberFormat) -> DeviceView:
@@ -53,6 +56,13 @@ class DeviceView:
     @property
     def k(self) -> int:
         return self.w.numel()
+
+    def with_protected(self, protected) -> DeviceView:
+        """The same view with ``protected`` bits (its cached tables shared, not recomputed)."""
+        out = dataclasses.replace(self, protected=protected)
+        out.__dict__.update({k: v for k, v in self.__dict__.items()
+                             if k in ("_bit_deltas", "offsets", "stored", "scale_sites")})
+        return out
 
     @functools.cached_property
     def offsets(self) -> np.ndarray:

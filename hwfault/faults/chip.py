@@ -49,13 +49,21 @@ class Chip:
     faults: tuple[FaultModel, ...]
 
     @classmethod
-    def build(cls, spec, model: nn.Module, faults: tuple[FaultModel, ...] | None = None) -> Chip:
+    def build(cls, spec, model: nn.Module, faults: tuple[FaultModel, ...] | None = None, *, data=None) -> Chip:
+        """The chip of ``spec`` on ``model``; a spec with ``[[protection]]`` gives a
+        :class:`~hwfault.faults.protection.ProtectedChip` (``data``: what the ranked choice of
+        protected bits and Ranger's profiling need)."""
         sel = device_selection(spec, model)
         fmt = number_format(spec.format.kind, per_channel=spec.format.scale == "per-channel",
                             group=spec.format.group_size)
         view = DeviceView.build(sel, fmt)
         fl = tuple(build_fault(f) for f in spec.faults) if faults is None else tuple(faults)
-        return cls(spec, sel, view, fl)
+        chip = cls(spec, sel, view, fl)
+        if getattr(spec, "protection", None):
+            from .protection import protected
+
+            return protected(chip, model, spec.protection, data=data)
+        return chip
 
     def with_faults(self, faults) -> Chip:
         return Chip(self.spec, self.selection, self.view, tuple(faults))

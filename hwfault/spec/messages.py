@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import SpecError, did_you_mean
 from ..faults import registry
 from ..faults.config import FaultConfig, num, show
+from .protection import BY_KIND as PROTECTIONS, PROTECTION_KINDS
 from .schema import FAULT_KINDS, ChipSpec, DeviceSpec, FormatSpec
 
 __all__ = ["validate", "message"]
@@ -37,9 +38,10 @@ def _loc_model(loc: tuple) -> tuple[str, type[BaseModel] | None, str | None]:
         nxt = None
         if model is ChipSpec and p in ("format", "device"):
             nxt = FormatSpec if p == "format" else DeviceSpec
-        elif model is ChipSpec and p == "faults" and i + 2 < len(loc) and isinstance(loc[i + 1], int):
+        elif model is ChipSpec and p in ("faults", "protection") and i + 2 < len(loc) and isinstance(loc[i + 1], int):
             parts.append(f"[{loc[i + 1]}]")
-            nxt = by_kind.get(loc[i + 2]) if loc[i + 2] in by_kind else None
+            table = by_kind if p == "faults" else PROTECTIONS
+            nxt = table.get(loc[i + 2]) if loc[i + 2] in table else None
             i += 3 if nxt is not None else 2
             model = nxt
             continue
@@ -95,11 +97,12 @@ def message(err: dict) -> str:
     if typ in ("union_tag_invalid", "union_tag_not_found"):
         kind = got.get("kind") if isinstance(got, dict) else None
         where = f"{path}.kind"
+        kinds, what = (PROTECTION_KINDS, "protection") if path.startswith("protection") else (FAULT_KINDS, "fault kind")
         if typ == "union_tag_not_found" or kind is None:
-            return f"{where}: required field missing (choose from: {', '.join(FAULT_KINDS)})"
+            return f"{where}: required field missing (choose from: {', '.join(kinds)})"
         if not isinstance(kind, str):
-            return f"{where}: expected a string, one of {', '.join(FAULT_KINDS)}, got {show(kind)}"
-        return f"{where}: unknown fault kind '{kind}'{did_you_mean(kind, FAULT_KINDS)}"
+            return f"{where}: expected a string, one of {', '.join(kinds)}, got {show(kind)}"
+        return f"{where}: unknown {what} '{kind}'{did_you_mean(kind, kinds)}"
     if typ == "missing":
         return f"{path}: required field missing"
     if typ == "extra_forbidden":
@@ -114,8 +117,8 @@ def message(err: dict) -> str:
         return f"{path}: expected a{b if b.startswith(' probability') else ' number' + b}, got {show(got)}"
     if typ in _TYPE_WORDS:
         want = _TYPE_WORDS[typ]
-        if want == "a table" and path.startswith("faults["):
-            want = "a table ([[faults]] entry)"
+        if want == "a table" and path.startswith(("faults[", "protection[")):
+            want = f"a table ([[{path.partition('[')[0]}]] entry)"
         return f"{path}: expected {want}, got {show(got)}"
     if typ == "literal_error":
         expected = ctx.get("expected", "")

@@ -17,6 +17,7 @@ from ..errors import did_you_mean
 from ..faults import registry
 from ..faults.config import Flag, StrictModel, Text, fail, show
 from ..vocab import BLOCK_FORMATS, FORMATS, TAGS
+from .protection import Protection, check_entries
 from .toml import chip_toml
 
 __all__ = ["SCHEMA_VERSION", "FAULT_KINDS", "ChipSpec", "FormatSpec", "DeviceSpec", "ActivationsSpec", "Fault"]
@@ -151,6 +152,12 @@ class ChipSpec(StrictModel):
     device: DeviceSpec = DeviceSpec()
     activations: ActivationsSpec | None = None
     faults: list[Fault] = []
+    protection: list[Protection] = []  # [[protection]]: hwfault.spec.protection
+
+    @field_validator("protection")
+    @classmethod
+    def _protection(cls, v: list) -> list:
+        return check_entries(v)
 
     @field_validator("schema_version")
     @classmethod
@@ -183,6 +190,8 @@ class ChipSpec(StrictModel):
         out = handler(self)  # activations only where set: other chips' dicts (and campaign identities) stay
         if out.get("activations") is None:
             out.pop("activations", None)
+        if not out.get("protection"):
+            out.pop("protection", None)
         return out
 
     def to_dict(self) -> dict:

@@ -42,6 +42,11 @@ def describe_chip(spec: ChipSpec) -> str:
         lines += [f"    {i}. {fault_line(f)}" for i, f in enumerate(spec.faults, 1)]
     else:
         lines.append("  faults:     none (storage in the format only)")
+    if spec.protection:
+        from .protection import protection_line
+
+        lines.append("  protection:")
+        lines += [f"    - {protection_line(p)}" + (f"  [{p.source}]" if p.source else "") for p in spec.protection]
     if spec.references:
         lines.append("  references:")
         lines += [f"    - {r}" for r in spec.references]

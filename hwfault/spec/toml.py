@@ -47,4 +47,7 @@ def chip_toml(d: dict) -> str:
     for f in d["faults"]:
         keys = ["kind"] + [k for k in f if k not in ("kind", "source")] + ["source"]
         out += ["", "[[faults]]"] + [f"{k} = {toml_value(f[k])}" for k in keys if f[k] is not None]
+    for f in d.get("protection", ()):
+        keys = ["kind"] + [k for k in f if k not in ("kind", "source")] + ["source"]
+        out += ["", "[[protection]]"] + [f"{k} = {toml_value(f[k])}" for k in keys if f[k] is not None]
     return "\n".join(out) + "\n"

@@ -7,6 +7,11 @@ transient flips are redrawn for every inference.
 
 Covering set: at most n = Binomial(M, ber) quantile at the coverage flipped bits
 (a :class:`~hwfault.constraints.BitSet`). The ``[[faults]]`` schema is in :mod:`hwfault.faults.bitflip`.
+
+Element bits under ECC or TMR (``view.protected``, :mod:`hwfault.faults.protection.bits`): the flips
+are drawn as without protection, then the redundancy corrects, detects (the word's weights read NaN)
+or passes them; the covering set holds the unprotected bits, the protected ones' residual is a part of
+its own. Scale bits are not protected.
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ class BitFlip(FaultModel):
         else:
             pos = sample_positions(n_el + n_sc, self.ber, gen)
         el, sc = pos[pos < n_el], pos[pos >= n_el] - n_el
+        poison = None
+        if getattr(view, "protected", None) is not None and n_el:  # ECC / TMR on some element bits
+            counted = self.count is not None
+            el, poison = view.protected.survivors(el, gen, self.count / (n_el + n_sc) if counted else self.ber,
+                                                  counted=counted)
         idx, new = el.new_zeros(0), torch.zeros(0, dtype=torch.float64)
         if el.numel():
             idx, local = torch.unique(el // view.bits, return_inverse=True)  # only the touched weights
@@ -67,6 +77,10 @@ class BitFlip(FaultModel):
             new = view.decode_at(idx, flipped).double()
         if sc.numel():
             idx, new = _rescaled(view, sites, sc, idx, new, values)
+        if poison is not None and poison.numel():  # a detected, uncorrected ECC word: its weights read NaN
+            from ..protection.bits import poisoned
+
+            idx, new = poisoned(idx, new, poison)
         return idx, new
 
     def parts(self):
@@ -81,6 +95,8 @@ class BitFlip(FaultModel):
         """Flips that the covering set allows: the count, or the Binomial quantile at the coverage of
         the target's bits (with target "both": of the element bits; see :meth:`parts`)."""
         total = _sites(view).count * _sites(view).bits if self.target == "scales" else view.k * view.bits
+        if self.target != "scales" and getattr(view, "protected", None) is not None:
+            total -= view.protected.n  # the protected bits' residual is a part of its own (ProtectedResidual)
         if self.count is not None:
             return min(self.count, total)
         return binomial_budget(coverage, total, self.ber)
@@ -92,7 +108,9 @@ class BitFlip(FaultModel):
             sites = _sites(view)
             return BlockScaleSet(view.w_q.double(), sites.element_sites(view.k), sites.factors(),
                                  self.budget(view, coverage), tuple(f"scale bit{b}" for b in range(sites.bits)))
-        return BitSet(view.bit_deltas(), self.budget(view, coverage), tuple(f"bit{b}" for b in range(view.bits)),
+        deltas = view.bit_deltas() if getattr(view, "protected", None) is None else \
+            view.protected.unprotected(view.bit_deltas())
+        return BitSet(deltas, self.budget(view, coverage), tuple(f"bit{b}" for b in range(view.bits)),
                       base=view.w_q.double(), encode=lambda v: view.encode(v.float()), bits=view.bits)
 
     def scaled(self, factor):

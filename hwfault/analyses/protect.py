@@ -1,0 +1,328 @@
+"""Protections chosen under a budget and evaluated: what each buys and what it costs.
+
+``protect(model, data, chip, budgets=..., strategies=...)`` evaluates, on the same Monte-Carlo chips
+(trial t from (seed, t) for every row, so rows differ only by their protection), rows of
+
+- ``none``: the chip without its protections;
+- ``spec``: the chip with its ``[[protection]]`` entries (when it has any);
+- one row per budget and strategy: ECC or TMR (``scheme``) on that budget of the stored weight bits,
+  chosen ``ranked`` (the worst-case ranking, gradient x bit damage), ``random`` or ``magnitude``
+  (:mod:`hwfault.faults.protection.bits`).
+
+Each row has the Monte-Carlo accuracy (mean, 95% t interval, minimum), ``sdc_rate`` (the share of the
+(chip, unit) pairs, units the fault-free chip handles correctly, whose output changed, with finite
+outputs), ``due_rate`` (the share of (chip, unit) pairs with non-finite outputs: detected errors read
+NaN), ``worst_case_accuracy`` (the lowest of the one-step, multi-step and bit-search worst cases inside
+the protected chip's covering set, :func:`~hwfault.analyses.estimate.worst_cases`) and the cost
+(``cost_bits``: storage; ``extra_ops`` per protection). A row with checksums also has
+``detection_rate`` (the SDC units of the same chips without the checksums that the checksums flag),
+``false_positive_rate`` (units flagged on the fault-free chip) and ``benign_flag_rate`` (units flagged
+whose output the faults did not change).
+
+The ranked choice takes its gradient at the fault-free stored weights on ``rank_inputs`` inputs of
+the training split (of the evaluation data when the data have none, said in ``settings``); Ranger
+profiles on the training split too. The worst-case searches run on ``search_inputs`` of the
+evaluation inputs, as in ``hwfault estimate``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .. import progress, stats, validate
+from ..errors import HwfaultError
+from ..evaluation import Golden, as_tensors, differentiable, logits, score
+from ..faults import Chip
+from ..faults.protection import ProtectedChip, protect_bits, ranking_gradient
+from ..faults.protection.guards import Checksum, Ranger
+from ..inputs import analysis, resolve_data, resolve_model
+from ..params import perturbed
+from ..rng import generator
+from ..runtime import single_thread
+from ..search.methods import clean_gradient
+from ..tasks import current
+from .estimate import SEARCH_INPUTS, _search_subset, worst_cases
+from .realise import chip_logits
+
+__all__ = ["protect", "ProtectResult", "STRATEGIES", "RANK_INPUTS"]
+
+STRATEGIES = ("ranked", "random", "magnitude")
+RANK_INPUTS = 512
+
+
+@dataclass(frozen=True)
+class ProtectResult:
+    model: str
+    data: str
+    chip: dict
+    clean: dict
+    stored: dict
+    results: tuple[dict, ...]
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "data": self.data, "chip": self.chip, "clean": self.clean, "stored": self.stored,
+                "results": list(self.results), **self.settings, "seconds": round(self.seconds, 2)}
+
+    def row(self, strategy: str, budget=None) -> dict:
+        for r in self.results:
+            if r["strategy"] == strategy and (budget is None or r["budget"] == budget):
+                return r
+        raise KeyError((strategy, budget))
+
+
+def _units(task, out: torch.Tensor, golden: Golden, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per scored unit: changed from the golden reference, finite, and SDC (correct, changed, finite)."""
+    changed = task.changed(out, golden.pred, y).cpu()
+    fin = torch.isfinite(out).reshape(*changed.shape, -1).all(-1).cpu()
+    return changed, fin, golden.correct.cpu() & changed & fin
+
+
+@dataclass
+class _MC:
+    acc: list = field(default_factory=list)
+    metric: list = field(default_factory=list)
+    units: list = field(default_factory=list)  # per trial: (changed, finite, sdc)
+
+
+def _monte_carlo(chip: Chip, module, dset, golden: Golden, *, trials: int, seed: int, label: str) -> _MC:
+    task, (_, y) = current(), as_tensors(dset)
+    mc = _MC()
+    with progress.task(label, trials) as advance, single_thread():
+        for t in range(trials):
+            out = chip_logits(chip, module, dset, generator(seed, t))
+            r = score(out, y)
+            mc.acc.append(r.accuracy)
+            mc.metric.append(r.metric)
+            mc.units.append(_units(task, out, golden, y))
+            advance(1)
+    return mc
+
+
+def _rates(mc: _MC, golden: Golden) -> dict:
+    n_ok = int(golden.correct.sum())
+    n_all = int(golden.correct.numel())
+    sdc = sum(int(u[2].sum()) for u in mc.units)
+    due = sum(int((~u[1]).sum()) for u in mc.units)
+    a = np.asarray(mc.acc)
+    lo, hi = stats.t_interval(a, 0.95, domain=(0.0, 1.0)) if len(a) > 1 else (float(a[0]), float(a[0]))
+    out = {"trials": len(a), "accuracy_mean": float(a.mean()), "accuracy_ci95": [float(lo), float(hi)],
+           "accuracy_min": float(a.min()), "sdc_rate": sdc / max(n_ok * len(a), 1),
+           "due_rate": due / max(n_all * len(a), 1), "chips_with_due": float(np.mean([bool((~u[1]).any()) for u in mc.units]))}
+    task = current()
+    if task.metric_name != "accuracy":
+        m = np.asarray(mc.metric, dtype=float)
+        out[f"{task.metric_name}_mean"] = float(m.mean())
+        out[f"{task.metric_name}_worst"] = float(m.min() if task.higher_is_better else m.max())
+    return out
+
+
+def _detection(mc: _MC, ref: _MC, flagged_clean: float) -> dict:
+    """The checksum row's flags against the same chips without checksums (``ref``)."""
+    det = sdc = benign = quiet = 0
+    for (c1, f1, _), (c0, f0, s0) in zip(mc.units, ref.units):
+        flagged = ~f1 & f0
+        det += int((flagged & s0).sum())
+        sdc += int(s0.sum())
+        ok = ~c0 & f0
+        benign += int((flagged & ok).sum())
+        quiet += int(ok.sum())
+    return {"detection_rate": det / sdc if sdc else None, "sdc_units_without_checksum": sdc,
+            "false_positive_rate": flagged_clean, "benign_flag_rate": benign / quiet if quiet else None}
+
+
+def _cost(chip: Chip, module, x1: torch.Tensor) -> dict:
+    """What a chip's protections cost: storage bits in all, and each protection's own numbers."""
+    parts = []
+    if not isinstance(chip, ProtectedChip):
+        return {"cost_bits": 0, "parts": parts}
+    if chip.view.protected is not None:
+        parts.append({"kind": chip.view.protected.scheme, **chip.view.protected.cost()})
+    if chip.bounds is not None:
+        parts.append({"kind": "clip-weights", **chip.bounds.cost(chip.view.k)})
+    for g in chip.guards:
+        if isinstance(g, Checksum):
+            with perturbed(chip.selection, chip.delta(chip.view.w_q.double())):
+                parts.append({"kind": "checksum", **g.cost(module, x1)})
+        elif isinstance(g, Ranger):
+            sizes = _sizes(module, list(g.bounds), x1)
+            parts.append({"kind": "ranger", **g.cost(sizes)})
+    return {"cost_bits": int(sum(p["cost_bits"] for p in parts)), "parts": parts}
+
+
+def _sizes(module, names, x1) -> dict:
+    mods = dict(module.named_modules())
+    sizes = {}
+    hooks = [mods[n].register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, o[0].numel())) for n in names]
+    try:
+        with torch.no_grad():
+            module(x1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+def _worst(chip: Chip, module, dset, *, cov, clean, steps, pdata, g0, bit_rounds, bit_tensors) -> dict:
+    """The lowest worst case inside the chip's covering set, or why there is none."""
+    if not differentiable(module):
+        return {"accuracy": None, "reason": "the model has no gradients"}
+    parts = [n for n, _ in chip.parts() if n != "quantization"]
+    if not parts:
+        return {"accuracy": None, "reason": "no weight faults (the worst case of activation faults is not searched here)"}
+    guards = tuple(getattr(chip, "guards", ()))
+    if any(isinstance(g, Checksum) for g in guards):
+        return {"accuracy": None, "reason": "checksums: a detected point is a DUE; the worst undetected point is not searched"}
+    if chip.forward_faults and guards:
+        return {"accuracy": None, "reason": "activation faults with Ranger: not searched here"}
+    ctx = chip._hooks(module, generator(0, 0), (), {}) if guards else _null()
+    with ctx:
+        wc = worst_cases(chip, module, dset, coverage=cov, clean=clean, steps=steps, probe=pdata,
+                         grad=None if guards else g0, bit_rounds=bit_rounds, bit_tensors=bit_tensors)
+    found = {k: w.accuracy for k, w in (("one_step", wc.one_step), ("multi_step", wc.multi_step),
+                                        ("bit_search", wc.bit_search)) if w is not None}
+    out = {"accuracy": min(found.values()), **found}
+    if wc.bit_search is not None:
+        out["flips"] = wc.bit_search.extra.get("flips")
+    out["budgets"] = {p.get("name", ""): p.get("n") for p in wc.set.get("parts", []) if "n" in p}
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _rank_data(data_arg, dset, n: int):
+    """The inputs the ranking and Ranger's profiling use: the training split (``n`` evenly spaced of
+    it for the ranking), else the evaluation data; and a label saying which."""
+    from ..data import has_split, load_data
+
+    if isinstance(data_arg, str) and has_split(data_arg, "train"):
+        train, label = load_data(data_arg, "train"), "train split"
+    else:
+        train, label = dset, "evaluation data (no train split)"
+    x, y = as_tensors(train)
+    sub = (x, y)
+    if len(x) > n:
+        idx = torch.linspace(0, len(x) - 1, n).round().long()
+        sub = (x[idx], None if y is None else y[idx])
+        label = f"{n} of the {len(x)} inputs of the {label}"
+    return train, sub, label
+
+
+def _budget_value(b):
+    return b if isinstance(b, int) and not isinstance(b, bool) else float(b)
+
+
+@analysis
+def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies: Sequence[str] = STRATEGIES,
+            scheme: str | None = None, trials: int = 50, seed: int = 0, coverage: float | None = None,
+            steps: int = 10, search_inputs: int | None = SEARCH_INPUTS, rank_inputs: int = RANK_INPUTS,
+            worst_case: bool = True, bit_rounds: int = 4, bit_tensors: int | None = 3) -> ProtectResult:
+    """Rows of protections (none, the spec's, and ``scheme`` on each budget by each strategy) on the
+    same Monte-Carlo chips; see the module docstring."""
+    from ..spec import ChipSpec, load_chip
+
+    t0 = time.perf_counter()
+    trials = validate.trials("--trials", trials)
+    seed = validate.seed(seed)
+    steps = validate.integer("--steps", steps, lo=1)
+    rank_inputs = validate.integer("rank_inputs", rank_inputs, lo=1)
+    strategies = tuple(strategies)
+    for s in strategies:
+        if s not in STRATEGIES:
+            from ..errors import did_you_mean
+
+            raise HwfaultError(f"unknown strategy '{s}'{did_you_mean(s, STRATEGIES)}")
+    spec = chip if isinstance(chip, ChipSpec) else load_chip(chip)
+    bit_entry = next((p for p in spec.protection if p.kind in ("ecc", "tmr")), None)
+    scheme = scheme or (bit_entry.kind if bit_entry is not None else "tmr")
+    if scheme not in ("ecc", "tmr"):
+        raise HwfaultError(f"expected --scheme ecc or tmr, got '{scheme}'")
+    budgets = [_budget_value(b) for b in budgets]
+    if not budgets and not spec.protection:
+        raise HwfaultError(f"nothing to protect: give --budget, or a chip with [[protection]] ('{spec.name}' has none)")
+    cov = spec.coverage if coverage is None else validate.probability("--coverage", coverage)
+    module, mlabel = resolve_model(model)
+    dset, dlabel = resolve_data(data)
+    base_chip = Chip.build(spec.model_copy(update={"protection": []}), module)
+    from ..faults.protection.bits import budget_bits
+
+    total_bits = base_chip.view.k * base_chip.view.bits
+    shares = {b: budget_bits(b, total_bits) for b in budgets}  # a bad budget fails here, before any work
+    x, y = as_tensors(dset)
+    task = current()
+    clean = score(logits(module, dset), y)
+    with perturbed(base_chip.selection, base_chip.delta(base_chip.view.w_q.double())):
+        gold_out = logits(module, dset)
+    golden = Golden.of(gold_out, y, task=task)
+    stored = score(gold_out, y)
+    train, rank_sub, rank_label = _rank_data(data, dset, rank_inputs)
+    need_grad = bool("ranked" in strategies and budgets) or (bit_entry is not None and bit_entry.strategy == "ranked")
+    g_rank = ranking_gradient(base_chip, module, rank_sub) if need_grad and differentiable(module) else None
+    if need_grad and g_rank is None:
+        raise HwfaultError(f"{mlabel}: the ranked strategy needs gradients; choose random or magnitude")
+    pdata, plabel = _search_subset(dset, search_inputs, "evaluation data") if search_inputs else (None, "all")
+    g0 = clean_gradient(module, dset, base_chip.selection, probe=pdata) if worst_case and differentiable(module) else None
+
+    rows_spec = [("none", None, base_chip)]
+    if spec.protection:
+        from ..faults.protection import protected
+
+        rows_spec.append(("spec", bit_entry.budget if bit_entry is not None else None,
+                          protected(base_chip, module, spec.protection, data=train, grad=g_rank)))
+    for b in budgets:
+        for s in strategies:
+            pb = protect_bits(base_chip, scheme, b, s, grad=g_rank, seed=seed)
+            rows_spec.append((s, b, ProtectedChip(base_chip.spec, base_chip.selection,
+                                                  base_chip.view.with_protected(pb), base_chip.faults)))
+    rows, mcs = [], {}
+    with progress.task("protect", len(rows_spec)) as step:
+        for strategy, b, c in rows_spec:
+            step(0, description=f"protect: {strategy}" + (f" at {b}" if b is not None else ""))
+            mc = _monte_carlo(c, module, dset, golden, trials=trials, seed=seed, label=f"Monte-Carlo ({strategy})")
+            mcs[strategy, b] = mc
+            row = {"strategy": strategy, "budget": b,
+                   "protection": scheme if strategy not in ("none", "spec") else
+                   [p.kind for p in spec.protection] if strategy == "spec" else None,
+                   "budget_bits": shares.get(b) if strategy not in ("none", "spec") else
+                   (c.view.protected.n if c.view.protected is not None else 0),
+                   **_rates(mc, golden)}
+            row["budget_share"] = row["budget_bits"] / total_bits
+            cost = _cost(c, module, x[:1])
+            row["cost_bits"] = cost["cost_bits"]
+            row["cost"] = cost["parts"]
+            guards = getattr(c, "guards", ())
+            if any(isinstance(g, Checksum) for g in guards):
+                ref_chip = ProtectedChip(c.spec, c.selection, c.view, c.faults,
+                                         tuple(g for g in guards if not isinstance(g, Checksum)), c.bounds, c.entries)
+                ref = _monte_carlo(ref_chip, module, dset, golden, trials=trials, seed=seed, label="Monte-Carlo (no checksums)")
+                clean_run = chip_logits(c.with_faults(()), module, dset, generator(seed, 0))
+                _, fin, _ = _units(task, clean_run, golden, y)
+                row.update(_detection(mc, ref, float((~fin).float().mean())))
+            wc = _worst(c, module, dset, cov=cov, clean=clean, steps=steps, pdata=pdata, g0=g0,
+                        bit_rounds=bit_rounds, bit_tensors=bit_tensors) if worst_case else {"accuracy": None,
+                                                                                            "reason": "not requested"}
+            row["worst_case_accuracy"] = wc["accuracy"]
+            row["worst_case"] = wc
+            rows.append(row)
+            step(1)
+    settings = {"task": task.describe(), "seed": seed, "trials": trials, "coverage": cov, "scheme": scheme,
+                "strategies": list(strategies), "budgets": budgets, "ranked_on": rank_label,
+                "search": {"inputs": None if pdata is None else len(as_tensors(pdata)[0]), "steps": steps,
+                           "bit_rounds": bit_rounds, "bit_tensors": bit_tensors},
+                "stored_weight_bits": total_bits,
+                "units": "inputs" if task.name != "lm" else "tokens"}
+    return ProtectResult(mlabel, dlabel, {"name": spec.name, **base_chip.describe(),
+                                          "protection": [p.model_dump(mode="json") for p in spec.protection]},
+                         clean.row(), stored.row(), tuple(rows), settings, time.perf_counter() - t0)

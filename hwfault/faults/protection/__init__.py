@@ -1,0 +1,207 @@
+"""Protections on a chip: which stored bits are redundant (ECC, TMR), which values are bounded
+(Ranger on layer outputs, clip-weights on the weights read), which products are checked (checksums).
+
+A protection transforms a chip's realisations and reports what it costs. :func:`protected` applies
+the ``[[protection]]`` entries of a spec (:mod:`hwfault.spec.protection`) to a built
+:class:`~hwfault.faults.chip.Chip` and returns a :class:`ProtectedChip`, which every analysis runs as
+a chip: its bit flips honour the protected bits (:mod:`.bits`: drawn as without protection, then
+corrected, detected or passed by the redundancy), its reads are bounded, its forward passes carry
+the guards' hooks after the faults' (:mod:`.guards`), and its covering set leaves out what the
+protection removes (the protected bits' flips beyond their residual, the values the bounds cut).
+
+The ``ranked`` choice needs the loss gradient at the stored weights and Ranger needs inputs to
+profile: both come from ``data`` (for ``hwfault protect``: the training split); a protection that
+needs data and gets none is a one-line error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...constraints import BitSet, CandidateSet, SumSet
+from ...errors import HwfaultError
+from ..base import FaultModel
+from ..chip import Chip
+from .bits import ProtectedBits, bit_scores, budget_bits, choose
+from .guards import Checksum, Ranger, WeightBounds, checksum_guard, profile_ranges
+
+__all__ = ["ProtectedChip", "ProtectedResidual", "protected", "protect_bits", "ranking_gradient",
+           "ProtectedBits", "Ranger", "Checksum", "WeightBounds"]
+
+
+@dataclass(frozen=True)
+class ProtectedResidual(FaultModel):
+    """The silent residual of a bit-flip fault on the protected bits: a part of the covering set only
+    (its flips are drawn by the fault itself, :meth:`ProtectedBits.survivors`)."""
+
+    fault: FaultModel = None
+    kind = "bitflip-protected"
+
+    def sample(self, view, values, gen):
+        return values
+
+    def constraint(self, view, coverage):
+        pb, f = view.protected, self.fault
+        counted = f.count is not None
+        rate = f.count / max(view.k * view.bits, 1) if counted else f.ber
+        n = pb.residual_budget(rate, coverage, counted=counted)
+        return BitSet(pb.only(view.bit_deltas()), n, tuple(f"bit{b}" for b in range(view.bits)),
+                      base=view.w_q.double(), encode=lambda v: view.encode(v.float()), bits=view.bits)
+
+    def describe(self):
+        return {"kind": self.kind}
+
+
+@dataclass(eq=False)
+class ProtectedChip(Chip):
+    """A chip with protections: ``guards`` (hooks after the faults' on forward passes), ``bounds``
+    (clip-weights) and the protected bits on its view (``view.protected``)."""
+
+    guards: tuple = ()
+    bounds: WeightBounds | None = None
+    entries: tuple = ()
+
+    def with_faults(self, faults) -> ProtectedChip:
+        return dataclasses.replace(self, faults=tuple(faults))
+
+    @property
+    def transient(self) -> tuple:
+        return super().transient + tuple(self.guards)
+
+    def forward_hooks(self, model: nn.Module, gen: torch.Generator, *args, **kwargs):
+        if not self.guards:
+            return super().forward_hooks(model, gen, *args, **kwargs)
+        return self._hooks(model, gen, args, kwargs)
+
+    @contextlib.contextmanager
+    def _hooks(self, model, gen, args, kwargs):
+        from ..models.activation import ActivationFormat, installed
+
+        with super().forward_hooks(model, gen, *args, **kwargs), \
+                installed(self.guards, model, ActivationFormat(self.activation_format), gen):
+            yield model
+
+    def program(self, gen):
+        values = super().program(gen)
+        return values if self.bounds is None else self.bounds.apply(values)
+
+    def program_sparse(self, gen):
+        out = super().program_sparse(gen)
+        if out is None or self.bounds is None:
+            return out
+        idx, values = out
+        values = self.bounds.apply(values, idx)
+        hit = values != self.view.w_q[idx].double()
+        return idx[hit], values[hit]
+
+    def read(self, programmed, gen):
+        values = super().read(programmed, gen)
+        return values if self.bounds is None or values is programmed else self.bounds.apply(values)
+
+    def parts(self):
+        named = super().parts()
+        if self.view.protected is None:
+            return named
+        out = []
+        for name, f in named:
+            out.append((name, f))
+            if name == "bitflip" and getattr(f, "target", "elements") == "elements":
+                out.append(("bitflip-protected", ProtectedResidual(fault=f)))
+        return out
+
+    def constraint(self, coverage: float | None = None) -> SumSet:
+        s = super().constraint(coverage)
+        if self.bounds is None:
+            return s
+        base = self.view.w_q.double()
+        parts = tuple(dataclasses.replace(p, deltas=self.bounds.deltas(getattr(p, "base", None) if
+                                                                        getattr(p, "base", None) is not None else base,
+                                                                        p.deltas).to(p.deltas.dtype))
+                      if isinstance(p, CandidateSet) else p for p in s.parts)
+        return SumSet(parts, s.names)
+
+    def describe(self) -> dict:
+        out = super().describe()
+        prot = []
+        if self.view.protected is not None:
+            prot.append(self.view.protected.describe())
+        if self.bounds is not None:
+            prot.append(self.bounds.describe())
+        prot += [g.describe() for g in self.guards]
+        return {**out, "protection": prot}
+
+
+def ranking_gradient(chip: Chip, model: nn.Module, data) -> torch.Tensor:
+    """The flat loss gradient at the chip's fault-free stored weights, on ``data`` (float64, CPU)."""
+    from ...evaluation import finite_gradient, loss_and_grad
+    from ...params import perturbed
+
+    sel = chip.selection
+    with perturbed(sel, chip.delta(chip.view.w_q.double())):
+        _, grads = loss_and_grad(model, data, sel.params)
+    return finite_gradient(sel.flatten(grads).cpu())[0].double()
+
+
+def protect_bits(chip: Chip, scheme: str, budget, strategy: str, *, grad: torch.Tensor | None = None,
+                 seed: int = 0) -> ProtectedBits:
+    """The protected bits of a budget (a share of the stored weight bits, or a count) by strategy."""
+    from ...rng import generator
+
+    if scheme not in ("ecc", "tmr"):
+        raise HwfaultError(f"unknown bit protection '{scheme}' (choose from: ecc, tmr)")
+    view = chip.view
+    total = view.k * view.bits
+    n = budget_bits(budget, total)
+    scores = bit_scores(view, strategy, grad, generator(seed, 0x5eed) if strategy == "random" else None)
+    return ProtectedBits(scheme, choose(scores, n), view.bits, total, strategy, budget)
+
+
+def protected(chip: Chip, model: nn.Module, entries, *, data=None, grad: torch.Tensor | None = None) -> ProtectedChip:
+    """``chip`` with the protections ``entries`` (``[[protection]]`` configs) applied, in a fixed order:
+    the bits' redundancy, the weight bounds, then the guards (checksums before Ranger, both hooked after
+    the faults). ``data``: what the ranked choice takes its gradient on and Ranger profiles on;
+    ``grad``: that gradient, when the caller has it already."""
+    entries = tuple(entries)
+    view, bounds, guards = chip.view, None, []
+    name = getattr(chip.spec, "name", "chip")
+
+    def need(what: str):
+        if data is None:
+            raise HwfaultError(f"chip '{name}': the {what} protection needs data to {'rank the bits on' if what != 'ranger' else 'profile its bounds on'} "
+                               f"(hwfault protect --chip ..., or Chip.build(spec, model, data=...))")
+
+    for e in entries:
+        if e.kind in ("ecc", "tmr"):
+            if e.strategy == "ranked" and grad is None:
+                need(e.kind)
+                grad = ranking_gradient(chip, model, data)
+            view = view.with_protected(protect_bits(chip, e.kind, e.budget, e.strategy, grad=grad, seed=e.seed))
+        elif e.kind == "clip-weights":
+            bounds = WeightBounds.of(chip.view, e.mode)
+    for e in entries:
+        if e.kind == "checksum":
+            guards.append(checksum_guard(model, chip, e.types, e.params, e.rtol))
+    for e in entries:
+        if e.kind == "ranger":
+            need("ranger")
+            guards.append(Ranger(_profile(chip, model, data, e), e.mode, tuple(e.types), tuple(e.params)))
+    return ProtectedChip(chip.spec, chip.selection, view, chip.faults, tuple(guards), bounds, entries)
+
+
+def _profile(chip: Chip, model: nn.Module, data, e) -> dict:
+    """Ranger's bounds: each layer's output range at the fault-free stored weights, on at most
+    ``e.inputs`` inputs of ``data`` (evenly spaced)."""
+    from ...evaluation import as_tensors
+    from ...params import perturbed
+
+    x, y = as_tensors(data)
+    if len(x) > e.inputs:
+        idx = torch.linspace(0, len(x) - 1, e.inputs).round().long()
+        x, y = x[idx], None if y is None else y[idx]
+    with perturbed(chip.selection, chip.delta(chip.view.w_q.double())):
+        return profile_ranges(model, (x, y), e.types, e.params)
