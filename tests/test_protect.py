@@ -269,3 +269,169 @@ def test_protect_writes_json_table_and_figure(tmp_path, capsys):
     assert rows[0]["cost_bits"] == 0 and all(r["cost_bits"] > 0 for r in rows[1:])
     assert rows[-1]["budget_bits"] == 2000 and rows[1]["budget_bits"] == round(0.005 * d["stored_weight_bits"])
     assert p.stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------- Ranger, clip-weights, checksums
+
+
+class _Mixed(nn.Module):
+    """Conv1d (grouped, strided), Conv2d and Linear layers on a 3-D input: every checksum geometry."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(4, 8, 3, stride=2, padding=1, groups=2)
+        self.c2 = nn.Conv2d(1, 3, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8 * 5, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))                      # (B, 8, 5)
+        h = h + self.c2(h[:, None]).mean(1)             # (B, 8, 5)
+        return self.head(torch.relu(self.fc(h.flatten(1))))
+
+
+def _mixed():
+    torch.manual_seed(1)
+    m = _Mixed().eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(64, 4, 10)
+    return m, (x, torch.randint(0, 3, (64,)))
+
+
+def _act_spec(protection, fmt="fp32", faults=None):
+    return ChipSpec.model_validate({"schema_version": 1, "name": "a", "format": {"kind": fmt},
+                                    "faults": faults if faults is not None else
+                                    [{"kind": "activation-bitflip", "count": 2}], "protection": protection})
+
+
+def _seen(model, chip, x, names, seed=0):
+    """Each named layer's output as the rest of the model sees it (a hook registered after the chip's)."""
+    got = {}
+    mods = dict(model.named_modules())
+    with torch.no_grad(), chip.forward_hooks(model, generator(seed, 0)):
+        hs = [mods[n].register_forward_hook(lambda m, a, o, n=n: got.__setitem__(n, o.detach().clone())) for n in names]
+        try:
+            out = model(x)
+        finally:
+            for h in hs:
+                h.remove()
+    return got, out
+
+
+def test_ranger_bounds_are_the_profiled_ranges_and_clip_after_the_faults(snapshot):
+    m, (x, y) = _mixed()
+    take, same = snapshot
+    snap = take(m)
+    chip = Chip.build(_act_spec([{"kind": "ranger", "inputs": 32}]), m, data=(x, y))
+    ranger = chip.guards[0]
+    idx = torch.linspace(0, 63, 32).round().long()
+    want = {}
+    hs = [mod.register_forward_hook(lambda mm, a, o, n=n: want.__setitem__(n, (float(o.min()), float(o.max()))))
+          for n, mod in m.named_modules() if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        m(x[idx])
+    for h in hs:
+        h.remove()
+    assert set(ranger.bounds) == set(want) and all(ranger.bounds[n] == pytest.approx(want[n]) for n in want)
+    # fault-free on the profiled inputs: nothing is clipped
+    clean = Chip.build(_act_spec([{"kind": "ranger", "inputs": 32}], faults=[]), m, data=(x, y))
+    assert torch.equal(_seen(m, clean, x[idx], [])[1], m(x[idx]))
+    # with flips (fp32 exponent flips reach 1e38): every struck output as the next layer sees it is in bounds
+    for t in range(20):
+        got, out = _seen(m, chip, x, list(ranger.bounds), seed=t)
+        for n, (lo, hi) in ranger.bounds.items():
+            assert float(got[n].min()) >= lo and float(got[n].max()) <= hi and torch.isfinite(got[n]).all()
+    assert same(m, snap) and all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+    from hwfault.faults.protection import Ranger
+
+    v = torch.tensor([[-10.0, 0.5, float("nan"), 10.0, float("inf")]])
+    assert Ranger({"fc": (-1.0, 1.0)}, "zero").apply("fc", v, None, {}, None).tolist() == [[0.0, 0.5, 0.0, 0.0, 0.0]]
+    assert Ranger({"fc": (-1.0, 1.0)}, "clip").apply("fc", v, None, {}, None).tolist() == [[-1.0, 0.5, 0.0, 1.0, 1.0]]
+
+
+def test_ranger_lowers_the_sdc_rate_of_fp32_activation_flips_on_the_zoo_cnn():
+    from hwfault.analyses.protect import protect
+
+    spec = ChipSpec.model_validate({"schema_version": 1, "name": "act", "format": {"kind": "fp32"},
+                                    "faults": [{"kind": "activation-bitflip", "count": 1}],
+                                    "protection": [{"kind": "ranger"}]})
+    r = protect("digits-cnn", "digits", spec, budgets=[], trials=6, worst_case=False)
+    none, ranger = r.row("none"), r.row("spec")
+    assert none["sdc_rate"] > 0 and ranger["sdc_rate"] * 3 <= none["sdc_rate"]
+    assert ranger["cost"][0]["kind"] == "ranger" and ranger["cost_bits"] == 64 * 4
+
+
+def test_clip_weights_bounds_every_read_and_the_covering_set():
+    m, data = _tiny()
+    spec = _spec(fmt="fp32", faults=[{"kind": "bitflip", "ber": 0.05}], protection=[{"kind": "clip-weights"}])
+    chip = Chip.build(spec, m)
+    v, b = chip.view, chip.bounds
+    seg = v.segment_of()
+    for i, p in enumerate(chip.selection.params):
+        assert float(b.lo[seg == i].min()) == float(p.min()) and float(b.hi[seg == i].max()) == float(p.max())
+    for t in range(20):
+        values = chip.program(generator(0, t))
+        assert torch.isfinite(values).all() and (values >= b.lo).all() and (values <= b.hi).all()
+        idx, new = chip.program_sparse(generator(0, t))
+        assert torch.equal(new, values[idx]) and idx.numel() == int((values != v.w_q.double()).sum())
+    bits = next(p for n, p in zip(chip.constraint(0.99).names, chip.constraint(0.99).parts) if n == "bitflip")
+    after = v.w_q.double()[:, None] + bits.deltas.double()
+    assert torch.isfinite(after).all() and (after >= b.lo[:, None] - 1e-12).all() and (after <= b.hi[:, None] + 1e-12).all()
+    plain = Chip.build(_spec(fmt="fp32", faults=[{"kind": "bitflip", "ber": 0.05}]), m)
+    assert float(plain.constraint(0.99).parts[0].deltas.abs().max()) > 1e30  # the exponent flips it removes
+
+
+def test_checksums_flag_faulty_weights_and_outputs_and_nothing_else():
+    m, (x, y) = _mixed()
+    spec = _act_spec([{"kind": "checksum", "rtol": 1e-4}], faults=[])
+    chip = Chip.build(spec, m)
+    ck = chip.guards[0]
+    assert set(ck.sums) == {"c1", "c2", "fc", "head"}
+    _, out = _seen(m, chip, x, [])
+    assert torch.isfinite(out).all()  # fault-free: no flag
+    # the checksum identity against the layer's own channels, at the fault-free weights
+    got = {}
+    hs = [dict(m.named_modules())[n].register_forward_hook(lambda mm, a, o, n=n: got.__setitem__(n, (a[0], o)))
+          for n in ck.sums]
+    with torch.no_grad():
+        m(x)
+    for h in hs:
+        h.remove()
+    for n, (inp, o) in got.items():
+        assert not ck.flagged(n, inp, o).any()
+        bumped = o.clone()
+        bumped[3].view(-1)[1] += 1.0  # one output of input 3
+        assert ck.flagged(n, inp, bumped).tolist() == [i == 3 for i in range(len(x))]
+    # a faulty weight: the inputs whose outputs it changes are flagged, and read NaN
+    with torch.no_grad():
+        m.c1.weight[5, 0, 1] += 0.5
+    try:
+        _, faulty = _seen(m, chip, x, [])
+        assert torch.isnan(faulty).all(1).all()  # every input meets that weight
+    finally:
+        with torch.no_grad():
+            m.c1.weight[5, 0, 1] -= 0.5
+    # activation flips: flagged inputs read NaN also with Ranger after the checksums
+    both = Chip.build(_act_spec([{"kind": "checksum", "rtol": 1e-4}, {"kind": "ranger"}]), m, data=(x, y))
+    assert [type(g).__name__ for g in both.guards] == ["Checksum", "Ranger"]
+    _, out = _seen(m, both, x, [], seed=3)
+    assert (~torch.isfinite(out).all(1)).sum() >= 1
+
+
+def test_checksum_detection_in_protect():
+    from hwfault.analyses.protect import protect
+
+    spec = ChipSpec.model_validate({"schema_version": 1, "name": "act", "format": {"kind": "fp32"},
+                                    "faults": [{"kind": "activation-bitflip", "count": 1}],
+                                    "protection": [{"kind": "checksum"}]})
+    r = protect("digits-cnn", "digits", spec, budgets=[], trials=4, worst_case=False)
+    none, ck = r.row("none"), r.row("spec")
+    assert ck["detection_rate"] == 1.0 and ck["false_positive_rate"] == 0.0 and ck["sdc_rate"] == 0.0
+    assert ck["due_rate"] > none["due_rate"] and 0 < ck["benign_flag_rate"] < 1
+    c = ck["cost"][0]
+    assert c["kind"] == "checksum" and 0 < c["extra_ops_share"] < 0.5
+    # storage: one summed kernel and bias per layer (conv1, conv2, fc1, fc2 of digits-cnn), float32
+    m = hw.load_model("digits-cnn")
+    assert c["cost_bits"] == 32 * sum(mod.weight[0].numel() + 1 for mod in m.modules()
+                                      if isinstance(mod, (nn.Conv2d, nn.Linear)))

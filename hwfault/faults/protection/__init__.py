@@ -84,7 +84,15 @@ class ProtectedChip(Chip):
 
         with super().forward_hooks(model, gen, *args, **kwargs), \
                 installed(self.guards, model, ActivationFormat(self.activation_format), gen):
-            yield model
+            checks = [g for g in self.guards if isinstance(g, Checksum)]
+            handles = [model.register_forward_hook(lambda m, a, out, g=g: g.finish(out)) for g in checks]
+            try:
+                yield model
+            finally:
+                for h in handles:
+                    h.remove()
+                for g in checks:
+                    g.flags.clear()
 
     def program(self, gen):
         values = super().program(gen)
@@ -119,10 +127,11 @@ class ProtectedChip(Chip):
         if self.bounds is None:
             return s
         base = self.view.w_q.double()
-        parts = tuple(dataclasses.replace(p, deltas=self.bounds.deltas(getattr(p, "base", None) if
-                                                                        getattr(p, "base", None) is not None else base,
-                                                                        p.deltas).to(p.deltas.dtype))
-                      if isinstance(p, CandidateSet) else p for p in s.parts)
+        def bounded(p):  # float64: the bounded changes land exactly on the bounds
+            b = getattr(p, "base", None)
+            return dataclasses.replace(p, deltas=self.bounds.deltas(base if b is None else b, p.deltas))
+
+        parts = tuple(bounded(p) if isinstance(p, CandidateSet) else p for p in s.parts)
         return SumSet(parts, s.names)
 
     def describe(self) -> dict:

@@ -10,9 +10,10 @@
   summed kernel, ``sum_c y_c = conv(x, sum_c W_c) + sum_c b_c``; the summed kernel is computed once
   from the fault-free stored weights. An input whose sums differ by more than ``rtol`` times
   ``conv(|x|, sum_c |W_c|) + sum_c |b_c|`` (the magnitude of the terms, the scale of float round-off)
-  at any position is flagged, and (``poison``) its outputs of that layer read NaN: the fault is
-  detected, so it is a DUE and not an SDC. Faulty weights and faulty outputs of the layer are both
-  caught; its input is taken as the layer received it.
+  at any position is flagged, and (``poison``) the model's outputs for that input read NaN at the end
+  of the forward pass (after every other hook, Ranger's included): the fault is detected, so it is a
+  DUE and not an SDC. Faulty weights and faulty outputs of the layer are both caught; its input is
+  taken as the layer received it.
 - :class:`WeightBounds` (``clip-weights``): every value read from the weight memory is restricted to
   its tensor's fault-free [min, max] (clipped or zeroed; NaN reads 0).
 
@@ -108,10 +109,11 @@ class Checksum(ForwardFault):
     summed kernels (and the module, for its geometry)."""
 
     sums: dict = field(default_factory=dict)
-    rtol: float = 1e-4
+    rtol: float = 1e-2
     poison: bool = True
     types: tuple = ("conv", "linear")
     params: tuple = ()
+    flags: dict = field(default_factory=dict)  # the inputs of the running forward pass flagged so far
     kind = "checksum"
 
     def apply_input(self, name, x, afmt, state, gen):
@@ -143,10 +145,23 @@ class Checksum(ForwardFault):
         if x is None or name not in self.sums:
             return out
         bad = self.flagged(name, x, out)
-        if not self.poison or not bool(bad.any()):
-            return out
-        shape = (-1,) + (1,) * (out.ndim - 1)
-        return torch.where(bad.reshape(shape).to(out.device), torch.full_like(out, math.nan), out)
+        prev = self.flags.get("rows")
+        self.flags["rows"] = bad if prev is None or prev.shape != bad.shape else prev | bad
+        return out
+
+    def finish(self, out):
+        """At the end of the model's forward pass: the flagged inputs' outputs read NaN (``poison``)."""
+        bad = self.flags.pop("rows", None)
+        if not self.poison or bad is None or not bool(bad.any()):
+            return None
+        t = out["logits"] if isinstance(out, dict) and "logits" in out else out
+        if not isinstance(t, torch.Tensor) or t.shape[0] != bad.shape[0]:
+            return None
+        shape = (-1,) + (1,) * (t.ndim - 1)
+        t = torch.where(bad.reshape(shape).to(t.device), torch.full_like(t, math.nan), t)
+        if isinstance(out, dict):
+            return {**out, "logits": t}
+        return t
 
     def cost(self, model: nn.Module, x1: torch.Tensor) -> dict:
         """Storage of the summed kernels and, from a probe of one input, the extra operations."""
