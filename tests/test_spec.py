@@ -303,7 +303,8 @@ def test_many_errors_are_summarised():
 
 def test_all_floats_reject_non_finite_values():
     fields = {"additive": "sigma", "multiplicative": "sigma", "pcm": "g_max", "read": "sigma", "drift": "t",
-              "bitflip": "ber", "stuck": "sa0", "activation-bitflip": "ber", "activation-stuck": "sa1"}
+              "bitflip": "ber", "stuck": "sa0", "activation-bitflip": "ber", "activation-stuck": "sa1",
+              "periphery": "out_noise"}
     assert set(fields) == set(FAULT_KINDS)
     for kind, field in fields.items():
         for v in ("nan", "inf", "-inf"):
@@ -429,7 +430,7 @@ def test_chips_cli(tmp_path, capsys):
 EXAMPLES = {"additive": "sigma = 0.1", "multiplicative": "sigma = 0.05", "pcm": "g_max = 20.0",
             "read": 'sigma = 0.02\nrelative_to = "weight"', "drift": "t = 3600\nnu_mean = 0.05", "bitflip": "count = 3",
             "stuck": 'sa1 = 0.01\ngranularity = "bit"', "activation-bitflip": 'ber = 1e-6\ntypes = ["conv"]',
-            "activation-stuck": "sa0 = 0.001"}
+            "activation-stuck": "sa0 = 0.001", "periphery": 'out_noise = 0.04\nbound_management = "none"'}
 
 
 def _all_kinds_spec():
