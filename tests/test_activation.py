@@ -307,3 +307,16 @@ def test_single_activation_flip_campaigns_are_sized_per_layer():
     assert names == ["activation:conv1", "activation:conv2", "activation:fc1", "activation:fc2"]
     for s in p.strata:
         assert s.population == s.sites * 32 and s.trials == sample_size(0.05, 0.95, s.population)
+
+
+def test_chips_show_names_the_activation_format(tmp_path, capsys):
+    p = tmp_path / "c.toml"
+    p.write_text('schema_version = 1\nname = "t"\n[format]\nkind = "fp32"\n[activations]\nformat = "fp8_e4m3"\n'
+                 '[[faults]]\nkind = "activation-bitflip"\nber = 1e-6\n')
+    assert main(["chips", "show", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "activations: stored as fp8_e4m3" in out and "activation-bitflip" in out
+    from hwfault.spec import parse_chip
+
+    spec = parse_chip(p.read_text())
+    assert parse_chip(spec.to_toml()) == spec and spec.activations.format == "fp8_e4m3"

@@ -37,6 +37,8 @@ def describe_chip(spec: ChipSpec) -> str:
              f"  format:     {fmt}",
              f"  device:     {where}",
              f"  coverage:   {num(spec.coverage)} (probability that the worst-case set contains a realisation)"]
+    if spec.activations is not None:
+        lines.insert(2, f"  activations: stored as {spec.activations.format} (the bits that activation faults flip)")
     if spec.faults:
         lines.append("  faults (in order, after storage in the format):")
         lines += [f"    {i}. {fault_line(f)}" for i, f in enumerate(spec.faults, 1)]

@@ -42,8 +42,9 @@ def chip_toml(d: dict) -> str:
             out.append("references = [\n" + "".join(f"  {toml_value(r)},\n" for r in v) + "]")
         else:
             out.append(f"{k} = {toml_value(v)}")
-    for table in ("format", "device"):
-        out += ["", f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in d[table].items()]
+    for table in ("format", "device", "activations"):
+        if table in d:  # ([activations] only where the spec has it)
+            out += ["", f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in d[table].items()]
     for f in d["faults"]:
         keys = ["kind"] + [k for k in f if k not in ("kind", "source")] + ["source"]
         out += ["", "[[faults]]"] + [f"{k} = {toml_value(f[k])}" for k in keys if f[k] is not None]
