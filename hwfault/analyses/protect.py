@@ -202,12 +202,14 @@ class _null:
         return False
 
 
-def _rank_data(data_arg, dset, n: int):
-    """The inputs the ranking and Ranger's profiling use: the training split (``n`` evenly spaced of
-    it for the ranking), else the evaluation data; and a label saying which."""
+def _rank_data(data_arg, dset, n: int, given=None):
+    """The inputs the ranking and Ranger's profiling use: ``given``, else the training split (``n``
+    evenly spaced of it for the ranking), else the evaluation data; and a label saying which."""
     from ..data import has_split, load_data
 
-    if isinstance(data_arg, str) and has_split(data_arg, "train"):
+    if given is not None:
+        train, label = resolve_data(given)[0], "the given ranking data"
+    elif isinstance(data_arg, str) and has_split(data_arg, "train"):
         train, label = load_data(data_arg, "train"), "train split"
     else:
         train, label = dset, "evaluation data (no train split)"
@@ -228,9 +230,11 @@ def _budget_value(b):
 def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies: Sequence[str] = STRATEGIES,
             scheme: str | None = None, trials: int = 50, seed: int = 0, coverage: float | None = None,
             steps: int = 10, search_inputs: int | None = SEARCH_INPUTS, rank_inputs: int = RANK_INPUTS,
-            worst_case: bool = True, bit_rounds: int = 4, bit_tensors: int | None = 3) -> ProtectResult:
+            worst_case: bool = True, bit_rounds: int = 4, bit_tensors: int | None = 3,
+            rank_data=None) -> ProtectResult:
     """Rows of protections (none, the spec's, and ``scheme`` on each budget by each strategy) on the
-    same Monte-Carlo chips; see the module docstring."""
+    same Monte-Carlo chips; see the module docstring. ``rank_data``: the inputs the ranked choice
+    and Ranger's profiling use (default: the training split of data given by name)."""
     from ..spec import ChipSpec, load_chip
 
     t0 = time.perf_counter()
@@ -267,7 +271,7 @@ def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies:
         gold_out = logits(module, dset)
     golden = Golden.of(gold_out, y, task=task)
     stored = score(gold_out, y)
-    train, rank_sub, rank_label = _rank_data(data, dset, rank_inputs)
+    train, rank_sub, rank_label = _rank_data(data, dset, rank_inputs, rank_data)
     need_grad = bool("ranked" in strategies and budgets) or (bit_entry is not None and bit_entry.strategy == "ranked")
     g_rank = ranking_gradient(base_chip, module, rank_sub) if need_grad and differentiable(module) else None
     if need_grad and g_rank is None:

@@ -59,6 +59,8 @@ def chip_logits(chip: Chip, model: nn.Module, data, gen: torch.Generator) -> tor
 def _chip(model: nn.Module, chip) -> Chip:
     """``chip`` bound to ``model``'s own parameters (a Chip built for another module is rebuilt)."""
     if isinstance(chip, Chip):
+        if hasattr(chip, "rebind"):  # a protected chip keeps the protections it was given (hwfault.faults.protection)
+            return chip.rebind(model)
         return Chip.build(chip.spec, model, faults=chip.faults)
     return Chip.build(load_chip(chip), model)
 
@@ -113,7 +115,7 @@ def faulty_copy(model: nn.Module, chip, *, seed: int = 0, trial: int = 0) -> nn.
             p.add_(d.to(p.device, p.dtype))
     if dev.transient:
         twin.register_forward_pre_hook(_redraw_hook(dev, programmed, gen)[0])
-    if dev.forward_faults:  # the activation faults' hooks stay on the copy (kept alive with it)
+    if dev.forward_faults or getattr(dev, "guards", ()):  # activation faults, Ranger, checksums: their hooks stay on the copy
         hooks = dev.forward_hooks(twin, gen)
         hooks.__enter__()
         twin.__dict__["_hwfault_forward_hooks"] = hooks

@@ -123,7 +123,22 @@ class ProtectedChip(Chip):
         return out
 
     def constraint(self, coverage: float | None = None) -> SumSet:
-        s = super().constraint(coverage)
+        """The covering set. The parts of the unprotected chip keep their coverage c_b = c^(1/m); a
+        fault with protected bits splits its miss probability 1 - c_b: its residual part misses with
+        probability at most (1 - c_b) / 100, the unprotected bits' part with the rest, so that both
+        hold together with probability >= c_b (a union bound) and a residual that is almost never
+        there (TMR at a low rate) takes no budget."""
+        c = self.spec.coverage if coverage is None else coverage
+        parts = self.parts()
+        m = sum(1 for name, _ in parts if name not in ("quantization", "bitflip-protected"))
+        cb = c ** (1.0 / m) if m else c
+        share = (1 - cb) / 100
+        sets = []
+        for i, (name, f) in enumerate(parts):
+            has_residual = i + 1 < len(parts) and parts[i + 1][0] == "bitflip-protected"
+            ci = 1 - share if name == "bitflip-protected" else cb + share if has_residual else cb
+            sets.append(f.constraint(self.view, ci))
+        s = SumSet(tuple(sets), tuple(n for n, _ in parts))
         if self.bounds is None:
             return s
         base = self.view.w_q.double()
@@ -133,6 +148,15 @@ class ProtectedChip(Chip):
 
         parts = tuple(bounded(p) if isinstance(p, CandidateSet) else p for p in s.parts)
         return SumSet(parts, s.names)
+
+    def rebind(self, model: nn.Module) -> ProtectedChip:
+        """The same protected chip on another module of the same architecture (a copy): the protected
+        bits, bounds and Ranger's ranges as they are, the checksums' sums on that module."""
+        base = Chip.build(self.spec.model_copy(update={"protection": []}), model, faults=self.faults)
+        view = base.view if self.view.protected is None else base.view.with_protected(self.view.protected)
+        guards = tuple(checksum_guard(model, base, g.types, g.params, g.rtol, g.poison) if isinstance(g, Checksum) else g
+                       for g in self.guards)
+        return ProtectedChip(self.spec, base.selection, view, self.faults, guards, self.bounds, self.entries)
 
     def describe(self) -> dict:
         out = super().describe()

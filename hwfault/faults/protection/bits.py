@@ -37,6 +37,7 @@ quantile over the M - n unprotected bits). The residual of the protected bits is
 any protected bits up to the quantile of their silent flips at the coverage: TMR Binomial(n,
 3p^2 - 2p^3); ECC the sum over words of the data flips of words with three or more flips (computed
 exactly by convolution). Detected ECC words are DUEs, not silent corruption, and are not in the set.
+The two parts share the fault's miss probability (:meth:`ProtectedChip.constraint`).
 
 **Cost**: redundancy bits (TMR 2 per protected bit; ECC 8 per word), the index of the protected bits
 (the smaller of a bitmap over the M bits and the Golomb-Rice code of the gaps between their sorted
