@@ -456,3 +456,19 @@ def test_a_faulty_copy_and_a_realised_model_carry_the_guards():
     with hw.realised(m, chip, seed=0, trial=1) as rm, torch.no_grad():
         assert torch.equal(rm(x), out)
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+
+
+def test_a_spec_with_protections_is_read_without_torch(tmp_path):
+    """``hwfault chips show/check`` of a spec with [[protection]] stays on the torch-free side."""
+    import subprocess
+    import sys
+
+    f = tmp_path / "c.toml"
+    f.write_text('name = "c"\n[format]\nkind = "int8"\n[[faults]]\nkind = "bitflip"\nber = 0.01\n'
+                 '[[protection]]\nkind = "tmr"\nbudget = 0.005\n[[protection]]\nkind = "checksum"\n')
+    code = ("import sys\nfrom hwfault.cli import main\nrc = main(['chips', 'show', sys.argv[1]])\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'numpy', 'scipy') if m in sys.modules), rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True, timeout=120)
+    assert "HEAVY [] 0" in r.stdout, r.stdout + r.stderr
+    assert "tmr: 0.5% of the stored weight bits, chosen ranked (three copies, majority vote)" in r.stdout
+    assert "checksum: column checksums on conv, linear outputs" in r.stdout
