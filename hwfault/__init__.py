@@ -38,7 +38,7 @@ __all__ = [
     "CorruptionResult",
     # analyses
     "sweep", "probe", "SweepResult", "ProbeResult", "estimate", "EstimateResult", "certify", "bits", "BitsResult",
-    "campaign", "plan_campaign", "CampaignResult",
+    "campaign", "plan_campaign", "CampaignResult", "protect", "ProtectResult",
     # one chip realisation, for a user's own loop
     "realised", "faulty_copy",
     # hardening and deployment
@@ -57,6 +57,8 @@ _LAZY = {
     "campaign": "analyses.campaign.api",
     "plan_campaign": "analyses.campaign.api",
     "CampaignResult": "analyses.campaign.run",
+    "protect": "analyses.protect",
+    "ProtectResult": "analyses.protect",
     "EstimateResult": "analyses.estimate",
     "estimate": "analyses.estimate",
     "HardenConfig": "analyses.harden",
