@@ -4,7 +4,6 @@ a number), yet Monte-Carlo draws it, so the worst case weighs it apart and the b
 
 import math
 
-import pytest
 import torch
 
 import hwfault as hw
