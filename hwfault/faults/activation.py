@@ -25,9 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..errors import did_you_mean
-from ..vocab import LAYER_TYPES
-from .config import FaultConfig, Prob, Text, fail, show
+from .config import FaultConfig, Prob, Text, fail, globs, layer_types, show
 from .registry import lazy_attribute, register
 
 
@@ -38,21 +36,12 @@ class _Layers(FaultConfig):
     @field_validator("types")
     @classmethod
     def _types(cls, v: list[str]) -> list[str]:
-        if not v:
-            fail(f"expected at least one layer type (of {', '.join(LAYER_TYPES)}), got []")
-        for i, t in enumerate(v):
-            if t not in LAYER_TYPES:
-                fail(f"unknown layer type '{t}'{did_you_mean(t, LAYER_TYPES) or ' (choose from: ' + ', '.join(LAYER_TYPES) + ')'}",
-                     index=i)
-        return v
+        return layer_types(v)
 
     @field_validator("params")
     @classmethod
     def _params(cls, v: list[str]) -> list[str]:
-        for i, g in enumerate(v):
-            if not g.strip():
-                fail("expected a module-name glob such as 'layer1.*', got ''", index=i)
-        return v
+        return globs(v, "module-name glob such as 'layer1.*'")
 
 
 class ActivationBitFlipFault(_Layers):

@@ -16,7 +16,8 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["StrictModel", "FaultConfig", "NonNeg", "Pos", "Prob", "Text", "Flag", "fail", "show", "num"]
+__all__ = ["StrictModel", "FaultConfig", "NonNeg", "Pos", "Prob", "Text", "Flag", "fail", "show", "num",
+           "layer_types", "globs"]
 
 NonNeg = Annotated[float, Field(strict=True, ge=0)]
 Pos = Annotated[float, Field(strict=True, gt=0)]
@@ -46,6 +47,29 @@ def fail(msg: str, index: int | None = None, field: str | None = None):
     # hwfault.spec.messages strips again
     where = f"[{index}]" + (f".{field}" if field else "")
     raise ValueError(f"{where}\x00{msg}" if index is not None else msg)
+
+
+def layer_types(v: list[str]) -> list[str]:
+    """A ``types`` list of layer kinds (the layers whose outputs an activation fault or a Ranger
+    bound acts on): at least one, each of :data:`hwfault.vocab.LAYER_TYPES`."""
+    from ..errors import did_you_mean
+    from ..vocab import LAYER_TYPES
+
+    if not v:
+        fail(f"expected at least one layer type (of {', '.join(LAYER_TYPES)}), got []")
+    for i, t in enumerate(v):
+        if t not in LAYER_TYPES:
+            fail(f"unknown layer type '{t}'"
+                 f"{did_you_mean(t, LAYER_TYPES) or ' (choose from: ' + ', '.join(LAYER_TYPES) + ')'}", index=i)
+    return v
+
+
+def globs(v: list[str], example: str) -> list[str]:
+    """A list of name globs, none of them empty (``example``: what one looks like, for the message)."""
+    for i, g in enumerate(v):
+        if not g.strip():
+            fail(f"expected a {example}, got ''", index=i)
+    return v
 
 
 def show(v: Any) -> str:

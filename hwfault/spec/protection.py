@@ -25,9 +25,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from ..errors import did_you_mean
-from ..faults.config import Pos, StrictModel, Text, fail, num, show
-from ..vocab import LAYER_TYPES
+from ..faults.config import Pos, StrictModel, Text, fail, globs, layer_types, num, show
 
 __all__ = ["PROTECTION_KINDS", "STRATEGIES", "Protection", "BitProtection", "EccProtection", "TmrProtection",
            "RangerProtection", "ClipWeightsProtection", "ChecksumProtection", "check_budget", "protection_line"]
@@ -81,12 +79,12 @@ class _Layers(_Entry):
     @field_validator("types")
     @classmethod
     def _types(cls, v: list[str]) -> list[str]:
-        if not v:
-            fail(f"expected at least one layer type (of {', '.join(LAYER_TYPES)}), got []")
-        for i, t in enumerate(v):
-            if t not in LAYER_TYPES:
-                fail(f"unknown layer type '{t}'{did_you_mean(t, LAYER_TYPES)}", index=i)
-        return v
+        return layer_types(v)
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: list[str]) -> list[str]:
+        return globs(v, "module-name glob such as 'layer1.*'")
 
 
 class RangerProtection(_Layers):

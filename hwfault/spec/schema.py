@@ -15,7 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_serializer, m
 
 from ..errors import did_you_mean
 from ..faults import registry
-from ..faults.config import Flag, StrictModel, Text, fail, show
+from ..faults.config import Flag, StrictModel, Text, fail, globs, show
 from ..vocab import BLOCK_FORMATS, FORMATS, TAGS
 from .protection import Protection, check_entries
 from .toml import chip_toml
@@ -111,10 +111,7 @@ class DeviceSpec(StrictModel):
     @field_validator("params")
     @classmethod
     def _params(cls, v: list[str]) -> list[str]:
-        for i, g in enumerate(v):
-            if not g.strip():
-                fail("expected a parameter-name glob such as 'features.*', got ''", index=i)
-        return v
+        return globs(v, "parameter-name glob such as 'features.*'")
 
 
 class ActivationsSpec(StrictModel):
