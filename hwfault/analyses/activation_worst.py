@@ -25,7 +25,7 @@ from torch import nn
 
 from ..evaluation import batches, evaluate
 from ..faults.base import binomial_budget
-from ..faults.models.activation import ActivationBitFlip, ActivationFormat, ActivationStuck, _flipped, strike_modules
+from ..faults.models.activation import ActivationBitFlip, ActivationFormat, ActivationStuck, _flipped, layer_sizes
 from ..tasks import current
 
 BATCH = 64
@@ -37,23 +37,15 @@ def budgets(chip, model, x1: torch.Tensor, coverage: float) -> list[tuple[object
     afmt = ActivationFormat(chip.activation_format)
     out = []
     for f in chip.forward_faults:
-        mods = strike_modules(model, f.types, f.params)
-        sizes: dict = {}
-        hooks = [m.register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, o[0].numel())) for n, m in mods]
-        try:
-            with torch.no_grad():
-                model(x1)
-        finally:
-            for h in hooks:
-                h.remove()
+        if not isinstance(f, (ActivationBitFlip, ActivationStuck)):
+            continue  # a forward fault without an activation covering set (the analog periphery)
+        sizes = layer_sizes(model, f, x1)
         neurons = sum(sizes.values())
         if isinstance(f, ActivationBitFlip):
             n = f.count if f.count is not None else binomial_budget(coverage, neurons * afmt.bits, f.ber)
-        elif isinstance(f, ActivationStuck):
-            n = binomial_budget(coverage, neurons, f.sa0 + f.sa1)
         else:
-            continue  # a forward fault without an activation covering set (the analog periphery)
-        out.append((f, [n_ for n_, _ in mods], int(n), sizes))
+            n = binomial_budget(coverage, neurons, f.sa0 + f.sa1)
+        out.append((f, list(sizes), int(n), sizes))
     return out
 
 

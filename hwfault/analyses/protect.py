@@ -157,16 +157,10 @@ def _cost(chip: Chip, module, x1: torch.Tensor) -> dict:
 
 
 def _sizes(module, names, x1) -> dict:
+    from ..faults.models.activation import probe
+
     mods = dict(module.named_modules())
-    sizes = {}
-    hooks = [mods[n].register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, o[0].numel())) for n in names]
-    try:
-        with torch.no_grad():
-            module(x1)
-    finally:
-        for h in hooks:
-            h.remove()
-    return sizes
+    return probe(module, [(n, mods[n]) for n in names], x1)
 
 
 def _worst(chip: Chip, module, dset, *, cov, clean, steps, pdata, g0, bit_rounds, bit_tensors) -> dict:

@@ -301,15 +301,20 @@ def _pre_hook(f: ForwardFault, name: str, afmt: ActivationFormat, state: dict, g
     return pre
 
 
-def layer_sizes(model: nn.Module, fault, x1: torch.Tensor) -> dict[str, int]:
-    """Neurons per input of each layer ``fault`` strikes, from a fault-free forward of ``x1``."""
-    sizes: dict = {}
-    hooks = [m.register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, o[0].numel()))
-             for n, m in strike_modules(model, fault.types, fault.params)]
+def probe(model: nn.Module, modules, x1: torch.Tensor, what=lambda args, out: out[0].numel()) -> dict:
+    """``{name: what(args, output)}`` of each ``(name, module)`` in ``modules``, from one fault-free
+    forward of ``x1`` (the recording hooks removed after it, also if it raises)."""
+    got: dict = {}
+    hooks = [m.register_forward_hook(lambda m, a, o, n=n: got.__setitem__(n, what(a, o))) for n, m in modules]
     try:
         with torch.no_grad():
             model(x1)
     finally:
         for h in hooks:
             h.remove()
-    return sizes
+    return got
+
+
+def layer_sizes(model: nn.Module, fault, x1: torch.Tensor) -> dict[str, int]:
+    """Neurons per input of each layer ``fault`` strikes, from a fault-free forward of ``x1``."""
+    return probe(model, strike_modules(model, fault.types, fault.params), x1)

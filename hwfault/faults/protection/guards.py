@@ -166,15 +166,9 @@ class Checksum(ForwardFault):
     def cost(self, model: nn.Module, x1: torch.Tensor) -> dict:
         """Storage of the summed kernels and, from a probe of one input, the extra operations."""
         ops, layer_macs = 0, 0
-        sizes = {}
-        hooks = [m.register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, (a[0].shape, o.shape)))
-                 for n, (m, *_) in self.sums.items()]
-        try:
-            with torch.no_grad():
-                model(x1)
-        finally:
-            for h in hooks:
-                h.remove()
+        from ..models.activation import probe
+
+        sizes = probe(model, [(n, m) for n, (m, *_) in self.sums.items()], x1, lambda a, o: (a[0].shape, o.shape))
         bits = 0
         for n, (m, ws, _, bs, _) in self.sums.items():
             bits += 32 * (ws.numel() + bs.numel())
