@@ -90,7 +90,7 @@ def realised(model: nn.Module, chip, *, seed: int = 0, trial: int = 0) -> Iterat
     programmed = dev.program(gen)
     with perturbed(dev.selection, dev.delta(programmed)), dev.forward_hooks(model, gen):
         handle, at_programmed = None, None
-        if dev.transient:
+        if dev.redrawn:  # (activation faults redraw in their own hooks)
             hook, at_programmed = _redraw_hook(dev, programmed, gen)
             handle = model.register_forward_pre_hook(hook)
         try:
@@ -113,7 +113,7 @@ def faulty_copy(model: nn.Module, chip, *, seed: int = 0, trial: int = 0) -> nn.
     with torch.no_grad():
         for p, d in zip(dev.selection.params, dev.selection.split(dev.delta(programmed))):
             p.add_(d.to(p.device, p.dtype))
-    if dev.transient:
+    if dev.redrawn:
         twin.register_forward_pre_hook(_redraw_hook(dev, programmed, gen)[0])
     if dev.forward_faults or getattr(dev, "guards", ()):  # activation faults, Ranger, checksums: their hooks stay on the copy
         hooks = dev.forward_hooks(twin, gen)

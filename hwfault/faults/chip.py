@@ -83,6 +83,12 @@ class Chip:
         return tuple(f for f in self.faults if f.transient or f.forward)
 
     @property
+    def redrawn(self) -> tuple[FaultModel, ...]:
+        """The transient faults of the stored weights (read noise, transient flips): what
+        :meth:`read` draws for every inference (the forward faults draw in their hooks)."""
+        return tuple(f for f in self.faults if f.transient and not f.forward)
+
+    @property
     def forward_faults(self) -> tuple[FaultModel, ...]:
         return tuple(f for f in self.faults if f.forward)
 
@@ -133,7 +139,7 @@ class Chip:
     def read(self, programmed: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """One inference's values: the transient faults drawn on top of the programmed ones."""
         values = programmed
-        for f in self.transient:
+        for f in self.redrawn:
             values = f.sample(self.view, values, gen)
         return values
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -60,8 +61,8 @@ class ActivationFormat:
 
     name: str = "fp32"
 
-    @property
-    def fmt(self):
+    @functools.cached_property
+    def fmt(self):  # (parsed once: the hooks read it for every batch)
         from ...blockformats import number_format
 
         return number_format(self.name)
