@@ -38,9 +38,12 @@ def transient_logits(model: nn.Module, x: torch.Tensor, chip: Chip, programmed: 
     weights), so the perturbation applied is the read values minus those."""
     ref = chip.view.w.double() if relative_to is None else relative_to
     outs = []
-    with chip.forward_hooks(model, gen, log):  # activation faults: drawn per batch, the hooks removed on exit
+    # activation faults draw per batch in their hooks; the weights are read anew per batch only when
+    # some weight fault is transient (else the programmed chip holds for every batch)
+    fixed = None if chip.redrawn else (programmed - ref).float()
+    with chip.forward_hooks(model, gen, log), perturbed(chip.selection, fixed):
         for i in range(0, len(x), READ_BATCH):
-            with perturbed(chip.selection, (chip.read(programmed, gen) - ref).float()):
+            with perturbed(chip.selection, None if fixed is not None else (chip.read(programmed, gen) - ref).float()):
                 outs.append(logits(model, (x[i:i + READ_BATCH], None)))
     return torch.cat(outs)
 
