@@ -60,7 +60,7 @@ def bit_search(model: nn.Module, data, cset: SumSet, *, selection: Selection, cl
              for i in range(len(cset.parts))]
     owners = {i: _owners(cset.parts[i], selection) for i in disc}
     chosen = {i: (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)) for i in disc}
-    used = {i: torch.zeros(int(cset.parts[i].unit_anchor().numel()), dtype=torch.bool) for i in disc}
+    used = {i: torch.zeros(sum(o.numel() for o in owners[i]), dtype=torch.bool) for i in disc}  # (every unit has a tensor)
     spent = {i: 0 for i in disc}
     budget = sum(cset.parts[i].n for i in disc)
     chunk = max(1, math.ceil(budget / max_rounds)) if until is None else 1
