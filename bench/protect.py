@@ -15,7 +15,9 @@ flips in the covering set) and ``int8-sram-nominal`` (1e-7: the 0.999 covering s
 so the worst case discriminates), TMR on 0.5% and 2% of the stored weight bits, chosen ``ranked`` (|gradient x bit
 damage| on the training split), ``random`` and ``magnitude``; Monte-Carlo accuracy on the same chips
 for every row, and the worst case (one step, multi-step, bit search) inside each protected chip's
-covering set. On the LM, part A again with the flips confined to its output head and to its blocks.
+covering set, pooled across the rows of a chip (a point found for one row, with the flips of another
+row's protected bits taken out, counts for that row where it lies in its set:
+:mod:`hwfault.analyses.protect`). On the LM, part A again with the flips confined to its output head and to its blocks.
 On the CNN, SECDED ECC at the same budgets on ``int8-sram-0.55v`` (0.23%), to show what
 detected double errors (a 72-bit word with two flips reads NaN) do to persistent faults; at 1.56%
 nearly a third of the words hold two or more flips and every chip is a DUE.
@@ -153,7 +155,9 @@ def markdown(d: dict) -> str:
     lines += ["",
               "## TMR on a budget of weight bits: hwfault's ranked choice vs random and magnitude", "",
               "Monte-Carlo mean (min) accuracy on the same chips for every row; worst case: the lowest of one step, "
-              "multi-step and bit search inside the protected chip's 0.999 covering set. LM: token accuracy "
+              "multi-step and bit search inside the protected chip's 0.999 covering set, pooled across the rows of "
+              "a chip: a point any row's searches found, with the flips of this row's protected bits taken out, "
+              "counts where it lies in this row's set (`*`: the value is such a point). LM: token accuracy "
               "(perplexity beside it). Cost: redundancy + index bits.", ""]
     rows = []
     for t in d["tmr"]:
@@ -165,8 +169,9 @@ def markdown(d: dict) -> str:
             mc = f"{_pct(row['accuracy_mean'])} ({_pct(row['accuracy_min'])})"
             if ppl:
                 mc += f"; ppl {row['perplexity_mean']:.3g}"
+            wc = _pct(row["worst_case_accuracy"]) + ("*" if "pooled" in (row.get("worst_case") or {}) else "")
             rows.append([t["model"], t["chip"], name, budget, f"{row['cost_bits']:,}", mc,
-                         _pct(row["worst_case_accuracy"]), _rate(row["sdc_rate"]), _rate(row["due_rate"])])
+                         wc, _rate(row["sdc_rate"]), _rate(row["due_rate"])])
     lines.append(md_table(["model", "chip", "protection", "budget", "cost bits", "MC mean (min) %", "worst case %",
                            "SDC %", "DUE %"], rows))
     lines += ["", "Chips per row: " + "; ".join(f"{t['model']} on {t['chip']} ({t['scheme']}): "
@@ -194,9 +199,10 @@ def checks(d: dict) -> list[str]:
             mc_tie = all(get["ranked"]["accuracy_mean"] == get[s]["accuracy_mean"] for s in ("random", "magnitude"))
             wc = all(get["ranked"]["worst_case_accuracy"] > get[s]["worst_case_accuracy"] for s in ("random", "magnitude"))
             tie = all(get["ranked"]["worst_case_accuracy"] == get[s]["worst_case_accuracy"] for s in ("random", "magnitude"))
+            vals = lambda k: " vs ".join(_pct(get[s][k]) for s in ("ranked", "random", "magnitude"))  # noqa: E731
             out.append(f"{t['model']} on {t['chip']} ({t['scheme']}, {100 * b:.2g}%): ranked beats random and magnitude "
-                       f"in Monte-Carlo mean: {'yes' if mc else 'tie' if mc_tie else 'no'}; in worst case: "
-                       f"{'yes' if wc else 'tie' if tie else 'no'}")
+                       f"in Monte-Carlo mean: {'yes' if mc else 'tie' if mc_tie else 'no'} ({vals('accuracy_mean')}); "
+                       f"in worst case: {'yes' if wc else 'tie' if tie else 'no'} ({vals('worst_case_accuracy')})")
     return out
 
 

@@ -12,11 +12,14 @@ from scipy import stats
 from torch import nn
 
 import hwfault as hw
+from hwfault.analyses.estimate import WorstCase
+from hwfault.analyses.protect import _pooled, protect
 from hwfault.cli import main
 from hwfault.faults import Chip
 from hwfault.faults.protection import ProtectedChip, protect_bits, ranking_gradient
 from hwfault.faults.protection.bits import ECC_CHECK, ProtectedBits, ecc_silent_quantile, rice_bits
 from hwfault.rng import generator
+from hwfault.search.results import evaluate_parts
 from hwfault.spec import ChipSpec, parse_chip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,6 +48,15 @@ def _flipped_bits(view, values):
     return ((x[:, None] >> torch.arange(view.bits)) & 1).bool()
 
 
+def _int4_flip(view, el: int, bit: int) -> float:
+    """By hand: the change of stored int4 weight ``el`` when its bit ``bit`` flips (two's complement
+    codes, decoded with the tensor's scale)."""
+    s = float(view.scale[el])
+    code = int(round(float(view.w_q[el]) / s))
+    u = (code & 0xF) ^ (1 << bit)
+    return (u - 16 if u >= 8 else u) * s - float(view.w_q[el])
+
+
 # ----------------------------------------------------------------------------- choosing the bits
 
 
@@ -57,12 +69,8 @@ def test_ranked_choice_is_the_top_bits_by_first_order_damage_brute_force():
     v = chip.view
     gains = []
     for i in range(v.k):
-        s = float(v.scale[i])
-        code = int(round(float(v.w_q[i]) / s))
         for b in range(v.bits):
-            u = (code & 0xF) ^ (1 << b)
-            flipped = (u - 16 if u >= 8 else u) * s
-            gains.append((abs(float(g[i]) * (flipped - float(v.w_q[i]))), i * v.bits + b))
+            gains.append((abs(float(g[i]) * _int4_flip(v, i, b)), i * v.bits + b))
     for n in (1, 7, 30, v.k * v.bits):
         want = sorted(pos for _, pos in sorted(gains, key=lambda t: (-t[0], t[1]))[:n])
         got = protect_bits(chip, "tmr", n, "ranked", grad=g).bits.tolist()
@@ -472,3 +480,83 @@ def test_a_spec_with_protections_is_read_without_torch(tmp_path):
     assert "HEAVY [] 0" in r.stdout, r.stdout + r.stderr
     assert "tmr: 0.5% of the stored weight bits, chosen ranked (three copies, majority vote)" in r.stdout
     assert "checksum: column checksums on conv, linear outputs" in r.stdout
+
+# ----------------------------------------------------------------------------- worst cases pooled across rows
+# A point found for one row, with the flips of the bits another row protects taken out, is a point of
+# that row's covering set, and replaces that row's own when it scores lower; so no row reads better
+# than a row whose set holds its set.
+
+
+def test_a_pooled_point_drops_the_protected_flips_and_lies_in_the_set():
+    m, data = _tiny()
+    base = Chip.build(_spec(), m)
+    v = base.view
+    flips = [(3, 3), (10, 2), (17, 3)]  # (weight, bit): the second is protected below
+    pb = ProtectedBits("tmr", torch.tensor([10 * v.bits + 2, 40 * v.bits + 1]), nbits=v.bits, total=v.k * v.bits)
+    prot = ProtectedChip(base.spec, base.selection, v.with_protected(pb), base.faults)
+    names = base.constraint(0.99).names
+    box = torch.linspace(-1, 1, v.k, dtype=torch.float64) * (v.w_q.double() - v.w.double()).abs()
+    flat = torch.zeros(v.k, dtype=torch.float64)
+    for e, b in flips:
+        flat[e] = _int4_flip(v, e, b)
+    parts = [box if n == "quantization" else flat for n in names]
+    assert base.constraint(0.99).contains_parts(parts)
+    r = evaluate_parts(m, data, base.selection, parts)
+    w = WorstCase("multi_step", r.accuracy, r.loss, 0.0, tuple(parts), {})
+    zero = [torch.zeros(v.k, dtype=torch.float64)] * len(prot.constraint(0.99).names)
+    r0 = evaluate_parts(m, data, base.selection, zero)
+    w0 = WorstCase("one_step", r0.accuracy, r0.loss, 0.0, tuple(zero), {})
+
+    got = _pooled([base, prot], [[("multi_step", w)], [("one_step", w0)]], m, data, 0.99)
+    # the protected row: the same box, the two unprotected flips, evaluated by hand
+    kept = flat.clone()
+    kept[10] = 0.0
+    with hw.perturbed(base.selection, box + kept):
+        acc = hw.evaluate(m, data).accuracy
+    assert got[1][0] == pytest.approx(acc)
+    assert got[1][1] == {"row": 0, "method": "multi_step", "dropped_flips": 1}
+    # the unprotected row is offered the protected row's point unchanged (nothing to drop)
+    assert got[0] == (r0.accuracy, {"row": 1, "method": "one_step", "dropped_flips": 0})
+
+
+def test_a_point_outside_the_set_is_not_pooled():
+    """A point with more flips than the other row's budget is refused by that row's set."""
+    m, data = _tiny()
+    wide, narrow = Chip.build(_spec(faults=[{"kind": "bitflip", "ber": 0.05}]), m), Chip.build(_spec(faults=[{"kind": "bitflip", "ber": 1e-4}]), m)
+    v = wide.view
+    n_narrow = narrow.constraint(0.99).parts[-1].n
+    flat = torch.zeros(v.k, dtype=torch.float64)
+    for e in range(n_narrow + 2):
+        flat[e] = _int4_flip(v, e, 3)
+    parts = [torch.zeros(v.k, dtype=torch.float64) if n == "quantization" else flat for n in wide.constraint(0.99).names]
+    assert wide.constraint(0.99).contains_parts(parts)
+    r = evaluate_parts(m, data, wide.selection, parts)
+    w = WorstCase("bit_search", r.accuracy, r.loss, 0.0, tuple(parts), {})
+    zero = tuple(torch.zeros(v.k, dtype=torch.float64) for _ in parts)
+    w0 = WorstCase("one_step", 1.0, 0.0, 0.0, zero, {})
+    got = _pooled([wide, narrow], [[("bit_search", w)], [("one_step", w0)]], m, data, 0.99)
+    assert got[1] is None  # the wide row's point has more flips than the narrow set's budget
+    assert got[0] == (1.0, {"row": 1, "method": "one_step", "dropped_flips": 0})
+
+
+def test_protect_rows_never_read_better_than_a_row_whose_set_holds_them():
+    """At a low rate (no TMR residual), the unprotected chip's set holds every protected chip's, and a
+    strategy's 2% choice holds its 0.5% choice (the top bits of the same scores): the worst cases
+    follow, and a pooled value names its source row."""
+    m, data = _tiny()
+    r = protect(m, data, _spec(faults=[{"kind": "bitflip", "ber": 2e-4}]), budgets=[0.05, 0.2], trials=2, seed=0, rank_data=data).to_dict()
+    rows = r["results"]
+    none = rows[0]
+    assert none["strategy"] == "none"
+    for row in rows[1:]:
+        assert row["worst_case"]["budgets"]["bitflip-protected"] == 0
+        assert none["worst_case_accuracy"] <= row["worst_case_accuracy"]
+        if "pooled" in row["worst_case"]:
+            p = row["worst_case"]["pooled"]
+            assert p["accuracy"] == row["worst_case_accuracy"] <= min(row["worst_case"][k] for k in
+                                                                      ("one_step", "multi_step", "bit_search"))
+            assert p["from"]["strategy"] in ("none", "ranked", "random", "magnitude")
+    for s in ("ranked", "random", "magnitude"):
+        lo, hi = (next(x for x in rows if x["strategy"] == s and x["budget"] == b) for b in (0.05, 0.2))
+        assert lo["worst_case_accuracy"] <= hi["worst_case_accuracy"]
+    assert r["search"]["pooled"] is True

@@ -216,12 +216,14 @@ def _remote(runner, job, variant: tuple, seed: int) -> Callable | None:
 
 
 def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, steps: int, probe=None,
-                grad=None, bit_rounds: int = 40, bit_tensors: int | None = None) -> WorstCases:
+                grad=None, bit_rounds: int = 40, bit_tensors: int | None = None, bit_candidates: int = 1) -> WorstCases:
     """One-step, multi-step and (for discrete parts) bit-search worst cases in the covering set.
 
     The searches run on ``probe`` (default ``data``); every point they return is scored on ``data``.
     ``grad``: the fault-free gradient on the probe, when the caller has it; ``bit_rounds`` and
-    ``bit_tensors``: the bit search's rounds and the candidates it evaluates per round."""
+    ``bit_tensors``: the bit search's rounds and the candidates it evaluates per round;
+    ``bit_candidates``: with one flip per round (``bit_rounds`` >= the budget), the best flips of each
+    tensor by linear gain evaluated each round (the linear gain misranks large flips)."""
     if not differentiable(model):
         return WorstCases(skipped=f"{type(model).__name__}: the worst cases need gradients; Monte-Carlo only")
     cset = chip.constraint(coverage)
@@ -240,7 +242,8 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
         if bits:
             advance(0, description="worst case: bit search")
             bs = bit_search(model, data, cset, selection=chip.selection, clean=clean, base=os_, probe=probe,
-                            history_data=probe, keep_best=True, max_rounds=bit_rounds, tensors=bit_tensors)
+                            history_data=probe, keep_best=True, max_rounds=bit_rounds, tensors=bit_tensors,
+                            candidates=bit_candidates)
             if probe is not None:  # rounds compared on the probe; the point found, scored on the data
                 r = evaluate_parts(model, data, chip.selection, bs.parts)
                 bs = WorstCase("bit_search", r.accuracy, r.loss, r.loss - clean.loss, bs.parts,

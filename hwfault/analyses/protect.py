@@ -13,11 +13,27 @@ Each row has the Monte-Carlo accuracy (mean, 95% t interval, minimum), ``sdc_rat
 (chip, unit) pairs, units the fault-free chip handles correctly, whose output changed, with finite
 outputs), ``due_rate`` (the share of (chip, unit) pairs with non-finite outputs: detected errors read
 NaN), ``worst_case_accuracy`` (the lowest of the one-step, multi-step and bit-search worst cases inside
-the protected chip's covering set, :func:`~hwfault.analyses.estimate.worst_cases`) and the cost
+the protected chip's covering set, :func:`~hwfault.analyses.estimate.worst_cases`, pooled across
+rows: see below) and the cost
 (``cost_bits``: storage; ``extra_ops`` per protection). A row with checksums also has
 ``detection_rate`` (the SDC units of the same chips without the checksums that the checksums flag),
 ``false_positive_rate`` (units flagged on the fault-free chip) and ``benign_flag_rate`` (units flagged
 whose output the faults did not change).
+
+**The worst cases are searches**, so each is an upper bound on its set's true minimum, and two rows'
+searches may end in different places by chance (a protected chip's search finding a lower point than
+the unprotected chip's, whose set holds it). Two things keep the comparison between rows sound:
+
+- with a flip budget of at most ``BIT_ROUNDS`` (the chips where protection can change the worst
+  case), the bit search flips one bit per round and evaluates the ``BIT_CANDIDATES`` best flips of
+  each tensor (``BIT_TENSORS`` of them), since the linear gain misranks large flips; larger budgets
+  get the estimate's few rounds (there the worst case is at chance whatever is protected);
+- **pooling** (``pool``): every row's points (one step, multi-step, bit search) are offered to every
+  other row, with the flips of the bits that row protects taken out (TMR outvotes them, ECC corrects
+  them); a point that then lies in the row's covering set (checked by the set) and scores lower
+  replaces the row's own (``worst_case.pooled`` names where it came from). So every row's worst case
+  is the best of all the searches' points inside its set, and a chip never reads better than one
+  whose set it holds. Rows with guards (Ranger, checksums), bounds or activation faults keep their own.
 
 The ranked choice takes its gradient at the fault-free stored weights on ``rank_inputs`` inputs of
 the training split (of the evaluation data when the data have none, said in ``settings``); Ranger
@@ -35,6 +51,7 @@ import numpy as np
 import torch
 
 from .. import progress, stats, validate
+from ..constraints import BitSet
 from ..errors import HwfaultError
 from ..evaluation import Golden, as_tensors, differentiable, logits, score
 from ..faults import Chip
@@ -53,6 +70,11 @@ __all__ = ["protect", "ProtectResult", "STRATEGIES", "RANK_INPUTS"]
 
 STRATEGIES = ("ranked", "random", "magnitude")
 RANK_INPUTS = 512
+#: the bit search: budgets up to BIT_ROUNDS flips get one flip per round, choosing among the BIT_CANDIDATES
+#: best flips by linear gain of each tensor (BIT_TENSORS of them, those of the largest gain, evaluated);
+#: larger budgets (where the worst case is at chance whatever is protected) the estimate's few rounds
+BIT_ROUNDS, BIT_TENSORS, BIT_CANDIDATES = 64, 24, 4
+BIT_ROUNDS_LARGE, BIT_TENSORS_LARGE = 4, 3
 
 
 @dataclass(frozen=True)
@@ -163,7 +185,8 @@ def _sizes(module, names, x1) -> dict:
     return probe(module, [(n, mods[n]) for n in names], x1)
 
 
-def _worst(chip: Chip, module, dset, *, cov, clean, steps, pdata, g0, bit_rounds, bit_tensors) -> dict:
+def _worst(chip: Chip, module, dset, *, cov, clean, steps, pdata, g0, bit_rounds, bit_tensors,
+           bit_candidates=1) -> dict:
     """The lowest worst case inside the chip's covering set, or why there is none."""
     if not differentiable(module):
         return {"accuracy": None, "reason": "the model has no gradients"}
@@ -175,16 +198,91 @@ def _worst(chip: Chip, module, dset, *, cov, clean, steps, pdata, g0, bit_rounds
         return {"accuracy": None, "reason": "checksums: a detected point is a DUE; the worst undetected point is not searched"}
     if chip.forward_faults and guards:
         return {"accuracy": None, "reason": "activation faults with Ranger: not searched here"}
+    if bit_rounds is None:  # a small budget: one flip per round, several candidates; a large one: the estimate's
+        from ..constraints import DiscreteSet
+
+        cset = chip.constraint(cov)
+        n = sum(getattr(p, "n", 0) for p in cset.parts if isinstance(p, DiscreteSet))
+        bit_rounds, bit_tensors, bit_candidates = (max(n, 1), bit_tensors, bit_candidates) if n <= BIT_ROUNDS else \
+            (BIT_ROUNDS_LARGE, BIT_TENSORS_LARGE, 1)
     ctx = chip._hooks(module, generator(0, 0), (), {}) if guards else _null()
     with ctx:
         wc = worst_cases(chip, module, dset, coverage=cov, clean=clean, steps=steps, probe=pdata,
-                         grad=None if guards else g0, bit_rounds=bit_rounds, bit_tensors=bit_tensors)
-    found = {k: w.accuracy for k, w in (("one_step", wc.one_step), ("multi_step", wc.multi_step),
-                                        ("bit_search", wc.bit_search)) if w is not None}
+                         grad=None if guards else g0, bit_rounds=bit_rounds, bit_tensors=bit_tensors,
+                         bit_candidates=bit_candidates)
+    points = [(k, w) for k, w in (("one_step", wc.one_step), ("multi_step", wc.multi_step),
+                                  ("bit_search", wc.bit_search)) if w is not None]
+    found = {k: w.accuracy for k, w in points}
     out = {"accuracy": min(found.values()), **found}
     if wc.bit_search is not None:
         out["flips"] = wc.bit_search.extra.get("flips")
     out["budgets"] = {p.get("name", ""): p.get("n") for p in wc.set.get("parts", []) if "n" in p}
+    if not guards and not chip.forward_faults and getattr(chip, "bounds", None) is None:
+        out["_points"] = points  # the witnesses, for pooling across rows (removed before the row is kept)
+    return out
+
+
+def _flip_parts(chip: Chip, point, names) -> tuple[dict, torch.Tensor] | None:
+    """A witness split into its non-flip parts by name and its weight-bit flips as (element, bit)
+    pairs (k, 2); None when a changed weight is not one bit flip of its stored value."""
+    other, flips = {}, torch.zeros(chip.selection.numel, dtype=torch.float64)
+    for n, a in zip(names, point.parts):
+        if n.startswith("bitflip"):
+            flips = flips + a.double()
+        else:
+            other[n] = a
+    el = torch.nonzero(flips).reshape(-1)
+    d = chip.view.bit_deltas().double()[el]
+    match = (d - flips[el, None]).abs() <= 1e-6 * d.abs() + 1e-30
+    if not bool(match.any(dim=1).all()):
+        return None
+    return other, torch.stack([el, match.to(torch.int8).argmax(dim=1)], dim=1)
+
+
+def _pooled(rows_chips: list, witnesses: list, module, dset, cov: float) -> list:
+    """Per row, the lowest witness of any row's searches that lies in this row's covering set, once
+    the flips of the bits this row protects are taken out (they are outvoted or corrected), as
+    (accuracy, source) or None: each row's worst case is then the best of every search's points, so
+    a chip whose set holds another's (fewer protected bits) never reads better than it."""
+    from ..search.results import evaluate_parts
+
+    out = []
+    for j, chip in enumerate(rows_chips):
+        if witnesses[j] is None:
+            out.append(None)
+            continue
+        cset = chip.constraint(cov)
+        names = tuple(cset.names)
+        if names.count("bitflip") != 1 or not isinstance(cset.parts[names.index("bitflip")], BitSet):
+            out.append(None)
+            continue
+        prot = chip.view.protected
+        best = None
+        for i, pts in enumerate(witnesses):
+            if pts is None or i == j:
+                continue
+            src_names = tuple(rows_chips[i].constraint(cov).names)
+            for method, w in pts:
+                split = _flip_parts(rows_chips[i], w, src_names)
+                if split is None:
+                    continue
+                other, fl = split
+                keep = fl if prot is None or fl.numel() == 0 else \
+                    fl[~prot.hit(fl[:, 0] * prot.nbits + fl[:, 1])]
+                if set(other) - set(names):
+                    continue
+                flat = torch.zeros(chip.selection.numel, dtype=torch.float64)
+                if keep.numel():
+                    flat[keep[:, 0]] = chip.view.bit_deltas().double()[keep[:, 0], keep[:, 1]]
+                parts = [flat if n == "bitflip" else torch.zeros_like(flat) if n.startswith("bitflip")
+                         else other.get(n, torch.zeros_like(flat)) for n in names]
+                if not cset.contains_parts(parts):
+                    continue
+                acc = w.accuracy if keep.shape[0] == fl.shape[0] else evaluate_parts(module, dset, chip.selection,
+                                                                                       parts).accuracy
+                if best is None or acc < best[0]:
+                    best = (acc, {"row": i, "method": method, "dropped_flips": int(fl.shape[0] - keep.shape[0])})
+        out.append(best)
     return out
 
 
@@ -224,8 +322,8 @@ def _budget_value(b):
 def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies: Sequence[str] = STRATEGIES,
             scheme: str | None = None, trials: int = 50, seed: int = 0, coverage: float | None = None,
             steps: int = 10, search_inputs: int | None = SEARCH_INPUTS, rank_inputs: int = RANK_INPUTS,
-            worst_case: bool = True, bit_rounds: int = 4, bit_tensors: int | None = 3,
-            rank_data=None) -> ProtectResult:
+            worst_case: bool = True, bit_rounds: int | None = None, bit_tensors: int | None = BIT_TENSORS,
+            bit_candidates: int = BIT_CANDIDATES, pool: bool = True, rank_data=None) -> ProtectResult:
     """Rows of protections (none, the spec's, and ``scheme`` on each budget by each strategy) on the
     same Monte-Carlo chips; see the module docstring. ``rank_data``: the inputs the ranked choice
     and Ranger's profiling use (default: the training split of data given by name)."""
@@ -284,7 +382,7 @@ def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies:
             pb = protect_bits(base_chip, scheme, b, s, grad=g_rank, seed=seed)
             rows_spec.append((s, b, ProtectedChip(base_chip.spec, base_chip.selection,
                                                   base_chip.view.with_protected(pb), base_chip.faults)))
-    rows, mcs = [], {}
+    rows, mcs, witnesses = [], {}, []
     with progress.task("protect", len(rows_spec)) as step:
         for strategy, b, c in rows_spec:
             step(0, description=f"protect: {strategy}" + (f" at {b}" if b is not None else ""))
@@ -309,16 +407,28 @@ def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies:
                 _, fin, _ = _units(task, clean_run, golden, y)
                 row.update(_detection(mc, ref, float((~fin).float().mean())))
             wc = _worst(c, module, dset, cov=cov, clean=clean, steps=steps, pdata=pdata, g0=g0,
-                        bit_rounds=bit_rounds, bit_tensors=bit_tensors) if worst_case else {"accuracy": None,
-                                                                                            "reason": "not requested"}
+                        bit_rounds=bit_rounds, bit_tensors=bit_tensors, bit_candidates=bit_candidates) \
+                if worst_case else {"accuracy": None, "reason": "not requested"}
+            witnesses.append(wc.pop("_points", None))
             row["worst_case_accuracy"] = wc["accuracy"]
             row["worst_case"] = wc
             rows.append(row)
             step(1)
+    if worst_case and pool and sum(w is not None for w in witnesses) > 1:
+        with progress.task("worst case: pooling the rows' points", 1) as step:
+            for row, got in zip(rows, _pooled([c for _, _, c in rows_spec], witnesses, module, dset, cov)):
+                if got is not None and got[0] < row["worst_case_accuracy"]:
+                    src = rows[got[1]["row"]]
+                    row["worst_case"]["pooled"] = {"accuracy": got[0], "method": got[1]["method"],
+                                                   "from": {"strategy": src["strategy"], "budget": src["budget"]},
+                                                   "dropped_flips": got[1]["dropped_flips"]}
+                    row["worst_case"]["accuracy"] = row["worst_case_accuracy"] = got[0]
+            step(1)
     settings = {"task": task.describe(), "seed": seed, "trials": trials, "coverage": cov, "scheme": scheme,
                 "strategies": list(strategies), "budgets": budgets, "ranked_on": rank_label,
                 "search": {"inputs": None if pdata is None else len(as_tensors(pdata)[0]), "steps": steps,
-                           "bit_rounds": bit_rounds, "bit_tensors": bit_tensors},
+                           "bit_rounds": bit_rounds, "bit_tensors": bit_tensors, "bit_candidates": bit_candidates,
+                           "pooled": bool(pool)},
                 "stored_weight_bits": total_bits,
                 "units": "inputs" if task.name != "lm" else "tokens"}
     return ProtectResult(mlabel, dlabel, {"name": spec.name, **base_chip.describe(),
