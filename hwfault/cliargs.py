@@ -179,7 +179,7 @@ def protect_command(
     data: Optional[str] = DATA,
     chip: str = CHIP,
     budget: Optional[str] = typer.Option(None, "--budget", help="Comma-separated budgets of protected weight bits: shares (0.005 or 0.5%) or numbers of bits (1000)."),
-    strategies: str = typer.Option("ranked,random,magnitude", "--strategies", help="Which bits: ranked (the worst-case ranking, |gradient x bit damage|), random, magnitude (the largest weights' top bits)."),
+    strategies: str = typer.Option("ranked,random,magnitude", "--strategies", help="Which bits: ranked (the worst-case ranking, |gradient x bit damage| at the stored weights and, for half the budget, at the unprotected chip's worst-case point), random, magnitude (the largest weights' top bits)."),
     scheme: Optional[str] = typer.Option(None, "--scheme", help="ecc (SECDED per 64-bit word) or tmr (default: the chip's [[protection]] ecc/tmr entry, else tmr)."),
     trials: int = typer.Option(50, "--trials", help="Monte-Carlo chips per row (the same chips for every row)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo chips and of the random choice."),

@@ -86,6 +86,41 @@ def test_ranked_choice_is_the_top_bits_by_first_order_damage_brute_force():
     assert (loss[0] - loss[1]) / (2 * h) == pytest.approx(float(g[i]), rel=2e-2)
 
 
+def test_ranked_choice_with_a_worst_case_point_splits_the_budget_brute_force():
+    """Given the gradient at a worst-case point, half the budget goes to the top bits by first-order
+    damage at the stored weights and the other half to the top bits by the damage at that point,
+    among the rest; each flip's damage computed by hand."""
+    m, data = _tiny()
+    chip = Chip.build(_spec(), m)
+    v = chip.view
+    g = ranking_gradient(chip, m, data)
+    assert torch.equal(ranking_gradient(chip, m, data, at=chip.delta(v.w_q.double())), g)
+    at = chip.delta(v.w_q.double()) + torch.linspace(-0.3, 0.3, v.k, dtype=torch.float64)
+    ga = ranking_gradient(chip, m, data, at=at)
+    i, h = int(ga.abs().argmax()), 1e-4  # the gradient at the point: a finite difference agrees
+    loss = []
+    for sgn in (1, -1):
+        d = at.clone()
+        d[i] += sgn * h
+        with hw.perturbed(chip.selection, d):
+            loss.append(hw.evaluate(m, data).loss)
+    assert (loss[0] - loss[1]) / (2 * h) == pytest.approx(float(ga[i]), rel=2e-2)
+
+    def top(grad, n, skip=()):
+        gains = [(abs(float(grad[e]) * _int4_flip(v, e, b)), e * v.bits + b) for e in range(v.k) for b in range(v.bits)]
+        return [pos for _, pos in sorted(gains, key=lambda t: (-t[0], t[1])) if pos not in skip][:n]
+
+    for n in (1, 9, 40):
+        first = top(g, n - round(0.5 * n))
+        want = sorted(first + top(ga, n - len(first), set(first)))
+        got = protect_bits(chip, "tmr", n, "ranked", grad=g, adversary=ga).bits.tolist()
+        assert got == want, n
+        assert len(set(got)) == n
+    # random and magnitude do not look at it
+    assert torch.equal(protect_bits(chip, "tmr", 9, "magnitude", adversary=ga).bits,
+                       protect_bits(chip, "tmr", 9, "magnitude").bits)
+
+
 def test_magnitude_and_random_choices():
     m, data = _tiny()
     chip = Chip.build(_spec(), m)

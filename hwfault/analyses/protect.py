@@ -6,7 +6,8 @@
 - ``none``: the chip without its protections;
 - ``spec``: the chip with its ``[[protection]]`` entries (when it has any);
 - one row per budget and strategy: ECC or TMR (``scheme``) on that budget of the stored weight bits,
-  chosen ``ranked`` (the worst-case ranking, gradient x bit damage), ``random`` or ``magnitude``
+  chosen ``ranked`` (the worst-case ranking, gradient x bit damage at the stored weights and at the
+  unprotected chip's worst-case point), ``random`` or ``magnitude``
   (:mod:`hwfault.faults.protection.bits`).
 
 Each row has the Monte-Carlo accuracy (mean, 95% t interval, minimum), ``sdc_rate`` (the share of the
@@ -35,8 +36,11 @@ the unprotected chip's, whose set holds it). Two things keep the comparison betw
   is the best of all the searches' points inside its set, and a chip never reads better than one
   whose set it holds. Rows with guards (Ranger, checksums), bounds or activation faults keep their own.
 
-The ranked choice takes its gradient at the fault-free stored weights on ``rank_inputs`` inputs of
-the training split (of the evaluation data when the data have none, said in ``settings``); Ranger
+The ranked choice takes its gradients on ``rank_inputs`` inputs of the training split (of the
+evaluation data when the data have none, said in ``settings``): at the fault-free stored weights,
+and (with the worst case on) at the unprotected chip's lowest worst-case point, which then chooses
+``ADVERSARY_SHARE`` of each budget (:mod:`hwfault.faults.protection.bits`; ``ranked_worst_point`` in
+the JSON names the point); a spec's ``[[protection]]`` ranked entry is chosen the same way here. Ranger
 profiles on the training split too. The worst-case searches run on ``search_inputs`` of the
 evaluation inputs, as in ``hwfault estimate``.
 """
@@ -56,12 +60,14 @@ from ..errors import HwfaultError
 from ..evaluation import Golden, as_tensors, differentiable, logits, score
 from ..faults import Chip
 from ..faults.protection import ProtectedChip, protect_bits, ranking_gradient
+from ..faults.protection.bits import ADVERSARY_SHARE
 from ..faults.protection.guards import Checksum, Ranger
 from ..inputs import analysis, resolve_data, resolve_model
 from ..params import perturbed
 from ..rng import generator
 from ..runtime import single_thread
 from ..search.methods import clean_gradient
+from ..search.results import total
 from ..tasks import current
 from .estimate import SEARCH_INPUTS, _search_subset, worst_cases
 from .realise import chip_logits
@@ -370,16 +376,26 @@ def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies:
         raise HwfaultError(f"{mlabel}: the ranked strategy needs gradients; choose random or magnitude")
     pdata, plabel = _search_subset(dset, search_inputs, "evaluation data") if search_inputs else (None, "all")
     g0 = clean_gradient(module, dset, base_chip.selection, probe=pdata) if worst_case and differentiable(module) else None
+    wkw = dict(cov=cov, clean=clean, steps=steps, pdata=pdata, g0=g0, bit_rounds=bit_rounds, bit_tensors=bit_tensors,
+               bit_candidates=bit_candidates)
+    # the unprotected chip's worst case first: the ranked choice gives part of its budget to the bits
+    # of the largest first-order damage at its lowest point (faults.protection.bits)
+    wc_none = _worst(base_chip, module, dset, **wkw) if worst_case else None
+    g_adv, adv_at = None, None
+    if g_rank is not None and wc_none is not None and wc_none.get("_points"):
+        method, w = min(wc_none["_points"], key=lambda t: t[1].accuracy)
+        g_adv = ranking_gradient(base_chip, module, rank_sub, at=total(w.parts))
+        adv_at = {"method": method, "accuracy": w.accuracy, "share": ADVERSARY_SHARE}
 
     rows_spec = [("none", None, base_chip)]
     if spec.protection:
         from ..faults.protection import protected
 
         rows_spec.append(("spec", bit_entry.budget if bit_entry is not None else None,
-                          protected(base_chip, module, spec.protection, data=train, grad=g_rank)))
+                          protected(base_chip, module, spec.protection, data=train, grad=g_rank, adversary=g_adv)))
     for b in budgets:
         for s in strategies:
-            pb = protect_bits(base_chip, scheme, b, s, grad=g_rank, seed=seed)
+            pb = protect_bits(base_chip, scheme, b, s, grad=g_rank, seed=seed, adversary=g_adv)
             rows_spec.append((s, b, ProtectedChip(base_chip.spec, base_chip.selection,
                                                   base_chip.view.with_protected(pb), base_chip.faults)))
     rows, mcs, witnesses = [], {}, []
@@ -406,9 +422,8 @@ def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies:
                 clean_run = chip_logits(c.with_faults(()), module, dset, generator(seed, 0))
                 _, fin, _ = _units(task, clean_run, golden, y)
                 row.update(_detection(mc, ref, float((~fin).float().mean())))
-            wc = _worst(c, module, dset, cov=cov, clean=clean, steps=steps, pdata=pdata, g0=g0,
-                        bit_rounds=bit_rounds, bit_tensors=bit_tensors, bit_candidates=bit_candidates) \
-                if worst_case else {"accuracy": None, "reason": "not requested"}
+            wc = {"accuracy": None, "reason": "not requested"} if not worst_case else \
+                wc_none if strategy == "none" else _worst(c, module, dset, **wkw)
             witnesses.append(wc.pop("_points", None))
             row["worst_case_accuracy"] = wc["accuracy"]
             row["worst_case"] = wc
@@ -426,6 +441,7 @@ def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies:
             step(1)
     settings = {"task": task.describe(), "seed": seed, "trials": trials, "coverage": cov, "scheme": scheme,
                 "strategies": list(strategies), "budgets": budgets, "ranked_on": rank_label,
+                "ranked_worst_point": adv_at,
                 "search": {"inputs": None if pdata is None else len(as_tensors(pdata)[0]), "steps": steps,
                            "bit_rounds": bit_rounds, "bit_tensors": bit_tensors, "bit_candidates": bit_candidates,
                            "pooled": bool(pool)},

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ from ...constraints import BitSet, CandidateSet, SumSet
 from ...errors import HwfaultError
 from ..base import FaultModel
 from ..chip import Chip
-from .bits import ProtectedBits, bit_scores, budget_bits, choose
+from .bits import ADVERSARY_SHARE, ProtectedBits, bit_scores, budget_bits, choose
 from .guards import Checksum, Ranger, WeightBounds, checksum_guard, profile_ranges
 
 __all__ = ["ProtectedChip", "ProtectedResidual", "protected", "protect_bits", "ranking_gradient",
@@ -169,20 +170,25 @@ class ProtectedChip(Chip):
         return {**out, "protection": prot}
 
 
-def ranking_gradient(chip: Chip, model: nn.Module, data) -> torch.Tensor:
-    """The flat loss gradient at the chip's fault-free stored weights, on ``data`` (float64, CPU)."""
+def ranking_gradient(chip: Chip, model: nn.Module, data, at: torch.Tensor | None = None) -> torch.Tensor:
+    """The flat loss gradient at the chip's fault-free stored weights, on ``data`` (float64, CPU); or,
+    with ``at`` (a flat change of the float weights, e.g. a worst-case point's), at that point."""
     from ...evaluation import finite_gradient, loss_and_grad
     from ...params import perturbed
 
     sel = chip.selection
-    with perturbed(sel, chip.delta(chip.view.w_q.double())):
+    with perturbed(sel, chip.delta(chip.view.w_q.double()) if at is None else at):
         _, grads = loss_and_grad(model, data, sel.params)
     return finite_gradient(sel.flatten(grads).cpu())[0].double()
 
 
 def protect_bits(chip: Chip, scheme: str, budget, strategy: str, *, grad: torch.Tensor | None = None,
-                 seed: int = 0) -> ProtectedBits:
-    """The protected bits of a budget (a share of the stored weight bits, or a count) by strategy."""
+                 seed: int = 0, adversary: torch.Tensor | None = None,
+                 adversary_share: float = ADVERSARY_SHARE) -> ProtectedBits:
+    """The protected bits of a budget (a share of the stored weight bits, or a count) by strategy.
+    ``adversary`` (ranked only): the loss gradient at a worst-case point; then ``adversary_share`` of
+    the budget goes to the bits of the largest first-order damage there, among those the stored
+    weights' ranking (``grad``) did not take (:mod:`.bits`)."""
     from ...rng import generator
 
     if scheme not in ("ecc", "tmr"):
@@ -191,14 +197,23 @@ def protect_bits(chip: Chip, scheme: str, budget, strategy: str, *, grad: torch.
     total = view.k * view.bits
     n = budget_bits(budget, total)
     scores = bit_scores(view, strategy, grad, generator(seed, 0x5eed) if strategy == "random" else None)
-    return ProtectedBits(scheme, choose(scores, n), view.bits, total, strategy, budget)
+    if strategy != "ranked" or adversary is None:
+        return ProtectedBits(scheme, choose(scores, n), view.bits, total, strategy, budget)
+    first = choose(scores, n - round(adversary_share * n))
+    rest = bit_scores(view, strategy, adversary)
+    rest[first] = -math.inf
+    both = torch.cat([first, choose(rest, n - first.numel())]).sort().values
+    return ProtectedBits(scheme, both, view.bits, total, strategy, budget)
 
 
-def protected(chip: Chip, model: nn.Module, entries, *, data=None, grad: torch.Tensor | None = None) -> ProtectedChip:
+def protected(chip: Chip, model: nn.Module, entries, *, data=None, grad: torch.Tensor | None = None,
+              adversary: torch.Tensor | None = None) -> ProtectedChip:
     """``chip`` with the protections ``entries`` (``[[protection]]`` configs) applied, in a fixed order:
     the bits' redundancy, the weight bounds, then the guards (checksums before Ranger, both hooked after
     the faults). ``data``: what the ranked choice takes its gradient on and Ranger profiles on;
-    ``grad``: that gradient, when the caller has it already."""
+    ``grad``: that gradient, when the caller has it already; ``adversary``: the gradient at the
+    unprotected chip's worst-case point, when the caller has it (``hwfault protect``): the ranked
+    choice then gives it its share of the budget (:func:`protect_bits`)."""
     entries = tuple(entries)
     view, bounds, guards = chip.view, None, []
     name = getattr(chip.spec, "name", "chip")
@@ -213,7 +228,8 @@ def protected(chip: Chip, model: nn.Module, entries, *, data=None, grad: torch.T
             if e.strategy == "ranked" and grad is None:
                 need(e.kind)
                 grad = ranking_gradient(chip, model, data)
-            view = view.with_protected(protect_bits(chip, e.kind, e.budget, e.strategy, grad=grad, seed=e.seed))
+            view = view.with_protected(protect_bits(chip, e.kind, e.budget, e.strategy, grad=grad, seed=e.seed,
+                                                    adversary=adversary))
         elif e.kind == "clip-weights":
             bounds = WeightBounds.of(chip.view, e.mode)
     for e in entries:
