@@ -253,11 +253,12 @@ def _pooled(rows_chips: list, witnesses: list, module, dset, cov: float) -> list
     from ..search.results import evaluate_parts
 
     out = []
+    sets = [None if w is None else c.constraint(cov) for c, w in zip(rows_chips, witnesses)]
     for j, chip in enumerate(rows_chips):
         if witnesses[j] is None:
             out.append(None)
             continue
-        cset = chip.constraint(cov)
+        cset = sets[j]
         names = tuple(cset.names)
         if names.count("bitflip") != 1 or not isinstance(cset.parts[names.index("bitflip")], BitSet):
             out.append(None)
@@ -267,7 +268,7 @@ def _pooled(rows_chips: list, witnesses: list, module, dset, cov: float) -> list
         for i, pts in enumerate(witnesses):
             if pts is None or i == j:
                 continue
-            src_names = tuple(rows_chips[i].constraint(cov).names)
+            src_names = tuple(sets[i].names)
             for method, w in pts:
                 split = _flip_parts(rows_chips[i], w, src_names)
                 if split is None:
