@@ -23,25 +23,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from .config import FaultConfig, Prob, Text, fail, globs, layer_types, show
+from .config import FaultConfig, LayerSelection, Prob, fail, show
 from .registry import lazy_attribute, register
 
 
-class _Layers(FaultConfig):
-    types: list[Text] = ["conv", "linear"]
-    params: list[Text] = []
-
-    @field_validator("types")
-    @classmethod
-    def _types(cls, v: list[str]) -> list[str]:
-        return layer_types(v)
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: list[str]) -> list[str]:
-        return globs(v, "module-name glob such as 'layer1.*'")
+class _Layers(LayerSelection, FaultConfig):
+    """An activation fault's layers (:class:`~.config.LayerSelection`)."""
 
 
 class ActivationBitFlipFault(_Layers):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["StrictModel", "FaultConfig", "NonNeg", "Pos", "Prob", "Text", "Flag", "fail", "show", "num",
            "layer_types", "globs"]
@@ -70,6 +70,24 @@ def globs(v: list[str], example: str) -> list[str]:
         if not g.strip():
             fail(f"expected a {example}, got ''", index=i)
     return v
+
+
+class LayerSelection(StrictModel):
+    """The layers an entry acts on (activation faults, Ranger, checksums): component types and
+    module-name globs, both checked by :func:`layer_types` and :func:`globs`."""
+
+    types: list[Text] = ["conv", "linear"]
+    params: list[Text] = []
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, v: list[str]) -> list[str]:
+        return layer_types(v)
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: list[str]) -> list[str]:
+        return globs(v, "module-name glob such as 'layer1.*'")
 
 
 def show(v: Any) -> str:

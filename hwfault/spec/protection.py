@@ -25,7 +25,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from ..faults.config import Pos, StrictModel, Text, fail, globs, layer_types, num, show
+from ..faults.config import LayerSelection, Pos, StrictModel, Text, fail, num, show
 
 __all__ = ["PROTECTION_KINDS", "STRATEGIES", "Protection", "BitProtection", "EccProtection", "TmrProtection",
            "RangerProtection", "ClipWeightsProtection", "ChecksumProtection", "check_budget", "protection_line"]
@@ -72,19 +72,8 @@ class TmrProtection(BitProtection):
     kind: Literal["tmr"]
 
 
-class _Layers(_Entry):
-    types: list[Text] = ["conv", "linear"]
-    params: list[Text] = []
-
-    @field_validator("types")
-    @classmethod
-    def _types(cls, v: list[str]) -> list[str]:
-        return layer_types(v)
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: list[str]) -> list[str]:
-        return globs(v, "module-name glob such as 'layer1.*'")
+class _Layers(LayerSelection, _Entry):
+    """A guard's layers (:class:`~hwfault.faults.config.LayerSelection`)."""
 
 
 class RangerProtection(_Layers):
