@@ -44,6 +44,7 @@ from .realise import chip_logits
 SEARCH_INPUTS = 64   # evaluation inputs the worst-case searches run on (evenly spaced)
 BIT_ROUNDS = 4       # bit-search rounds in an estimate (each: a gradient, the candidates, on the probe)
 BIT_TENSORS = 3      # candidates the bit search evaluates per round (of the largest linear gain)
+FINE_BUDGET = 64     # worst_cases(bit_rounds=None): flip budgets up to this get one flip per round
 
 METRIC_KEYS = ("perplexity", "token_accuracy", "mse", "mae", "metric")
 
@@ -216,14 +217,17 @@ def _remote(runner, job, variant: tuple, seed: int) -> Callable | None:
 
 
 def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, steps: int, probe=None,
-                grad=None, bit_rounds: int = 40, bit_tensors: int | None = None, bit_candidates: int = 1) -> WorstCases:
+                grad=None, bit_rounds: int | None = 40, bit_tensors: int | None = None,
+                bit_candidates: int = 1) -> WorstCases:
     """One-step, multi-step and (for discrete parts) bit-search worst cases in the covering set.
 
     The searches run on ``probe`` (default ``data``); every point they return is scored on ``data``.
     ``grad``: the fault-free gradient on the probe, when the caller has it; ``bit_rounds`` and
     ``bit_tensors``: the bit search's rounds and the candidates it evaluates per round;
     ``bit_candidates``: with one flip per round (``bit_rounds`` >= the budget), the best flips of each
-    tensor by linear gain evaluated each round (the linear gain misranks large flips)."""
+    tensor by linear gain evaluated each round (the linear gain misranks large flips).
+    ``bit_rounds=None``: one flip per round when the flip budget is at most ``FINE_BUDGET``, else
+    ``BIT_ROUNDS`` rounds of ``BIT_TENSORS`` candidates (one per tensor)."""
     if not differentiable(model):
         return WorstCases(skipped=f"{type(model).__name__}: the worst cases need gradients; Monte-Carlo only")
     cset = chip.constraint(coverage)
@@ -233,6 +237,10 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
         return _with_activations(WorstCases(os_, ms, None, {"coverage": coverage, **cset.to_dict()}), chip, model,
                                  data, clean, coverage)
     bits = any(isinstance(s, DiscreteSet) and getattr(s, "n", 0) > 0 for s in cset.parts)
+    if bit_rounds is None:
+        n = sum(getattr(s, "n", 0) for s in cset.parts if isinstance(s, DiscreteSet))
+        bit_rounds, bit_tensors, bit_candidates = (max(n, 1), bit_tensors, bit_candidates) if n <= FINE_BUDGET \
+            else (BIT_ROUNDS, BIT_TENSORS, 1)
     with progress.task("worst case: one step", steps + 2 + bits) as advance:
         os_ = one_step(model, data, cset, selection=chip.selection, clean=clean, probe=probe, grad=grad)
         advance(1, description="worst case: multi-step")

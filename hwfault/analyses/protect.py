@@ -25,7 +25,7 @@ whose output the faults did not change).
 searches may end in different places by chance (a protected chip's search finding a lower point than
 the unprotected chip's, whose set holds it). Two things keep the comparison between rows sound:
 
-- with a flip budget of at most ``BIT_ROUNDS`` (the chips where protection can change the worst
+- with a flip budget of at most ``FINE_BUDGET`` (64; the chips where protection can change the worst
   case), the bit search flips one bit per round and evaluates the ``BIT_CANDIDATES`` best flips of
   each tensor (``BIT_TENSORS`` of them), since the linear gain misranks large flips; larger budgets
   get the estimate's few rounds (there the worst case is at chance whatever is protected);
@@ -76,11 +76,11 @@ __all__ = ["protect", "ProtectResult", "STRATEGIES", "RANK_INPUTS"]
 
 STRATEGIES = ("ranked", "random", "magnitude")
 RANK_INPUTS = 512
-#: the bit search: budgets up to BIT_ROUNDS flips get one flip per round, choosing among the BIT_CANDIDATES
-#: best flips by linear gain of each tensor (BIT_TENSORS of them, those of the largest gain, evaluated);
-#: larger budgets (where the worst case is at chance whatever is protected) the estimate's few rounds
-BIT_ROUNDS, BIT_TENSORS, BIT_CANDIDATES = 64, 24, 4
-BIT_ROUNDS_LARGE, BIT_TENSORS_LARGE = 4, 3
+#: the bit search (``bit_rounds=None``): budgets up to ``estimate.FINE_BUDGET`` flips get one flip per
+#: round, choosing among the BIT_CANDIDATES best flips by linear gain of each tensor (BIT_TENSORS of them,
+#: those of the largest gain, evaluated); larger budgets (where the worst case is at chance whatever is
+#: protected) the estimate's few rounds
+BIT_TENSORS, BIT_CANDIDATES = 24, 4
 
 
 @dataclass(frozen=True)
@@ -204,13 +204,6 @@ def _worst(chip: Chip, module, dset, *, cov, clean, steps, pdata, g0, bit_rounds
         return {"accuracy": None, "reason": "checksums: a detected point is a DUE; the worst undetected point is not searched"}
     if chip.forward_faults and guards:
         return {"accuracy": None, "reason": "activation faults with Ranger: not searched here"}
-    if bit_rounds is None:  # a small budget: one flip per round, several candidates; a large one: the estimate's
-        from ..constraints import DiscreteSet
-
-        cset = chip.constraint(cov)
-        n = sum(getattr(p, "n", 0) for p in cset.parts if isinstance(p, DiscreteSet))
-        bit_rounds, bit_tensors, bit_candidates = (max(n, 1), bit_tensors, bit_candidates) if n <= BIT_ROUNDS else \
-            (BIT_ROUNDS_LARGE, BIT_TENSORS_LARGE, 1)
     ctx = chip._hooks(module, generator(0, 0), (), {}) if guards else _null()
     with ctx:
         wc = worst_cases(chip, module, dset, coverage=cov, clean=clean, steps=steps, probe=pdata,
@@ -340,6 +333,7 @@ def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies:
     trials = validate.trials("--trials", trials)
     seed = validate.seed(seed)
     steps = validate.integer("--steps", steps, lo=1)
+    bit_candidates = validate.integer("bit_candidates", bit_candidates, lo=1)
     rank_inputs = validate.integer("rank_inputs", rank_inputs, lo=1)
     strategies = tuple(strategies)
     for s in strategies:
