@@ -7,7 +7,9 @@ Part A (Ranger, Chen et al. DSN 2021; PyTorchALFI reports 3x-50x fewer SDCs): a 
 datapath takes one transient bit flip per inference, uniform over the bits of every conv and linear
 output (``activation-bitflip``, ``count = 1``), with and without Ranger (bounds profiled on the
 training split, ``clip`` and ``zero``). SDC rate: the share of (chip, unit) pairs, among the units the
-fault-free chip gets right, whose top-1 changed (units: inputs; LM: tokens).
+fault-free chip gets right, whose top-1 changed (units: inputs; LM: tokens). Beside it the worst case
+of that one flip (each input's one-step worst point in the activation covering set, ranked and
+applied as Ranger leaves it), with the flips over every layer and over the hidden layers only.
 
 Part B (selective TMR): on ``int8-sram-0.5v`` (1.56% persistent bit errors: Monte-Carlo loses
 accuracy), an int8 chip at a stated stress level of 1e-5 (``int8-sram-1e-5``, built here: about 9
@@ -86,6 +88,25 @@ def lm_layers_part(model: str, plan: dict, seed: int) -> dict:
     return out
 
 
+def ranger_worst_part(model: str, plan: dict, seed: int) -> dict:
+    """The worst case of one fp32 flip per inference (a per-input adversary inside the activation
+    covering set), with and without Ranger: the flips over every conv and linear output, and over
+    all but the output layer (the hidden layers)."""
+    data, train, _ = _data(model, plan["inputs"])
+    m = hw.load_model(model)
+    layers = [n for n, mod in m.named_modules() if isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))]
+    out = {"model": model, "inputs": len(data[0]), "hidden_layers": layers[:-1]}
+    for where, params in (("all", []), ("hidden", layers[:-1])):
+        for mode in ("clip", "zero"):
+            r = protect(model, data, _act_chip([{"kind": "ranger", "mode": mode}], params), budgets=[], trials=2,
+                        seed=seed, rank_data=train).to_dict()
+            none, rg = r["results"]
+            out.setdefault(where, {})["none"] = none["worst_case_accuracy"]
+            out[where][f"ranger_{mode}"] = rg["worst_case_accuracy"]
+            out[where][f"ranger_{mode}_mc_min"] = rg["accuracy_min"]
+    return out
+
+
 def ranger_part(model: str, plan: dict, seed: int) -> dict:
     data, train, task = _data(model, plan["inputs"])
     out = {"model": model, "chips": plan["ranger_chips"], "inputs": len(data[0]), "task": task or "classification"}
@@ -152,6 +173,18 @@ def markdown(d: dict) -> str:
                   f"the output head ({', '.join(q['head']['layers'])}) SDC {_rate(q['head']['sdc_none'])}% -> "
                   f"{_rate(q['head']['sdc_ranger'])}% with Ranger; the blocks ({len(q['blocks']['layers'])} layers) "
                   f"{_rate(q['blocks']['sdc_none'])}% -> {_rate(q['blocks']['sdc_ranger'])}%."]
+    if d.get("ranger_worst"):
+        lines += ["", "Worst case of one fp32 flip per inference (the one-step worst point of each input inside the "
+                  "activation covering set; with Ranger the flips are ranked and applied as Ranger leaves them), "
+                  "accuracy %:", ""]
+        rows = []
+        for w in d["ranger_worst"]:
+            for where in ("all", "hidden"):
+                q = w[where]
+                rows.append([w["model"], "every conv/linear output" if where == "all" else
+                             f"hidden layers ({len(w['hidden_layers'])}, not the output layer)", _pct(q["none"]),
+                             _pct(q["ranger_clip"]), _pct(q["ranger_zero"])])
+        lines.append(md_table(["model", "flips in", "worst none", "worst Ranger (clip)", "worst Ranger (zero)"], rows))
     lines += ["",
               "## TMR on a budget of weight bits: hwfault's ranked choice vs random and magnitude", "",
               "Monte-Carlo mean (min) accuracy on the same chips for every row; worst case: the lowest of one step, "
@@ -189,6 +222,12 @@ def checks(d: dict) -> list[str]:
         out.append(f"{a['model']}: Ranger (clip) lowers the fp32 activation-flip SDC rate "
                    f"{_rate(a['none']['sdc_rate'])}% -> {_rate(a['ranger_clip']['sdc_rate'])}%"
                    f" ({'>= 3x' if ok else '< 3x'}): {'PASS' if ok else 'FAIL'}")
+    for w in d.get("ranger_worst", []):
+        q = w["hidden"]
+        ok = q["ranger_clip"] > q["none"] and q["ranger_zero"] > q["none"]
+        out.append(f"{w['model']}: Ranger raises the worst case of one fp32 flip per inference in the hidden layers "
+                   f"{_pct(q['none'])}% -> {_pct(q['ranger_clip'])}% (clip), {_pct(q['ranger_zero'])}% (zero): "
+                   f"{'yes' if ok else 'no'}")
     for t in d["tmr"]:
         rows = t["result"]["results"]
         for b in BUDGETS:
@@ -260,13 +299,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     d = {"machine": machine(), "settings": {"plan": {m: PLAN[m] for m in args.models}, "budgets": list(BUDGETS),
-                                            "seed": args.seed, "quick": args.quick}, "ranger": [], "tmr": []}
+                                            "seed": args.seed, "quick": args.quick}, "ranger": [], "ranger_worst": [], "tmr": []}
     for m in args.models:
         plan = dict(PLAN[m])
         if args.quick:
             plan = {k: (max(2, v // 4) if k.endswith("chips") else v) for k, v in plan.items()}
         tick = time.perf_counter()
         d["ranger"].append(ranger_part(m, plan, args.seed))
+        d["ranger_worst"].append(ranger_worst_part(m, plan, args.seed))
         log(f"{m}: Ranger {time.perf_counter() - tick:.0f} s")
         for chip in ("int8-sram-0.5v", MID, "int8-sram-nominal"):
             tick = time.perf_counter()

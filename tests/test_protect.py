@@ -412,6 +412,87 @@ def test_ranger_lowers_the_sdc_rate_of_fp32_activation_flips_on_the_zoo_cnn():
     assert ranger["cost"][0]["kind"] == "ranger" and ranger["cost_bits"] == 64 * 4
 
 
+@pytest.mark.parametrize("mode", ["clip", "zero"])
+def test_the_activation_worst_case_with_ranger_ranks_flips_as_ranger_leaves_them_brute_force(mode):
+    """One fp32 flip per input in the first layer, Ranger on both: every (neuron, bit) flip decoded by
+    hand, bounded as Ranger bounds it (NaN reads 0), its first-order gain from the gradient at Ranger's
+    output; the one-step choice is the argmax, and the worst point scores as the flip applied then
+    bounded."""
+    from hwfault.analyses.activation_worst import _bounds, _choose, budgets, one_step
+    from hwfault.faults.models.activation import ActivationFormat
+    from hwfault.tasks import current
+
+    m, (x, y) = _tiny()
+    prof = torch.randn(100, 6, generator=torch.Generator().manual_seed(5))  # not the scored inputs: no ties at a bound
+    chip = Chip.build(_act_spec([{"kind": "ranger", "mode": mode}],
+                                faults=[{"kind": "activation-bitflip", "count": 1, "params": ["0"]}]), m,
+                      data=(prof, None))
+    ranger = chip.guards[0]
+    afmt = ActivationFormat("fp32")
+    plan = budgets(chip, m, x[:1], 0.999)
+    flips, _ = _choose(m, x, y, plan, afmt, current(), chip.guards, _bounds(chip.guards, afmt))
+
+    def bound(name, v):
+        lo, hi = ranger.bounds[name]
+        if math.isnan(v):
+            return 0.0
+        if mode == "clip":
+            return min(max(v, lo), hi)
+        return 0.0 if v < lo or v > hi else v
+
+    import struct
+
+    worst_logits = []
+    for i in range(len(x)):
+        a = m[0](x[i:i + 1]).detach()
+        post = torch.tensor([[bound("0", float(v)) for v in a[0]]], requires_grad=True)
+        out = m[2](m[1](post))
+        out_b = torch.stack([torch.stack([torch.tensor(bound("2", float(v))) for v in row]) for row in out.detach()])
+        # the head's Ranger: the gradient passes where its outputs are inside their bounds
+        lo2, hi2 = ranger.bounds["2"]
+        inside = ((out >= lo2) & (out <= hi2)).detach()
+        loss = nn.functional.cross_entropy(torch.where(inside, out, out_b), y[i:i + 1], reduction="sum")
+        (g,) = torch.autograd.grad(loss, post)
+        gains = {}
+        for e in range(a.shape[1]):
+            bits = struct.unpack("<I", struct.pack("<f", float(a[0, e])))[0]
+            for b in range(32):
+                new = struct.unpack("<f", struct.pack("<I", bits ^ (1 << b)))[0]
+                gains[e * 32 + b] = float(g[0, e]) * (bound("0", new) - float(post[0, e].detach()))
+        best = max(gains.values())
+        mine = [int(p) - i * a.shape[1] * 32 for p in flips["0"] if i * a.shape[1] * 32 <= int(p) < (i + 1) * a.shape[1] * 32]
+        if best > 1e-6:
+            assert len(mine) == 1 and gains[mine[0]] >= best - 1e-6 * abs(best), (i, mine, best, gains.get(mine[0] if mine else -1))
+            e, b = divmod(mine[0], 32)
+            bits = struct.unpack("<I", struct.pack("<f", float(a[0, e])))[0]
+            hit = post.detach().clone()
+            hit[0, e] = bound("0", struct.unpack("<f", struct.pack("<I", bits ^ (1 << b)))[0])
+            worst_logits.append(torch.tensor([bound("2", float(v)) for v in m[2](m[1](hit))[0]]))
+        else:
+            assert mine == []
+            worst_logits.append(torch.tensor([bound("2", float(v)) for v in m[2](m[1](post.detach()))[0]]))
+    r, n = one_step(chip, m, (x, y), 0.999, chip.guards)
+    assert n == 1
+    want = float((torch.stack(worst_logits).argmax(1) == y).float().mean())
+    assert r.accuracy == pytest.approx(want)
+    assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+
+
+def test_protect_reports_the_worst_case_with_and_without_ranger():
+    """One fp32 flip per inference in the hidden layers of the zoo CNN: unprotected, one aimed flip
+    makes a NaN of every input; Ranger bounds it, and its worst case stays below its Monte-Carlo."""
+    from hwfault.analyses.protect import protect
+
+    spec = ChipSpec.model_validate({"schema_version": 1, "name": "act", "format": {"kind": "fp32"},
+                                    "faults": [{"kind": "activation-bitflip", "count": 1,
+                                                "params": ["conv1", "conv2", "fc1"]}],
+                                    "protection": [{"kind": "ranger"}]})
+    r = protect("digits-cnn", "digits", spec, budgets=[], trials=3)
+    none, ranger = r.row("none"), r.row("spec")
+    assert none["worst_case_accuracy"] == 0.0 and none["worst_case"]["one_step"] == 0.0
+    assert 0.5 < ranger["worst_case_accuracy"] <= ranger["accuracy_min"]
+
+
 def test_clip_weights_bounds_every_read_and_the_covering_set():
     m, data = _tiny()
     spec = _spec(fmt="fp32", faults=[{"kind": "bitflip", "ber": 0.05}], protection=[{"kind": "clip-weights"}])

@@ -25,7 +25,9 @@ from torch import nn
 
 from ..evaluation import batches, evaluate
 from ..faults.base import binomial_budget
-from ..faults.models.activation import ActivationBitFlip, ActivationFormat, ActivationStuck, _flipped, layer_sizes
+from ..faults.models.activation import (ActivationBitFlip, ActivationFormat, ActivationStuck, _flipped, installed,
+                                        layer_sizes)
+from ..rng import generator
 from ..tasks import current
 
 BATCH = 64
@@ -49,18 +51,24 @@ def budgets(chip, model, x1: torch.Tensor, coverage: float) -> list[tuple[object
     return out
 
 
-def one_step(chip, model: nn.Module, data, coverage: float):
+def one_step(chip, model: nn.Module, data, coverage: float, guards=()):
     """The EvalResult of every input at its one-step worst point (None when the chip has no
-    activation fault with a covering set), and the flips or stuck neurons used per input."""
+    activation fault with a covering set), and the flips or stuck neurons used per input.
+
+    ``guards``: range restrictions (Ranger) hooked after the faults, as on the chip: a flipped or
+    stuck value is ranked and applied as the guard leaves it (clipped, zeroed, NaN read as 0), with
+    the gradient taken at the guard's output."""
     task = current()
     x_all = next(iter(batches(data, 1, task=task)))[0]
     plan = budgets(chip, model, x_all, coverage)
     if not plan or all(n == 0 for _, _, n, _ in plan):
         return None, 0
     afmt = ActivationFormat(chip.activation_format)
+    guards = tuple(guards)
+    bound = _bounds(guards, afmt)
     choices = []  # per batch: {layer: flat positions} for flips, {layer: (pos, value)} for stuck
     for xb, yb in batches(data, BATCH, task=task):
-        choices.append(_choose(model, xb, yb, plan, afmt, task))
+        choices.append(_choose(model, xb, yb, plan, afmt, task, guards, bound))
     it = iter(choices)
     state = {}
 
@@ -75,8 +83,20 @@ def one_step(chip, model: nn.Module, data, coverage: float):
         for name in layers:
             hk = mods[name].register_forward_hook(_apply_hook(name, afmt, state))
             stack.callback(hk.remove)
+        stack.enter_context(installed(guards, model, afmt, generator(0, 0)))  # after the faults', as on the chip
         r = evaluate(model, data, batch_size=BATCH)
     return r, sum(n for _, _, n, _ in plan)
+
+
+def _bounds(guards, afmt) -> dict:
+    """Per layer a guard bounds: what the guards leave of a tensor of its outputs."""
+    out: dict = {}
+    for g in guards:
+        for name in getattr(g, "bounds", {}):
+            prev = out.get(name)
+            out[name] = (lambda t, g=g, name=name, prev=prev:
+                         g.apply(name, t if prev is None else prev(t), afmt, {}, None))
+    return out
 
 
 def _apply_hook(name, afmt, state):
@@ -95,12 +115,18 @@ def _apply_hook(name, afmt, state):
     return hook
 
 
-def _choose(model, xb, yb, plan, afmt, task):
-    """The batch's one-step choice: the gradient at every struck layer's output, then per input the
-    n largest first-order gains (non-finite flips first)."""
+def _choose(model, xb, yb, plan, afmt, task, guards=(), bound=None):
+    """The batch's one-step choice: the gradient at every struck layer's output (after the guards),
+    then per input the n largest first-order gains (non-finite flips first)."""
     outs: dict = {}
+    raw: dict = {}
     mods = dict(model.named_modules())
-    hooks = []
+    bound = bound or {}
+
+    def keep_raw(name):
+        def hook(module, args, out):
+            raw[name] = out.detach()
+        return hook
 
     def keep(name):
         def hook(module, args, out):
@@ -111,25 +137,27 @@ def _choose(model, xb, yb, plan, afmt, task):
         return hook
 
     layers = sorted({name for _, names, _, _ in plan for name in names})
-    try:
-        for name in layers:
-            hooks.append(mods[name].register_forward_hook(keep(name)))
+    with contextlib.ExitStack() as stack:
+        for name in layers:  # the layer's own output, what a fault strikes
+            stack.callback(mods[name].register_forward_hook(keep_raw(name)).remove)
+        stack.enter_context(installed(guards, model, afmt, generator(0, 0)))
+        for name in layers:  # after the guards: what the rest of the model sees
+            stack.callback(mods[name].register_forward_hook(keep(name)).remove)
         with torch.enable_grad():
             out = model(xb)
             loss, _ = task.loss_sum(out, yb.to(out.device) if hasattr(yb, "to") else yb)
             grads = torch.autograd.grad(loss, [outs[n] for n in layers], allow_unused=True)
-    finally:
-        for h in hooks:
-            h.remove()
     g = {n: (gr if gr is not None else torch.zeros_like(outs[n])).detach().reshape(xb.shape[0], -1).double()
          for n, gr in zip(layers, grads)}
-    a = {n: outs[n].detach().reshape(xb.shape[0], -1) for n in layers}
+    a = {n: raw[n].reshape(xb.shape[0], -1) for n in layers}
+    seen = {n: outs[n].detach().reshape(xb.shape[0], -1) for n in layers}
+    keep_as = {n: bound.get(n, _same) for n in layers}
     flips, stuck = {}, {}
     for f, names, n, _ in plan:
         if n <= 0:
             continue
         if isinstance(f, ActivationBitFlip):
-            gains = [_flip_gains(a[k], g[k], afmt) for k in names]  # (B, N_k * bits) each
+            gains = [_flip_gains(a[k], g[k], afmt, keep_as[k], seen[k]) for k in names]  # (B, N_k * bits) each
             allg = torch.cat(gains, 1)
             top = torch.topk(allg, min(n, allg.shape[1]), dim=1)
             offs = torch.tensor([0] + [gg.shape[1] for gg in gains]).cumsum(0)
@@ -141,12 +169,13 @@ def _choose(model, xb, yb, plan, afmt, task):
                 flips[k] = torch.cat([flips.get(k, torch.zeros(0, dtype=torch.long)), pos]).sort().values
         else:  # stuck neurons: to 0 (sa0) or to the largest |output| (sa1), whichever gains more
             for k in names:
-                hi = a[k].double().abs().amax(1, keepdim=True)
+                hi = a[k].double().abs().amax(1, keepdim=True).expand_as(a[k])
+                now = seen[k].double()
                 opts = []
                 if f.sa0 > 0:
-                    opts.append((g[k] * (0 - a[k].double()), torch.zeros_like(a[k], dtype=torch.bool)))
+                    opts.append((g[k] * (keep_as[k](torch.zeros_like(now)) - now), torch.zeros_like(a[k], dtype=torch.bool)))
                 if f.sa1 > 0:
-                    opts.append((g[k] * (hi - a[k].double()), torch.ones_like(a[k], dtype=torch.bool)))
+                    opts.append((g[k] * (keep_as[k](hi) - now), torch.ones_like(a[k], dtype=torch.bool)))
                 gain = torch.stack([o[0] for o in opts]).amax(0)
                 which = torch.stack([o[0] for o in opts]).argmax(0)
                 val = torch.stack([o[1] for o in opts])[which, torch.arange(a[k].shape[0])[:, None],
@@ -157,9 +186,16 @@ def _choose(model, xb, yb, plan, afmt, task):
     return flips, stuck
 
 
-def _flip_gains(a: torch.Tensor, g: torch.Tensor, afmt: ActivationFormat) -> torch.Tensor:
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _flip_gains(a: torch.Tensor, g: torch.Tensor, afmt: ActivationFormat, keep_as=_same,
+                seen: torch.Tensor | None = None) -> torch.Tensor:
     """(B, N * bits): the first-order gain of flipping each bit of each element (+inf where the flip
-    makes the element non-finite). Each element is encoded once; each bit is one decode."""
+    makes the element non-finite). Each element is encoded once; each bit is one decode. ``keep_as``:
+    what a guard leaves of a flipped value, ``seen``: the value the model sees without the flip (the
+    guard's output; ``a`` when there is no guard), ``g`` the gradient there."""
     b, n = a.shape
     f = afmt.fmt
     a32 = a.detach().float()
@@ -172,8 +208,9 @@ def _flip_gains(a: torch.Tensor, g: torch.Tensor, afmt: ActivationFormat) -> tor
         codes = f.encode(a32)
     out = torch.empty(b, n, afmt.bits, dtype=torch.float32)
     inf = torch.tensor(float("inf"))
+    base = a32 if seen is None else seen.detach().float()
     for bit in range(afmt.bits):
-        new = f.decode(codes ^ (1 << bit), scale) if scale is not None else f.decode(codes ^ (1 << bit))
-        gain = g32 * (new - a32)
+        new = keep_as(f.decode(codes ^ (1 << bit), scale) if scale is not None else f.decode(codes ^ (1 << bit)))
+        gain = g32 * (new - base)
         out[:, :, bit] = torch.where(torch.isfinite(new), gain, inf)
     return out.reshape(b, n * afmt.bits)

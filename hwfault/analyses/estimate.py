@@ -32,6 +32,7 @@ from ..rng import generator
 from ..runtime import single_thread
 from ..evaluation import EvalResult, as_tensors, differentiable, logits, score
 from ..faults import Chip
+from ..faults.models.activation import ActivationFormat, installed
 from ..params import perturbed
 from ..search.bitsearch import bit_search
 from ..search.methods import clean_gradient, multi_step, one_step
@@ -218,7 +219,7 @@ def _remote(runner, job, variant: tuple, seed: int) -> Callable | None:
 
 def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, steps: int, probe=None,
                 grad=None, bit_rounds: int | None = 40, bit_tensors: int | None = None,
-                bit_candidates: int = 1) -> WorstCases:
+                bit_candidates: int = 1, guards=()) -> WorstCases:
     """One-step, multi-step and (for discrete parts) bit-search worst cases in the covering set.
 
     The searches run on ``probe`` (default ``data``); every point they return is scored on ``data``.
@@ -227,7 +228,9 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
     ``bit_candidates``: with one flip per round (``bit_rounds`` >= the budget), the best flips of each
     tensor by linear gain evaluated each round (the linear gain misranks large flips).
     ``bit_rounds=None``: one flip per round when the flip budget is at most ``FINE_BUDGET``, else
-    ``BIT_ROUNDS`` rounds of ``BIT_TENSORS`` candidates (one per tensor)."""
+    ``BIT_ROUNDS`` rounds of ``BIT_TENSORS`` candidates (one per tensor). ``guards``: range
+    restrictions (Ranger) hooked on the model for every search and evaluation, after the activation
+    faults' worst-case changes."""
     if not differentiable(model):
         return WorstCases(skipped=f"{type(model).__name__}: the worst cases need gradients; Monte-Carlo only")
     cset = chip.constraint(coverage)
@@ -235,13 +238,14 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
         at = WorstCase("one_step", clean.accuracy, clean.loss, 0.0, (), {"first_order": 0.0, "nonfinite": 0})
         os_, ms = at, WorstCase("multi_step", clean.accuracy, clean.loss, 0.0, (), {"steps": 0, "nonfinite": 0})
         return _with_activations(WorstCases(os_, ms, None, {"coverage": coverage, **cset.to_dict()}), chip, model,
-                                 data, clean, coverage)
+                                 data, clean, coverage, guards)
     bits = any(isinstance(s, DiscreteSet) and getattr(s, "n", 0) > 0 for s in cset.parts)
     if bit_rounds is None:
         n = sum(getattr(s, "n", 0) for s in cset.parts if isinstance(s, DiscreteSet))
         bit_rounds, bit_tensors, bit_candidates = (max(n, 1), bit_tensors, bit_candidates) if n <= FINE_BUDGET \
             else (BIT_ROUNDS, BIT_TENSORS, 1)
-    with progress.task("worst case: one step", steps + 2 + bits) as advance:
+    with progress.task("worst case: one step", steps + 2 + bits) as advance, \
+            installed(tuple(guards), model, ActivationFormat(chip.activation_format), generator(0, 0)):
         os_ = one_step(model, data, cset, selection=chip.selection, clean=clean, probe=probe, grad=grad)
         advance(1, description="worst case: multi-step")
         ms = multi_step(model, data, cset, selection=chip.selection, clean=clean, init=os_, steps=steps, probe=probe,
@@ -264,10 +268,11 @@ def worst_cases(chip: Chip, model, data, *, coverage: float, clean: EvalResult, 
         bs = None if bs is None else _worse(bs, WorstCase(nf.method, nf.accuracy, nf.loss, nf.loss_change, nf.parts,
                                                           {**nf.extra, "flips": 1}))
     return _with_activations(WorstCases(os_, ms, bs, {"coverage": coverage, **cset.to_dict()}), chip, model, data,
-                             clean, coverage)
+                             clean, coverage, guards)
 
 
-def _with_activations(wc: WorstCases, chip: Chip, model, data, clean: EvalResult, coverage: float) -> WorstCases:
+def _with_activations(wc: WorstCases, chip: Chip, model, data, clean: EvalResult, coverage: float,
+                      guards=()) -> WorstCases:
     """Each worst case with the activation faults' one-step worst point on top (at its weights),
     scored on ``data`` (:mod:`.activation_worst`); unchanged for a chip without activation faults."""
     if not chip.forward_faults:
@@ -285,7 +290,7 @@ def _with_activations(wc: WorstCases, chip: Chip, model, data, clean: EvalResult
             key = tuple(id(p) for p in w.parts)  # the same weight point: the same activation worst case
             if key not in seen:
                 with perturbed(chip.selection, total(w.parts) if w.parts else None):
-                    seen[key] = activation_worst.one_step(chip, model, data, coverage)
+                    seen[key] = activation_worst.one_step(chip, model, data, coverage, guards)
             r, n = seen[key]
             advance(1)
             if r is None:

@@ -15,7 +15,9 @@ Each row has the Monte-Carlo accuracy (mean, 95% t interval, minimum), ``sdc_rat
 outputs), ``due_rate`` (the share of (chip, unit) pairs with non-finite outputs: detected errors read
 NaN), ``worst_case_accuracy`` (the lowest of the one-step, multi-step and bit-search worst cases inside
 the protected chip's covering set, :func:`~hwfault.analyses.estimate.worst_cases`, pooled across
-rows: see below) and the cost
+rows: see below; activation faults add each input's one-step worst point, and with Ranger every
+search runs with its hooks and the activation flips are ranked and applied as Ranger leaves them;
+none for checksum rows or the analog periphery, with the reason) and the cost
 (``cost_bits``: storage; ``extra_ops`` per protection). A row with checksums also has
 ``detection_rate`` (the SDC units of the same chips without the checksums that the checksums flag),
 ``false_positive_rate`` (units flagged on the fault-free chip) and ``benign_flag_rate`` (units flagged
@@ -196,19 +198,19 @@ def _worst(chip: Chip, module, dset, *, cov, clean, steps, pdata, g0, bit_rounds
     """The lowest worst case inside the chip's covering set, or why there is none."""
     if not differentiable(module):
         return {"accuracy": None, "reason": "the model has no gradients"}
-    parts = [n for n, _ in chip.parts() if n != "quantization"]
-    if not parts:
-        return {"accuracy": None, "reason": "no weight faults (the worst case of activation faults is not searched here)"}
+    from ..faults.models.activation import ActivationBitFlip, ActivationStuck
+
+    bare = [f for f in chip.forward_faults if not isinstance(f, (ActivationBitFlip, ActivationStuck))]
+    if bare:
+        return {"accuracy": None, "reason": f"{bare[0].kind}: no covering set (Monte-Carlo only)"}
+    if not [n for n, _ in chip.parts() if n != "quantization"] and not chip.forward_faults:
+        return {"accuracy": None, "reason": "no faults with a covering set"}
     guards = tuple(getattr(chip, "guards", ()))
     if any(isinstance(g, Checksum) for g in guards):
         return {"accuracy": None, "reason": "checksums: a detected point is a DUE; the worst undetected point is not searched"}
-    if chip.forward_faults and guards:
-        return {"accuracy": None, "reason": "activation faults with Ranger: not searched here"}
-    ctx = chip._hooks(module, generator(0, 0), (), {}) if guards else _null()
-    with ctx:
-        wc = worst_cases(chip, module, dset, coverage=cov, clean=clean, steps=steps, probe=pdata,
-                         grad=None if guards else g0, bit_rounds=bit_rounds, bit_tensors=bit_tensors,
-                         bit_candidates=bit_candidates)
+    wc = worst_cases(chip, module, dset, coverage=cov, clean=clean, steps=steps, probe=pdata,
+                     grad=None if guards else g0, bit_rounds=bit_rounds, bit_tensors=bit_tensors,
+                     bit_candidates=bit_candidates, guards=guards)
     points = [(k, w) for k, w in (("one_step", wc.one_step), ("multi_step", wc.multi_step),
                                   ("bit_search", wc.bit_search)) if w is not None]
     found = {k: w.accuracy for k, w in points}
@@ -284,14 +286,6 @@ def _pooled(rows_chips: list, witnesses: list, module, dset, cov: float) -> list
                     best = (acc, {"row": i, "method": method, "dropped_flips": int(fl.shape[0] - keep.shape[0])})
         out.append(best)
     return out
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _rank_data(data_arg, dset, n: int, given=None):
