@@ -493,6 +493,22 @@ def test_protect_reports_the_worst_case_with_and_without_ranger():
     assert 0.5 < ranger["worst_case_accuracy"] <= ranger["accuracy_min"]
 
 
+def test_protect_names_the_faults_the_bits_redundancy_does_not_act_on():
+    """ECC/TMR act on flips of stored element bits; a chip's other faults (stuck cells, scale bits)
+    are named in the result and in the table's caption, not silently treated as protected."""
+    from hwfault.analyses.protect import protect
+    from hwfault.report.protect import protect_table
+
+    m, data = _tiny()
+    spec = _spec(faults=[{"kind": "bitflip", "ber": 0.01},
+                         {"kind": "stuck", "sa0": 0.01, "sa1": 0.0, "granularity": "bit"}])
+    r = protect(m, data, spec, budgets=[0.1], strategies=["random"], trials=2, worst_case=False).to_dict()
+    assert r["not_protected"] == ["stuck"]
+    assert "do not act on this chip's stuck faults" in protect_table(r).caption
+    plain = protect(m, data, _spec(), budgets=[0.1], strategies=["random"], trials=2, worst_case=False).to_dict()
+    assert plain["not_protected"] == [] and "do not act" not in protect_table(plain).caption
+
+
 def test_clip_weights_bounds_every_read_and_the_covering_set():
     m, data = _tiny()
     spec = _spec(fmt="fp32", faults=[{"kind": "bitflip", "ber": 0.05}], protection=[{"kind": "clip-weights"}])

@@ -428,7 +428,11 @@ def protect(model, data, chip, *, budgets: Sequence = (0.005, 0.02), strategies:
                                                    "dropped_flips": got[1]["dropped_flips"]}
                     row["worst_case"]["accuracy"] = row["worst_case_accuracy"] = got[0]
             step(1)
+    # what the bits' redundancy acts on: the flips of stored element bits; said for the chip's other faults
+    not_protected = [f.kind if f.kind != "bitflip" else "bitflip (scale bits)" for f in base_chip.faults
+                     if not (f.kind == "bitflip" and getattr(f, "target", "elements") == "elements")]
     settings = {"task": task.describe(), "seed": seed, "trials": trials, "coverage": cov, "scheme": scheme,
+                "not_protected": not_protected if (budgets or bit_entry is not None) else [],
                 "strategies": list(strategies), "budgets": budgets, "ranked_on": rank_label,
                 "ranked_worst_point": adv_at,
                 "search": {"inputs": None if pdata is None else len(as_tensors(pdata)[0]), "steps": steps,

@@ -52,8 +52,11 @@ def protect_table(d: dict):
         if det:
             cells += [_rate(r.get("detection_rate")), _rate(r.get("false_positive_rate"))]
         t.add_row(*cells)
-    t.caption = (f"ranked: the worst-case ranking (|gradient x bit damage|, gradient on {d['ranked_on']}); "
-                 f"SDC and DUE per {d['units'][:-1]} (SDC among those the fault-free chip gets right)")
+    half = " and, for half the budget, at the unprotected chip's worst-case point" if d.get("ranked_worst_point") else ""
+    t.caption = (f"ranked: the worst-case ranking (|gradient x bit damage| at the stored weights{half}, gradients "
+                 f"on {d['ranked_on']}); SDC and DUE per {d['units'][:-1]} (SDC among those the fault-free chip "
+                 f"gets right)" + (f"; ECC/TMR do not act on this chip's {', '.join(d['not_protected'])} faults"
+                                   if d.get("not_protected") else ""))
     return t
 
 
